@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Throwaway test stack on loopback: a PostgreSQL cluster and a tansu broker
+# (Kafka protocol, in-memory storage). Used by `make test`, `make demo` and CI.
+#
+# Usage: scripts/stack.sh install|up|down|status|env
+#
+#   install  install PostgreSQL, promtool (Debian packages) and tansu 0.6.0
+#            (crates.io), each only when missing
+#   up       start both services (no-op for a service already running) and
+#            wait until they accept connections
+#   down     stop both services and delete their data
+#   status   print what runs; exit 0 only when both services run
+#   env      print `export TEST_DATABASE_URL=... TEST_KAFKA_BOOTSTRAP_SERVERS=...`
+#            lines, for `eval "$(scripts/stack.sh env)"`
+#
+# Environment:
+#   PG_PORT             PostgreSQL port on 127.0.0.1 (default 54329)
+#   BROKER_PORT         broker port on 127.0.0.1 (default 19092)
+#   STACK_WAIT          seconds to wait for a service to accept connections (default 60)
+#   TANSU_INSTALL_WAIT  seconds to wait for a `cargo install tansu` that another
+#                       process is already running (default 1800)
+#   PG_BIN              directory holding initdb/pg_ctl (default: newest
+#                       /usr/lib/postgresql/*/bin)
+#
+# Each (PG_PORT, BROKER_PORT) pair has its own data, so the demo stack (other
+# ports) runs beside the test stack. PostgreSQL lives in .tmp/pg/<port>/ and the
+# broker's pid file and log in .tmp/broker/<port>/.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_PORT="${PG_PORT:-54329}"
+BROKER_PORT="${BROKER_PORT:-19092}"
+STACK_WAIT="${STACK_WAIT:-60}"
+TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-1800}"
+TANSU_VERSION=0.6.0
+HOST=127.0.0.1
+DB_USER=healthcheck
+DB_PASSWORD=healthcheck
+DB_NAME=healthcheck
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+BROKER_DIR="$REPO/.tmp/broker/$BROKER_PORT"
+BROKER_PID_FILE="$BROKER_DIR/tansu.pid"
+BROKER_LOG="$BROKER_DIR/tansu.log"
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+for port_var in PG_PORT BROKER_PORT STACK_WAIT TANSU_INSTALL_WAIT; do
+    case "${!port_var}" in
+        '' | *[!0-9]*) die "$port_var must be a number, got '${!port_var}'" ;;
+    esac
+done
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a command as the `postgres` OS user when we are root (initdb and the
+# server refuse to run as root), as ourselves otherwise.
+as_pg() {
+    if is_root; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+# Prints the last lines of a log file, indented, to stderr.
+tail_log() {
+    local file=$1
+    if [ -f "$file" ]; then
+        printf 'stack: last lines of %s:\n' "$file" >&2
+        tail -n 30 "$file" | sed 's/^/    /' >&2
+    else
+        printf 'stack: (no log at %s)\n' "$file" >&2
+    fi
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+    # shellcheck disable=SC2016 # $0/$1 expand in the inner shell
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$HOST" "$1" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_bin() {
+    if [ -n "${PG_BIN:-}" ]; then
+        printf '%s\n' "$PG_BIN"
+        return
+    fi
+    local dir
+    dir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)"
+    if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
+        printf '%s\n' "$dir"
+    elif command -v initdb >/dev/null 2>&1; then
+        dirname "$(readlink -f "$(command -v initdb)")"
+    fi
+}
+
+require_pg_bin() {
+    PGBIN="$(pg_bin)"
+    if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
+        die "PostgreSQL server binaries not found (run: scripts/stack.sh install)"
+    fi
+}
+
+# Where this port's cluster lives. Normally $REPO/.tmp/pg/<port>; when the
+# postgres user cannot reach the work tree (say a clone under a mode-700 home),
+# a directory under /tmp named after the work tree instead. The choice is
+# deterministic so that `down` finds what `up` made.
+pg_base() {
+    local preferred="$REPO/.tmp/pg"
+    if is_root; then
+        mkdir -p "$preferred"
+        chmod a+x "$REPO/.tmp" "$preferred"
+        if ! (cd / && runuser -u postgres -- test -x "$preferred") 2>/dev/null; then
+            local key
+            key="$(printf '%s' "$REPO" | cksum | cut -d' ' -f1)"
+            preferred="/tmp/healthcheck-stack-$key/pg"
+            mkdir -p "$preferred"
+            chmod 755 "$(dirname "$preferred")" "$preferred"
+        fi
+    else
+        mkdir -p "$preferred"
+    fi
+    printf '%s/%s\n' "$preferred" "$PG_PORT"
+}
+
+pg_set_paths() {
+    PG_BASE="$(pg_base)"
+    PG_DATA="$PG_BASE/data"
+    PG_SOCK="$PG_BASE/run"
+    PG_LOG="$PG_BASE/postgres.log"
+    # A Unix socket path must fit in 107 bytes.
+    if [ $((${#PG_SOCK} + 20)) -gt 100 ]; then
+        PG_SOCK="/tmp/healthcheck-pg-sock-$(printf '%s' "$PG_BASE" | cksum | cut -d' ' -f1)"
+    fi
+}
+
+pg_running() {
+    [ -f "$PG_DATA/PG_VERSION" ] && as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_psql() {
+    PGPASSWORD="$DB_PASSWORD" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h "$HOST" -p "$PG_PORT" -U "$DB_USER" "$@"
+}
+
+pg_init() {
+    log "initialising PostgreSQL cluster in $PG_DATA"
+    rm -rf "$PG_DATA"
+    mkdir -p "$PG_BASE" "$PG_SOCK"
+    if is_root; then
+        chown postgres: "$PG_BASE" "$PG_SOCK"
+    fi
+    local pwfile="$PG_BASE/pwfile"
+    printf '%s\n' "$DB_PASSWORD" >"$pwfile"
+    if is_root; then
+        chown postgres: "$pwfile"
+    fi
+    chmod 600 "$pwfile"
+    # `healthcheck` is the bootstrap superuser; local (socket) connections are
+    # trusted, TCP ones need the password.
+    if ! as_pg "$PGBIN/initdb" -D "$PG_DATA" -U "$DB_USER" --pwfile="$pwfile" \
+        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale \
+        >"$PG_BASE/initdb.log" 2>&1; then
+        rm -f "$pwfile"
+        tail_log "$PG_BASE/initdb.log"
+        die "initdb failed"
+    fi
+    rm -f "$pwfile"
+    cat >>"$PG_DATA/postgresql.conf" <<EOF
+
+# Throwaway test cluster (scripts/stack.sh).
+listen_addresses = '$HOST'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCK'
+max_connections = 200
+EOF
+}
+
+pg_up() {
+    require_pg_bin
+    pg_set_paths
+    if pg_running; then
+        log "PostgreSQL already running on $HOST:$PG_PORT"
+    else
+        if port_open "$PG_PORT"; then
+            die "port $PG_PORT is taken by another process; pick another with PG_PORT=..."
+        fi
+        if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+            pg_init
+        fi
+        mkdir -p "$PG_SOCK"
+        if is_root; then
+            chown postgres: "$PG_SOCK"
+        fi
+        log "starting PostgreSQL on $HOST:$PG_PORT"
+        if ! as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$STACK_WAIT" start >/dev/null; then
+            tail_log "$PG_LOG"
+            die "PostgreSQL did not start within ${STACK_WAIT}s"
+        fi
+    fi
+
+    local waited=0
+    until "$PGBIN/pg_isready" -q -h "$HOST" -p "$PG_PORT"; do
+        if [ "$waited" -ge "$STACK_WAIT" ]; then
+            tail_log "$PG_LOG"
+            die "PostgreSQL on $HOST:$PG_PORT not ready after ${STACK_WAIT}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+
+    if [ "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
+        log "creating database $DB_NAME"
+        pg_psql -d postgres -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"
+    fi
+    pg_psql -d "$DB_NAME" -tAc 'SELECT 1' >/dev/null ||
+        die "cannot connect to database $DB_NAME on $HOST:$PG_PORT"
+}
+
+pg_down() {
+    local pgbin
+    pgbin="$(pg_bin)"
+    PGBIN="$pgbin"
+    pg_set_paths
+    if [ -n "$PGBIN" ] && [ -f "$PG_DATA/PG_VERSION" ]; then
+        if pg_running; then
+            log "stopping PostgreSQL on $HOST:$PG_PORT"
+            as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null ||
+                log "pg_ctl stop failed"
+        fi
+    fi
+    # A server whose pg_ctl stop failed still holds its pid file.
+    if [ -f "$PG_DATA/postmaster.pid" ]; then
+        local pid
+        pid="$(head -n 1 "$PG_DATA/postmaster.pid")"
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "killing PostgreSQL postmaster $pid"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -rf "$PG_BASE"
+    case "$PG_SOCK" in
+        /tmp/healthcheck-pg-sock-*) rm -rf "$PG_SOCK" ;;
+    esac
+    rmdir "$(dirname "$PG_BASE")" 2>/dev/null || true
+    case "$PG_BASE" in
+        /tmp/healthcheck-stack-*) rmdir "$(dirname "$(dirname "$PG_BASE")")" 2>/dev/null || true ;;
+    esac
+}
+
+pg_status() {
+    PGBIN="$(pg_bin)"
+    pg_set_paths
+    if [ -n "$PGBIN" ] && pg_running; then
+        echo "postgres: running on $HOST:$PG_PORT (pid $(head -n 1 "$PG_DATA/postmaster.pid"), data $PG_DATA, log $PG_LOG)"
+    else
+        echo "postgres: stopped (port $PG_PORT)"
+        return 1
+    fi
+}
+
+# -------------------------------------------------------------------- broker
+
+tansu_ok() {
+    command -v tansu >/dev/null 2>&1 &&
+        tansu --version 2>/dev/null | grep -qw -- "$TANSU_VERSION"
+}
+
+# Prints the pid of our running broker, or fails.
+broker_pid() {
+    local pid
+    [ -f "$BROKER_PID_FILE" ] || return 1
+    pid="$(cat "$BROKER_PID_FILE")"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        return 1
+    fi
+    # Guard against a recycled pid.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q tansu || return 1
+    printf '%s\n' "$pid"
+}
+
+broker_up() {
+    tansu_ok || die "tansu $TANSU_VERSION not found (run: scripts/stack.sh install)"
+    local pid
+    if pid="$(broker_pid)"; then
+        log "broker already running on $HOST:$BROKER_PORT (pid $pid)"
+    else
+        if port_open "$BROKER_PORT"; then
+            die "port $BROKER_PORT is taken by another process; pick another with BROKER_PORT=..."
+        fi
+        mkdir -p "$BROKER_DIR"
+        log "starting tansu broker on $HOST:$BROKER_PORT (in-memory storage)"
+        # setsid: its own session, so a Ctrl-C meant for `make test` leaves it
+        # to the trap that calls `down`.
+        RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid tansu broker \
+            --listener-url "tcp://$HOST:$BROKER_PORT" \
+            --advertised-listener-url "tcp://$HOST:$BROKER_PORT" \
+            --storage-engine memory://tansu/ \
+            >"$BROKER_LOG" 2>&1 </dev/null &
+        pid=$!
+        printf '%s\n' "$pid" >"$BROKER_PID_FILE"
+    fi
+
+    local waited=0
+    until port_open "$BROKER_PORT"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail_log "$BROKER_LOG"
+            rm -f "$BROKER_PID_FILE"
+            die "broker exited before accepting connections"
+        fi
+        if [ "$waited" -ge "$STACK_WAIT" ]; then
+            tail_log "$BROKER_LOG"
+            die "broker on $HOST:$BROKER_PORT not accepting connections after ${STACK_WAIT}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+broker_down() {
+    local pid i
+    if pid="$(broker_pid)"; then
+        log "stopping broker on $HOST:$BROKER_PORT (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "broker ignored SIGTERM for 10s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -rf "$BROKER_DIR"
+    rmdir "$(dirname "$BROKER_DIR")" 2>/dev/null || true
+}
+
+broker_status() {
+    local pid
+    if pid="$(broker_pid)"; then
+        echo "broker:   running on $HOST:$BROKER_PORT (pid $pid, log $BROKER_LOG)"
+    else
+        echo "broker:   stopped (port $BROKER_PORT)"
+        return 1
+    fi
+}
+
+# ------------------------------------------------------------------- install
+
+install_tansu() {
+    if tansu_ok; then
+        log "tansu $TANSU_VERSION already installed ($(command -v tansu))"
+        return
+    fi
+    # Another process may be building it right now: wait for that rather than
+    # compiling the same crate twice on a 2-core machine.
+    local waited=0
+    while pgrep -f "cargo install tansu" >/dev/null 2>&1; do
+        if [ "$waited" -ge "$TANSU_INSTALL_WAIT" ]; then
+            die "a 'cargo install tansu' has been running for over ${TANSU_INSTALL_WAIT}s; giving up"
+        fi
+        if [ $((waited % 60)) -eq 0 ]; then
+            log "waiting for a 'cargo install tansu' already running (${waited}s so far)"
+        fi
+        sleep 10
+        waited=$((waited + 10))
+    done
+    if tansu_ok; then
+        log "tansu $TANSU_VERSION installed by the other process"
+        return
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain first"
+    log "installing tansu $TANSU_VERSION from crates.io (takes about 10 minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+    tansu_ok || die "tansu $TANSU_VERSION still not found after cargo install"
+}
+
+install() {
+    local missing=()
+    if [ -z "$(pg_bin)" ]; then
+        missing+=(postgresql)
+    fi
+    if ! command -v promtool >/dev/null 2>&1 && ! dpkg -s prometheus >/dev/null 2>&1; then
+        missing+=(prometheus)
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
+        is_root || die "missing Debian packages: ${missing[*]} (install them as root)"
+        log "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=300 update -q
+        apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}"
+    else
+        log "postgresql and prometheus (promtool) already installed"
+    fi
+    [ -n "$(pg_bin)" ] || die "PostgreSQL server binaries still not found after install"
+    command -v promtool >/dev/null 2>&1 || die "promtool still not found after install"
+    install_tansu
+}
+
+# ---------------------------------------------------------------------- main
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+}
+
+case "${1:-}" in
+    install) install ;;
+    up)
+        pg_up
+        broker_up
+        log "up: postgres $HOST:$PG_PORT, broker $HOST:$BROKER_PORT"
+        ;;
+    down)
+        broker_down
+        pg_down
+        ;;
+    status)
+        rc=0
+        pg_status || rc=1
+        broker_status || rc=1
+        exit "$rc"
+        ;;
+    env)
+        echo "export TEST_DATABASE_URL=postgres://$DB_USER:$DB_PASSWORD@$HOST:$PG_PORT/$DB_NAME"
+        echo "export TEST_KAFKA_BOOTSTRAP_SERVERS=$HOST:$BROKER_PORT"
+        ;;
+    -h | --help | help) usage ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+esac
