@@ -1,0 +1,91 @@
+# Developer and CI entry points. `make help` lists the targets; a target's
+# one-line description is its `## ` comment.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+CARGO ?= cargo
+# `docker compose` (plugin) when present, else the standalone docker-compose.
+# Recursive (=) so that only the targets using it run the probe.
+COMPOSE = $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+
+# Runs a script that another part of the repository provides, with a clear
+# message when it is not there (yet).
+run_script = if [ -x "$(1)" ]; then "$(1)"; elif [ -f "$(1)" ]; then bash "$(1)"; \
+	else echo "make: $(1) not found: this target needs it" >&2; exit 1; fi
+
+.PHONY: help build test lint fmt demo images up down logs e2e k8s-validate bench clean \
+	stack-up stack-down stack-status
+
+help: ## List the targets
+	@echo "Usage: make <target>"
+	@echo
+	@awk 'BEGIN { FS = ":[^#]*## " } /^[a-zA-Z0-9_.-]+:[^#]*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+build: ## Build the release binaries (target/release/checker, target/release/sink)
+	$(CARGO) build --workspace --release
+
+test: ## Run every test against a throwaway PostgreSQL + tansu broker (KEEP_STACK=1 leaves it up)
+	@scripts/stack.sh install
+	@if [ -z "$${KEEP_STACK:-}" ]; then trap 'scripts/stack.sh down' EXIT; fi; \
+	scripts/stack.sh up; \
+	eval "$$(scripts/stack.sh env)"; \
+	echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL TEST_KAFKA_BOOTSTRAP_SERVERS=$$TEST_KAFKA_BOOTSTRAP_SERVERS"; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		doc_rc=0; $(CARGO) test --workspace --doc || doc_rc=$$?; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+		exit "$$doc_rc"; \
+	else \
+		echo "cargo-nextest not found; using cargo test"; \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint: ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code in place
+	$(CARGO) fmt --all
+
+demo: ## Run checker + sink locally against demo targets, with a live summary (DEMO_SECONDS=N to stop after N s)
+	@scripts/demo.sh
+
+images: ## Build the container images
+	@$(call run_script,scripts/images.sh)
+
+up: ## Start the Docker Compose stack in the background
+	$(COMPOSE) up -d
+
+down: ## Stop the Docker Compose stack
+	$(COMPOSE) down --remove-orphans
+
+logs: ## Follow the Docker Compose stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+e2e: ## Run the end-to-end test against the containerised stack
+	@$(call run_script,scripts/e2e.sh)
+
+k8s-validate: ## Validate the Kubernetes manifests
+	@$(call run_script,scripts/k8s-validate.sh)
+
+bench: ## Run the benchmarks
+	@$(call run_script,scripts/bench.sh)
+
+stack-up: ## Start the throwaway PostgreSQL + broker used by tests and print their TEST_* variables
+	@scripts/stack.sh install
+	@scripts/stack.sh up
+	@scripts/stack.sh env
+
+stack-down: ## Stop the throwaway PostgreSQL + broker and delete their data
+	@scripts/stack.sh down
+
+stack-status: ## Show whether the throwaway PostgreSQL + broker run
+	@scripts/stack.sh status
+
+clean: ## Stop the test and demo stacks, delete their data, demo logs and cargo's target/
+	@scripts/stack.sh down
+	@PG_PORT=54330 BROKER_PORT=19093 scripts/stack.sh down
+	rm -rf .tmp/demo
+	$(CARGO) clean
