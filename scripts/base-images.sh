@@ -247,6 +247,17 @@ env: HCP_CACHE_DIR=$CACHE_DIR  FORCE_REBUILD=$FORCE_REBUILD  DEBIAN_MIRROR=$MIRR
 EOF
 }
 
+run_logged() { # run_logged NAME FUNCTION: runs FUNCTION with output to a log file
+    local name=$1 fn=$2 logfile="$LOG_DIR/$1.log" start=$SECONDS
+    if "$fn" >"$logfile" 2>&1; then
+        log "$name: ok in $((SECONDS - start))s"
+    else
+        tail -n 60 "$logfile" >&2
+        log "$name: FAILED after $((SECONDS - start))s (log: $logfile)"
+        return 1
+    fi
+}
+
 main() {
     command -v docker >/dev/null || die "docker not found"
     if [[ "${1:-}" == --remove ]]; then remove_standins; return; fi
@@ -254,23 +265,41 @@ main() {
     local images=("$@")
     ((${#images[@]})) || images=(minbase rust distroless kafka postgres prometheus target)
     local all_start=$SECONDS
-    # Everything but the Rust toolchain image is built FROM the minbase image.
+    LOG_DIR="$CACHE_DIR/logs"
+    mkdir -p "$LOG_DIR"
+    # Everything is built FROM the minbase image; the rest are independent
+    # (mostly downloading and unpacking Debian packages), so they build in parallel.
     timed minbase minbase
+    local pids=() names=() image fn
     for image in "${images[@]}"; do
         case "$image" in
-        minbase) ;;
-        rust) timed "$IMG_RUST" rust_image ;;
-        distroless) timed "$IMG_DISTROLESS" distroless_image ;;
-        kafka) timed "$IMG_KAFKA" kafka_image ;;
-        postgres) timed "$IMG_POSTGRES" postgres_image ;;
-        prometheus) timed "$IMG_PROMETHEUS" prometheus_image ;;
-        target) timed "$IMG_TARGET" target_image ;;
+        minbase) continue ;;
+        rust) fn=rust_image ;;
+        distroless) fn=distroless_image ;;
+        kafka) fn=kafka_image ;;
+        postgres) fn=postgres_image ;;
+        prometheus) fn=prometheus_image ;;
+        target) fn=target_image ;;
         *) usage >&2; die "unknown image: $image" ;;
         esac
+        if [[ "${PARALLEL:-1}" == 1 ]]; then
+            run_logged "$image" "$fn" &
+            pids+=($!)
+            names+=("$image")
+        else
+            run_logged "$image" "$fn"
+        fi
+    done
+    local failed=() i
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || failed+=("${names[$i]}")
     done
     # dangling build stages of the stand-ins (labelled in their Dockerfiles)
     docker image prune -f --filter "label=io.healthcheck-pipeline.build-stage=true" >/dev/null || true
-    log "all base images ready in $((SECONDS - all_start))s"
+    ((${#failed[@]} == 0)) || die "failed: ${failed[*]}"
+    log "base images ready in $((SECONDS - all_start))s"
+    docker image ls --format '  {{.Repository}}:{{.Tag}}\t{{.Size}}' \
+        | grep -E "^  ($(printf '%s|' "$IMG_MINBASE" "$IMG_RUST" "$IMG_DISTROLESS" "$IMG_KAFKA" "$IMG_POSTGRES" "$IMG_PROMETHEUS" "$IMG_TARGET" | sed 's/[.]/\\./g; s/|$//'))\b" >&2 || true
 }
 
 main "$@"

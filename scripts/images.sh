@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Builds the checker and sink images from the top-level Dockerfile
+# (targets `checker` and `sink`), tagged as in .env (CHECKER_IMAGE, SINK_IMAGE),
+# with OCI version/revision labels, then prints their sizes and users.
+#
+#   scripts/images.sh                 # both images
+#   scripts/images.sh checker         # one of them
+#
+# Env: CHECKER_IMAGE, SINK_IMAGE (default: from .env), BUILD_NETWORK (default
+# host: cargo fetches crates during the build; `default` for the bridge),
+# DOCKER_BUILD_ARGS (extra arguments, e.g. "--build-arg CARGO_NET_OFFLINE=true"),
+# SIZE_LIMIT_MB (default 30: images above it are flagged), VERBOSE=1 to stream
+# the build output (default: into .tmp/images-<target>.log, tail shown on failure).
+# On a machine without a container registry run scripts/base-images.sh first.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+env_default() { # env_default VAR: value from the environment, else from .env
+    local var=$1 value
+    value="${!var:-}"
+    if [[ -z "$value" && -f .env ]]; then
+        value=$(sed -n "s/^${var}=//p" .env | tail -n1)
+        value="${value#\'}"; value="${value%\'}"
+        value="${value#\"}"; value="${value%\"}"
+    fi
+    printf '%s\n' "$value"
+}
+
+CHECKER_IMAGE="$(env_default CHECKER_IMAGE)"
+SINK_IMAGE="$(env_default SINK_IMAGE)"
+: "${CHECKER_IMAGE:=healthcheck-pipeline/checker:local}" "${SINK_IMAGE:=healthcheck-pipeline/sink:local}"
+BUILD_NETWORK="${BUILD_NETWORK:-host}"
+SIZE_LIMIT_MB="${SIZE_LIMIT_MB:-30}"
+LOG_DIR="${LOG_DIR:-$REPO_ROOT/.tmp}"
+mkdir -p "$LOG_DIR"
+
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git status --porcelain -- services Cargo.toml Cargo.lock Dockerfile 2>/dev/null)" ]]; then
+    revision="$revision-dirty"
+fi
+source_url=$(sed -n '/^\[workspace.package\]/,/^\[/s/^repository *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+
+for base in rust:1.95-bookworm gcr.io/distroless/cc-debian12:nonroot; do
+    if ! docker image inspect "$base" >/dev/null 2>&1; then
+        log "base image $base is not present: docker will try to pull it (without a registry, run scripts/base-images.sh first)"
+    fi
+done
+
+build_one() { # build_one TARGET IMAGE
+    local target=$1 image=$2 start=$SECONDS logfile="$LOG_DIR/images-$1.log"
+    local args=(build --target "$target" -t "$image"
+        --build-arg "VERSION=${version:-dev}"
+        --build-arg "REVISION=$revision"
+        --build-arg "SOURCE_URL=${source_url:-https://example.invalid/healthcheck-pipeline}")
+    [[ "$BUILD_NETWORK" != default ]] && args+=(--network "$BUILD_NETWORK")
+    # shellcheck disable=SC2206
+    [[ -n "${DOCKER_BUILD_ARGS:-}" ]] && args+=($DOCKER_BUILD_ARGS)
+    args+=(.)
+    log "docker ${args[*]}"
+    if [[ "${VERBOSE:-0}" == 1 ]]; then
+        docker "${args[@]}"
+    elif ! docker "${args[@]}" >"$logfile" 2>&1; then
+        tail -n 120 "$logfile" >&2
+        log "building $image failed after $((SECONDS - start))s (full log: $logfile)"
+        return 1
+    fi
+    log "$image built in $((SECONDS - start))s"
+}
+
+targets=("$@")
+((${#targets[@]})) || targets=(checker sink)
+for target in "${targets[@]}"; do
+    case "$target" in
+    checker) build_one checker "$CHECKER_IMAGE" ;;
+    sink) build_one sink "$SINK_IMAGE" ;;
+    *) log "unknown target $target (checker|sink)"; exit 2 ;;
+    esac
+done
+
+printf '\n%-40s %10s %8s  %s\n' IMAGE SIZE USER NOTE
+for target in "${targets[@]}"; do
+    image=$CHECKER_IMAGE
+    [[ "$target" == sink ]] && image=$SINK_IMAGE
+    bytes=$(docker image inspect -f '{{.Size}}' "$image")
+    user=$(docker image inspect -f '{{.Config.User}}' "$image")
+    note=ok
+    if ((bytes > SIZE_LIMIT_MB * 1000 * 1000)); then note="WARNING: above ${SIZE_LIMIT_MB} MB"; fi
+    printf '%-40s %7.1f MB %8s  %s\n' "$image" "$(awk "BEGIN{print $bytes/1e6}")" "$user" "$note"
+done
