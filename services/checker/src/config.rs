@@ -1,0 +1,119 @@
+//! The checker's configuration, read once from environment variables at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::config::{parse_positive_duration, ConfigError, Env};
+use common::kafka::KafkaSettings;
+use common::telemetry::LogFormat;
+use serde::Deserialize;
+
+use crate::target::{load_targets, Defaults, ProxyEnv, Target};
+
+/// Default admin address of the checker.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8080";
+
+/// Everything the checker needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Kafka connection and topic.
+    pub kafka: KafkaSettings,
+    /// What to probe.
+    pub targets: Vec<Target>,
+    /// Admin server address (`ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// Written into every result (`INSTANCE_ID`, default the host name).
+    pub instance_id: String,
+    /// Most probes in flight at once (`PROBE_CONCURRENCY`, default 512).
+    pub probe_concurrency: usize,
+    /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
+    pub shutdown_grace: Duration,
+    /// Log format (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+/// The scalar variables, deserialized by envy (which names the variable in its errors).
+#[derive(Debug, Deserialize)]
+struct Raw {
+    instance_id: Option<String>,
+    probe_concurrency: Option<usize>,
+    body_max_bytes: Option<u64>,
+    default_interval: Option<String>,
+    default_timeout: Option<String>,
+    shutdown_grace_period: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Parses `ADMIN_ADDR` (`host:port`); shared with the `healthcheck` subcommand.
+///
+/// # Errors
+/// A [`ConfigError`] naming `ADMIN_ADDR`.
+pub fn admin_addr(env: &Env, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = env.get("ADMIN_ADDR").unwrap_or(default);
+    v.parse()
+        .map_err(|_| ConfigError::new("ADMIN_ADDR", format!("{v:?} is not an IP:port address"), default))
+}
+
+impl Config {
+    /// Reads and validates the configuration.
+    ///
+    /// # Errors
+    /// The first invalid value, as a [`ConfigError`] naming its variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw: Raw = env.deserialize()?;
+        let duration = |var: &str, v: &Option<String>, default: u64| match v {
+            Some(v) => parse_positive_duration(var, v),
+            None => Ok(Duration::from_secs(default)),
+        };
+        let defaults = Defaults {
+            interval: duration("DEFAULT_INTERVAL", &raw.default_interval, 30)?,
+            timeout: duration("DEFAULT_TIMEOUT", &raw.default_timeout, 10)?,
+            body_max_bytes: raw.body_max_bytes.unwrap_or(1 << 20),
+            proxy_env: ProxyEnv::from_env(env)?,
+        };
+        if defaults.body_max_bytes == 0 {
+            return Err(ConfigError::new("BODY_MAX_BYTES", "must be positive", "1048576"));
+        }
+        let probe_concurrency = raw.probe_concurrency.unwrap_or(512);
+        if probe_concurrency == 0 {
+            return Err(ConfigError::new("PROBE_CONCURRENCY", "must be positive", "512"));
+        }
+        Ok(Self {
+            kafka: KafkaSettings::from_env(env)?,
+            targets: load_targets(env, &defaults)?,
+            admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
+            instance_id: raw.instance_id.unwrap_or_else(common::config::hostname),
+            probe_concurrency,
+            shutdown_grace: duration("SHUTDOWN_GRACE_PERIOD", &raw.shutdown_grace_period, 25)?,
+            log_format: LogFormat::parse(raw.log_format.as_deref())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_errors_name_the_variable() {
+        let base = [("TARGET", "http://127.0.0.1:1/")];
+        let with = |k: &'static str, v: &'static str| {
+            let mut pairs: Vec<(&str, &str)> = base.to_vec();
+            pairs.push((k, v));
+            Config::from_env(&Env::from_pairs(pairs))
+        };
+        assert!(with("X", "y").is_ok());
+        for (var, value) in [
+            ("PROBE_CONCURRENCY", "lots"),
+            ("PROBE_CONCURRENCY", "0"),
+            ("ADMIN_ADDR", "localhost"),
+            ("DEFAULT_TIMEOUT", "soon"),
+            ("LOG_FORMAT", "xml"),
+            ("BODY_MAX_BYTES", "-1"),
+            ("HTTP_PROXY", "::"),
+        ] {
+            let e = with(var, value).unwrap_err();
+            assert_eq!(e.var, var, "{e}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The checker: probes HTTP(S) targets on a fixed-rate schedule and publishes one JSON result
+//! per probe to a Kafka topic.
+//!
+//! Flow: [`config`] → [`app::App`] → per-target [`schedule`] tasks → [`probe::run`] →
+//! [`publish::Publisher`]. The checker never writes to a database.
+
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod probe;
+pub mod publish;
+pub mod schedule;
+pub mod target;
+pub mod tls;

@@ -1,0 +1,616 @@
+//! One HTTP(S) probe of one target: resolve, connect, TLS, request, response, body, conditions.
+//!
+//! Rules this module keeps (each has a test against a real loopback server):
+//! - A probe always yields a result; a failure is data with an [`ErrorKind`], never "no result".
+//! - The target's timeout bounds the whole probe, DNS included.
+//! - One attempt: no retries. Every hop uses a fresh connection, so connect and TLS time are
+//!   measured, never hidden by keep-alive reuse.
+//! - The body is read up to `body_max_bytes`, raw and after decoding (gzip, deflate, br); the
+//!   regex runs on the decoded body.
+//!
+//! It never publishes; the caller does.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use common::result::{check_id, ErrorKind, Phases, ProbeResult, TlsInfo, SCHEMA_VERSION};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use url::Url;
+
+use crate::target::{IpFamily, ProxyMode, Target};
+use crate::tls;
+
+/// `User-Agent` sent with every probe.
+pub const USER_AGENT: &str = concat!("healthcheck-pipeline/", env!("CARGO_PKG_VERSION"));
+
+/// A probe failure: its kind and a human-readable cause.
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// What the probe saw so far. Filled in as the probe goes, so a timeout still reports the
+/// phases that completed.
+#[derive(Default)]
+struct Trace {
+    phases: Phases,
+    /// The phase in progress, for the timeout message.
+    phase: &'static str,
+    first_status: Option<u16>,
+    status: Option<u16>,
+    redirects: u32,
+    final_url: Option<String>,
+    http_version: Option<&'static str>,
+    peer: Option<SocketAddr>,
+    tls: Option<TlsInfo>,
+    content_length: Option<u64>,
+    headers: http::HeaderMap,
+    body: Option<Vec<u8>>,
+}
+
+fn add(phase: &mut Option<f64>, since: Instant) {
+    *phase = Some(phase.unwrap_or(0.0) + since.elapsed().as_secs_f64());
+}
+
+/// Runs one probe of `target` for the slot `scheduled_at`, started now.
+pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str) -> ProbeResult {
+    let started_at = Utc::now();
+    let t0 = Instant::now();
+    let mut trace = Trace {
+        phase: "start",
+        ..Trace::default()
+    };
+    let outcome = match tokio::time::timeout(target.timeout, hops(target, &mut trace)).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(
+            ErrorKind::Timeout,
+            format!("probe timed out after {:?} during {}", target.timeout, trace.phase),
+        )),
+    };
+    let duration = t0.elapsed().as_secs_f64();
+    let outcome = outcome.and_then(|()| check_conditions(target, &trace));
+
+    let regex_matched = match (
+        &trace.body,
+        target.body_regex.is_some() || target.body_regex_not.is_some(),
+    ) {
+        (Some(body), true) => Some(body_regex_holds(target, body)),
+        _ => None,
+    };
+    let (success, error_kind, error) = match outcome {
+        Ok(()) => (true, None, None),
+        Err(f) => (false, Some(f.kind.as_str().to_string()), Some(f.message)),
+    };
+    ProbeResult {
+        schema_version: SCHEMA_VERSION,
+        check_id: check_id(&target.name, scheduled_at),
+        instance_id: instance_id.to_string(),
+        target: target.name.clone(),
+        url: target.url.to_string(),
+        scheduled_at,
+        started_at,
+        lateness_seconds: (started_at - scheduled_at).num_microseconds().unwrap_or(0) as f64 / 1e6,
+        timeout_seconds: target.timeout.as_secs_f64(),
+        duration_seconds: duration,
+        success,
+        error_kind,
+        error,
+        status_code: trace.status,
+        first_status_code: trace.first_status,
+        redirects: trace.redirects,
+        final_url: trace.final_url,
+        http_version: trace.http_version.map(str::to_string),
+        ip_address: trace.peer.map(|p| p.ip().to_string()),
+        ip_family: trace
+            .peer
+            .map(|p| if p.is_ipv4() { "ipv4" } else { "ipv6" }.to_string()),
+        regex_matched,
+        body_bytes: trace.body.as_ref().map(|b| b.len() as u64),
+        content_length: trace.content_length,
+        phases: trace.phases,
+        tls: trace.tls,
+    }
+}
+
+fn body_regex_holds(target: &Target, body: &[u8]) -> bool {
+    target.body_regex.as_ref().is_none_or(|r| r.is_match(body))
+        && target.body_regex_not.as_ref().is_none_or(|r| !r.is_match(body))
+}
+
+/// Status, header and body conditions on the final response, in that order.
+fn check_conditions(target: &Target, trace: &Trace) -> Result<(), Failure> {
+    let status = trace.status.unwrap_or(0);
+    if !target.valid_status.iter().any(|r| r.contains(&status)) {
+        return Err(fail(
+            ErrorKind::Status,
+            format!(
+                "status {status} is not one of the expected codes {:?}",
+                target.valid_status
+            ),
+        ));
+    }
+    for rule in &target.header_rules {
+        let values: Vec<&HeaderValue> = trace.headers.get_all(&rule.header).iter().collect();
+        let any_match = values.iter().any(|v| rule.regex.is_match(v.as_bytes()));
+        if rule.fail_if_matches && any_match {
+            return Err(fail(
+                ErrorKind::Header,
+                format!("header {} matches {}", rule.header, rule.regex),
+            ));
+        }
+        let missing_allowed = values.is_empty() && rule.allow_missing;
+        if !rule.fail_if_matches && !any_match && !missing_allowed {
+            return Err(fail(
+                ErrorKind::Header,
+                format!("header {} does not match {}", rule.header, rule.regex),
+            ));
+        }
+    }
+    if let Some(body) = &trace.body {
+        if let Some(r) = &target.body_regex {
+            if !r.is_match(body) {
+                return Err(fail(ErrorKind::Regex, format!("body does not match {r}")));
+            }
+        }
+        if let Some(r) = &target.body_regex_not {
+            if r.is_match(body) {
+                return Err(fail(ErrorKind::Regex, format!("body matches {r}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Follows the target's redirects, one fresh connection per hop.
+async fn hops(target: &Target, trace: &mut Trace) -> Result<(), Failure> {
+    let mut url = target.url.clone();
+    let mut method = target.method.clone();
+    let mut body = target.body.clone();
+    loop {
+        let resp = hop(target, &url, &method, body.clone(), trace).await?;
+        let status = resp.status();
+        trace.first_status.get_or_insert(status.as_u16());
+        trace.status = Some(status.as_u16());
+        trace.final_url = Some(url.to_string());
+        let location = resp.headers().get(header::LOCATION).cloned();
+        if target.follow_redirects && status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            if let Some(location) = location {
+                if trace.redirects >= target.max_redirects {
+                    return Err(fail(
+                        ErrorKind::TooManyRedirects,
+                        format!(
+                            "more than {} redirects (last: {status} to {location:?})",
+                            target.max_redirects
+                        ),
+                    ));
+                }
+                let next = location
+                    .to_str()
+                    .ok()
+                    .and_then(|l| url.join(l).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
+                let Some(next) = next else {
+                    return Err(fail(
+                        ErrorKind::Request,
+                        format!("redirect to an invalid location {location:?}"),
+                    ));
+                };
+                trace.redirects += 1;
+                // RFC 9110 §15.4: 303 turns any method but HEAD into GET; browsers (and
+                // blackbox_exporter's Go client) do the same for POST on 301/302.
+                let to_get = status == StatusCode::SEE_OTHER && method != Method::HEAD
+                    || matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND) && method == Method::POST;
+                if to_get {
+                    method = Method::GET;
+                    body = Bytes::new();
+                }
+                url = next;
+                continue;
+            }
+        }
+        return read_body(target, resp, trace).await;
+    }
+}
+
+/// Reads the body up to the cap, then decodes it.
+async fn read_body(target: &Target, resp: Response<Incoming>, trace: &mut Trace) -> Result<(), Failure> {
+    let cap = target.body_max_bytes;
+    trace.content_length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let encoding = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if trace.content_length.is_some_and(|n| n > cap) && encoding.is_none() {
+        return Err(fail(
+            ErrorKind::BodyTooLarge,
+            format!(
+                "Content-Length {} exceeds the body cap of {cap} bytes",
+                trace.content_length.unwrap_or(0)
+            ),
+        ));
+    }
+    let (parts, mut body) = resp.into_parts();
+    trace.headers = parts.headers;
+    trace.phase = "transfer";
+    let t = Instant::now();
+    let mut raw = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                fail(
+                    ErrorKind::Body,
+                    format!("reading the body: {}", common::telemetry::chain(&e)),
+                )
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if raw.len() as u64 + data.len() as u64 > cap {
+                    return Err(fail(
+                        ErrorKind::BodyTooLarge,
+                        format!("body exceeds the cap of {cap} bytes"),
+                    ));
+                }
+                raw.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    let result = read.await;
+    add(&mut trace.phases.transfer, t);
+    result?;
+    trace.body = Some(decode(encoding.as_deref(), raw, cap)?);
+    Ok(())
+}
+
+/// Decodes a body by its `Content-Encoding` (RFC 9110 §8.4), encodings applied last first,
+/// stopping at `cap` decoded bytes (a compression bomb is `body_too_large`, not an OOM).
+fn decode(encoding: Option<&str>, raw: Vec<u8>, cap: u64) -> Result<Vec<u8>, Failure> {
+    let Some(encoding) = encoding else { return Ok(raw) };
+    let mut data = raw;
+    for coding in encoding.split(',').map(str::trim).rev() {
+        let reader: Box<dyn Read + '_> = match coding {
+            "" | "identity" => continue,
+            "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(data.as_slice())),
+            // "deflate" is zlib-wrapped (RFC 9110 §8.4.1.2); some servers send raw deflate.
+            "deflate" if data.first().is_some_and(|b| b & 0x0f == 8) => {
+                Box::new(flate2::read::ZlibDecoder::new(data.as_slice()))
+            }
+            "deflate" => Box::new(flate2::read::DeflateDecoder::new(data.as_slice())),
+            "br" => Box::new(brotli::Decompressor::new(data.as_slice(), 8192)),
+            other => return Err(fail(ErrorKind::Body, format!("unsupported Content-Encoding {other:?}"))),
+        };
+        let mut out = Vec::new();
+        reader
+            .take(cap + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| fail(ErrorKind::Body, format!("decoding {coding} body: {e}")))?;
+        if out.len() as u64 > cap {
+            return Err(fail(
+                ErrorKind::BodyTooLarge,
+                format!("decoded body exceeds the cap of {cap} bytes"),
+            ));
+        }
+        data = out;
+    }
+    Ok(data)
+}
+
+/// Object-safe byte stream: plain TCP, TLS, or either through a proxy tunnel.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One request/response on a fresh connection. Returns once the response headers arrived.
+async fn hop(
+    target: &Target,
+    url: &Url,
+    method: &Method,
+    body: Bytes,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, Failure> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| fail(ErrorKind::Request, format!("{url} has no host")))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let https = url.scheme() == "https";
+    let proxy = match &target.proxy {
+        ProxyMode::Http(p) => Some(p),
+        ProxyMode::Direct => None,
+    };
+    let (connect_host, connect_port) = match proxy {
+        Some(p) => (
+            p.host_str().unwrap_or_default(),
+            p.port_or_known_default().unwrap_or(3128),
+        ),
+        None => (host, port),
+    };
+
+    let addr = resolve(connect_host, connect_port, target.ip_family, trace).await?;
+    trace.phase = "connect";
+    let t = Instant::now();
+    let tcp = TcpStream::connect(addr).await;
+    add(&mut trace.phases.connect, t);
+    let tcp = tcp.map_err(|e| fail(ErrorKind::Connect, format!("connecting to {addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    trace.peer = Some(addr);
+
+    let mut stream: Box<dyn Io> = Box::new(tcp);
+    if let (Some(p), true) = (proxy, https) {
+        stream = connect_tunnel(stream, p, host, port).await?;
+    }
+    let mut alpn_h2 = false;
+    trace.tls = None;
+    if https {
+        trace.phase = "tls";
+        let name = tls::server_name(host, target.tls_server_name.as_deref()).map_err(|e| fail(ErrorKind::Tls, e))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.tls));
+        let t = Instant::now();
+        let tls = connector.connect(name, stream).await;
+        add(&mut trace.phases.tls, t);
+        let tls = tls.map_err(|e| {
+            fail(
+                ErrorKind::Tls,
+                format!("TLS handshake with {host}: {}", common::telemetry::chain(&e)),
+            )
+        })?;
+        let conn = tls.get_ref().1;
+        trace.tls = Some(tls::handshake_info(conn));
+        alpn_h2 = conn.alpn_protocol() == Some(b"h2");
+        stream = Box::new(tls);
+    }
+
+    trace.phase = "processing";
+    let absolute_form = proxy.is_some() && !https;
+    let req = build_request(target, url, method, body, alpn_h2, absolute_form)?;
+    let t = Instant::now();
+    let io = TokioIo::new(stream);
+    let resp = if alpn_h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(http_failure)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(http_failure)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    };
+    add(&mut trace.phases.processing, t);
+    let resp = resp.map_err(http_failure)?;
+    trace.http_version = Some(match resp.version() {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    });
+    Ok(resp)
+}
+
+fn http_failure(e: hyper::Error) -> Failure {
+    let message = if e.is_incomplete_message() {
+        "connection closed before the response headers arrived".to_string()
+    } else {
+        format!("HTTP exchange failed: {}", common::telemetry::chain(&e))
+    };
+    fail(ErrorKind::Http, message)
+}
+
+/// Resolves `host` (unless it is an IP literal) and picks the first address of the wanted family.
+async fn resolve(host: &str, port: u16, family: IpFamily, trace: &mut Trace) -> Result<SocketAddr, Failure> {
+    let literal = host.trim_matches(['[', ']']);
+    let addrs: Vec<SocketAddr> = if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        vec![SocketAddr::new(ip, port)]
+    } else {
+        trace.phase = "resolve";
+        let t = Instant::now();
+        let found = tokio::net::lookup_host((host, port)).await;
+        add(&mut trace.phases.resolve, t);
+        found
+            .map_err(|e| fail(ErrorKind::Dns, format!("resolving {host}: {e}")))?
+            .collect()
+    };
+    addrs
+        .into_iter()
+        .find(|a| match family {
+            IpFamily::Any => true,
+            IpFamily::Ipv4 => a.is_ipv4(),
+            IpFamily::Ipv6 => a.is_ipv6(),
+        })
+        .ok_or_else(|| fail(ErrorKind::Dns, format!("{host} has no {family:?} address")))
+}
+
+/// Opens a `CONNECT` tunnel through an HTTP proxy (RFC 9110 §9.3.6).
+async fn connect_tunnel(mut stream: Box<dyn Io>, proxy: &Url, host: &str, port: u16) -> Result<Box<dyn Io>, Failure> {
+    let mut req = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+    if let Some(auth) = proxy_authorization(proxy) {
+        req.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| fail(ErrorKind::Proxy, format!("writing CONNECT: {e}")))?;
+    // Read the proxy's response head byte by byte: nothing after it may be consumed, it belongs
+    // to the TLS handshake.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(fail(ErrorKind::Proxy, "proxy response head too long"));
+        }
+        let b = stream
+            .read_u8()
+            .await
+            .map_err(|e| fail(ErrorKind::Proxy, format!("reading the proxy's CONNECT response: {e}")))?;
+        head.push(b);
+    }
+    let status_line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
+        .trim()
+        .to_string();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok());
+    if !code.is_some_and(|c| (200..300).contains(&c)) {
+        return Err(fail(
+            ErrorKind::Proxy,
+            format!("proxy refused the tunnel: {status_line}"),
+        ));
+    }
+    Ok(stream)
+}
+
+fn proxy_authorization(proxy: &Url) -> Option<String> {
+    use base64::Engine as _;
+    if proxy.username().is_empty() {
+        return None;
+    }
+    let user = percent_decode(proxy.username());
+    let pass = percent_decode(proxy.password().unwrap_or(""));
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    ))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn build_request(
+    target: &Target,
+    url: &Url,
+    method: &Method,
+    body: Bytes,
+    h2: bool,
+    absolute_form: bool,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let host = url.host_str().unwrap_or_default();
+    let authority = match url.port() {
+        Some(p) => format!(
+            "{}:{p}",
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            }
+        ),
+        None => {
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            }
+        }
+    };
+    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let uri: Uri = if h2 || absolute_form {
+        format!("{}://{authority}{path}", url.scheme()).parse()
+    } else {
+        path.parse()
+    }
+    .map_err(|e| fail(ErrorKind::Request, format!("invalid request target {url}: {e}")))?;
+    let mut builder = Request::builder().method(method.clone()).uri(uri);
+    if !h2 {
+        builder = builder.header(header::HOST, &authority);
+    }
+    let mut req = builder
+        .header(header::USER_AGENT, USER_AGENT)
+        .header(header::ACCEPT, "*/*")
+        .body(Full::new(body.clone()))
+        .map_err(|e| fail(ErrorKind::Request, format!("building the request: {e}")))?;
+    for (name, value) in &target.headers {
+        req.headers_mut().insert(name, value.clone());
+    }
+    if h2 {
+        req.headers_mut().remove(header::HOST);
+    }
+    if absolute_form {
+        if let ProxyMode::Http(p) = &target.proxy {
+            if let Some(auth) = proxy_authorization(p).and_then(|a| HeaderValue::from_str(&a).ok()) {
+                req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth);
+            }
+        }
+    }
+    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn decodes_gzip_deflate_brotli_within_cap() {
+        let text = b"hello healthy world".repeat(10);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        assert_eq!(decode(Some("gzip"), gz.finish().unwrap(), 1 << 20).unwrap(), text);
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zl.write_all(&text).unwrap();
+        assert_eq!(decode(Some("deflate"), zl.finish().unwrap(), 1 << 20).unwrap(), text);
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(&text).unwrap();
+        assert_eq!(decode(Some("deflate"), raw.finish().unwrap(), 1 << 20).unwrap(), text);
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+            .write_all(&text)
+            .unwrap();
+        assert_eq!(decode(Some("br"), br, 1 << 20).unwrap(), text);
+        assert_eq!(
+            decode(None, text.clone(), 1).unwrap(),
+            text,
+            "identity bodies are capped while reading, not here"
+        );
+    }
+
+    #[test]
+    fn compression_bomb_is_body_too_large() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 10 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 64 << 10);
+        let e = decode(Some("gzip"), bomb, 1 << 20).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BodyTooLarge);
+        assert_eq!(decode(Some("zstd"), vec![1], 10).unwrap_err().kind, ErrorKind::Body);
+    }
+
+    #[test]
+    fn proxy_credentials_are_percent_decoded() {
+        let url = Url::parse("http://us%40er:p%3Ass@proxy:3128").unwrap();
+        assert_eq!(
+            proxy_authorization(&url).unwrap(),
+            format!(
+                "Basic {}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "us@er:p:ss")
+            )
+        );
+    }
+}

@@ -1,0 +1,729 @@
+//! Targets: what to probe and how, parsed and validated at start-up.
+//!
+//! A target list is a JSON array (`TARGETS`), a YAML or JSON file (`TARGETS_FILE`) or the
+//! single-target form `TARGET`/`PATTERN`/`INTERVAL` of the tool this replaces. Every option is
+//! checked here, so a probe never meets an invalid setting; errors name the variable, the
+//! target's position and the field, e.g. `TARGETS[2].timeout`.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::config::{parse_positive_duration, ConfigError, Env};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use regex::bytes::Regex;
+use serde::Deserialize;
+use url::Url;
+
+use crate::tls::{self, TlsOptions};
+
+/// One validated target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Unique name; the Kafka message key and the `target` label of metrics.
+    pub name: String,
+    /// `http` or `https` URL.
+    pub url: Url,
+    /// Request method (default GET).
+    pub method: Method,
+    /// Extra request headers (auth headers are marked sensitive).
+    pub headers: HeaderMap,
+    /// Request body (default empty).
+    pub body: Bytes,
+    /// Accepted status codes of the final response (default 200-299).
+    pub valid_status: Vec<RangeInclusive<u16>>,
+    /// The body must match this regex.
+    pub body_regex: Option<Regex>,
+    /// The body must not match this regex.
+    pub body_regex_not: Option<Regex>,
+    /// Header conditions on the final response.
+    pub header_rules: Vec<HeaderRule>,
+    /// Time between two scheduled probes.
+    pub interval: Duration,
+    /// Bound on the whole probe, DNS to last body byte over all redirect hops.
+    pub timeout: Duration,
+    /// Follow 3xx responses with a `Location` header.
+    pub follow_redirects: bool,
+    /// Most redirects followed; one more is an error of kind `too_many_redirects`.
+    pub max_redirects: u32,
+    /// TLS client configuration (roots, client certificate, verification).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// SNI and verification name, when it differs from the URL's host.
+    pub tls_server_name: Option<String>,
+    /// Address family to connect with.
+    pub ip_family: IpFamily,
+    /// How to reach the target: directly or through an HTTP proxy.
+    pub proxy: ProxyMode,
+    /// Body cap in bytes, raw and after decoding.
+    pub body_max_bytes: u64,
+}
+
+/// A condition on a response header (blackbox_exporter's `fail_if_header_[not_]matches`).
+#[derive(Debug, Clone)]
+pub struct HeaderRule {
+    /// Header name.
+    pub header: HeaderName,
+    /// Regex applied to each value of the header.
+    pub regex: Regex,
+    /// `true`: the probe fails when a value matches; `false`: it fails when none does.
+    pub fail_if_matches: bool,
+    /// With `fail_if_matches == false`: whether a missing header fails the probe (default true).
+    pub allow_missing: bool,
+}
+
+/// Which IP family to connect with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// The resolver's first address, whatever its family.
+    Any,
+    /// IPv4 only.
+    Ipv4,
+    /// IPv6 only.
+    Ipv6,
+}
+
+/// How the checker reaches a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Directly.
+    Direct,
+    /// Through this HTTP proxy: absolute-form requests for `http`, a `CONNECT` tunnel for
+    /// `https` (RFC 9110 §9.3.6). Credentials in the URL are sent as `Proxy-Authorization`.
+    Http(Url),
+}
+
+/// Defaults applied to targets that do not set an option.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Interval (`DEFAULT_INTERVAL`, 30 s).
+    pub interval: Duration,
+    /// Timeout (`DEFAULT_TIMEOUT`, 10 s; capped at the interval).
+    pub timeout: Duration,
+    /// Body cap (`BODY_MAX_BYTES`, 1 MiB).
+    pub body_max_bytes: u64,
+    /// The proxy environment (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`, either case).
+    pub proxy_env: ProxyEnv,
+}
+
+/// The standard proxy variables, read once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyEnv {
+    http: Option<Url>,
+    https: Option<Url>,
+    no_proxy: Vec<String>,
+}
+
+impl ProxyEnv {
+    /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (upper case first, then lower case).
+    ///
+    /// # Errors
+    /// A proxy URL that does not parse or is not `http://`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = |names: [&'static str; 2]| -> Result<Option<Url>, ConfigError> {
+            match env.get_any(&names) {
+                None => Ok(None),
+                Some((var, v)) => parse_proxy_url(var, v).map(Some),
+            }
+        };
+        let no_proxy = env
+            .get_any(&["NO_PROXY", "no_proxy"])
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            http: url(["HTTP_PROXY", "http_proxy"])?,
+            https: url(["HTTPS_PROXY", "https_proxy"])?,
+            no_proxy,
+        })
+    }
+
+    /// The proxy for `url` by the usual rules: `NO_PROXY` entries match the host or a parent
+    /// domain; `*` disables proxying.
+    fn for_url(&self, url: &Url) -> ProxyMode {
+        let proxy = if url.scheme() == "https" {
+            &self.https
+        } else {
+            &self.http
+        };
+        let Some(proxy) = proxy else { return ProxyMode::Direct };
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        let excluded = self
+            .no_proxy
+            .iter()
+            .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")));
+        if excluded {
+            ProxyMode::Direct
+        } else {
+            ProxyMode::Http(proxy.clone())
+        }
+    }
+}
+
+fn parse_proxy_url(var: &str, v: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(v)
+        .map_err(|e| ConfigError::new(var, format!("{v:?} is not a URL: {e}"), "http://proxy.internal:3128"))?;
+    if url.scheme() != "http" || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            var,
+            "only http:// proxies are supported",
+            "http://proxy.internal:3128",
+        ));
+    }
+    Ok(url)
+}
+
+/// A duration given as a string (`"30s"`) or a number of seconds (`30`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationSpec {
+    Seconds(f64),
+    Text(String),
+}
+
+/// A status code (`200`) or a range (`"200-299"`, `"2xx"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StatusSpec {
+    Code(u16),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeaderRuleSpec {
+    header: String,
+    regex: String,
+    #[serde(default)]
+    allow_missing: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthSpec {
+    username: String,
+    password: Option<String>,
+    password_file: Option<String>,
+    password_env: Option<String>,
+}
+
+/// A target as written by the user (JSON or YAML). Unknown fields are errors, so a typo is
+/// reported instead of silently ignored.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TargetSpec {
+    name: Option<String>,
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    valid_status_codes: Option<Vec<StatusSpec>>,
+    #[serde(alias = "pattern")]
+    regex: Option<String>,
+    fail_if_body_matches: Option<String>,
+    #[serde(default)]
+    fail_if_header_matches: Vec<HeaderRuleSpec>,
+    #[serde(default)]
+    fail_if_header_not_matches: Vec<HeaderRuleSpec>,
+    interval: Option<DurationSpec>,
+    timeout: Option<DurationSpec>,
+    follow_redirects: Option<bool>,
+    max_redirects: Option<u32>,
+    #[serde(default)]
+    tls: TlsOptions,
+    ip_family: Option<String>,
+    proxy: Option<String>,
+    basic_auth: Option<BasicAuthSpec>,
+    bearer_token_file: Option<String>,
+    bearer_token_env: Option<String>,
+    body_max_bytes: Option<u64>,
+}
+
+/// Reads the target list from `env`: `TARGETS` (JSON array), else `TARGETS_FILE` (YAML or JSON
+/// file), else `TARGET` with `PATTERN` and `INTERVAL`/`DELAY`.
+///
+/// # Errors
+/// A [`ConfigError`] naming the variable (and the target index and field) of the first invalid
+/// value, or saying that no target is configured.
+pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, ConfigError> {
+    let example =
+        r#"[{"name":"api","url":"https://api.example.com/health","regex":"ok","interval":"30s","timeout":"5s"}]"#;
+    let (var, specs): (&str, Vec<TargetSpec>) = if let Some(json) = env.get("TARGETS") {
+        let specs = serde_json::from_str(json).map_err(|e| {
+            ConfigError::new(
+                "TARGETS",
+                format!("not a JSON array of targets: {e}"),
+                format!("'{example}'"),
+            )
+        })?;
+        ("TARGETS", specs)
+    } else if let Some(path) = env.get("TARGETS_FILE") {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "TARGETS_FILE",
+                format!("cannot read {path:?}: {e}"),
+                "/etc/healthcheck/targets.yaml",
+            )
+        })?;
+        // YAML is a superset of JSON, so one parser reads both.
+        let specs = serde_yaml::from_str(&text).map_err(|e| {
+            ConfigError::new(
+                "TARGETS_FILE",
+                format!("{path:?} is not a YAML/JSON list of targets: {e}"),
+                "/etc/healthcheck/targets.yaml",
+            )
+        })?;
+        ("TARGETS_FILE", specs)
+    } else if let Some(url) = env.get("TARGET") {
+        let interval = match env.get_any(&["INTERVAL", "DELAY"]) {
+            Some((var, v)) => Some((var, parse_positive_duration(var, v)?)),
+            None => None,
+        };
+        let spec = TargetSpec {
+            url: url.to_string(),
+            regex: env.get("PATTERN").map(str::to_string),
+            interval: interval.map(|(_, d)| DurationSpec::Seconds(d.as_secs_f64())),
+            ..TargetSpec::default()
+        };
+        // The single-target form reports errors under the variable that holds the value.
+        return build(spec, defaults, &SingleNames).map(|t| vec![t]);
+    } else {
+        return Err(ConfigError::new(
+            "TARGETS",
+            "no target configured: set TARGETS, TARGETS_FILE or TARGET",
+            format!("'{example}'"),
+        ));
+    };
+    if specs.is_empty() {
+        return Err(ConfigError::new(
+            var,
+            "the target list is empty",
+            format!("'{example}'"),
+        ));
+    }
+    let mut targets = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        targets.push(build(spec, defaults, &ListNames { var, index: i })?);
+    }
+    let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigError::new(
+            var,
+            format!("target name {:?} is used twice; names must be unique", dup[0]),
+            "give each target a \"name\"",
+        ));
+    }
+    Ok(targets)
+}
+
+/// How to name a field in an error: `TARGETS[3].timeout` or, in the single-target form, the
+/// variable itself.
+trait FieldNames {
+    fn field(&self, field: &str) -> String;
+}
+
+struct ListNames<'a> {
+    var: &'a str,
+    index: usize,
+}
+
+impl FieldNames for ListNames<'_> {
+    fn field(&self, field: &str) -> String {
+        format!("{}[{}].{field}", self.var, self.index)
+    }
+}
+
+struct SingleNames;
+
+impl FieldNames for SingleNames {
+    fn field(&self, field: &str) -> String {
+        match field {
+            "url" => "TARGET".into(),
+            "regex" => "PATTERN".into(),
+            "interval" => "INTERVAL".into(),
+            other => format!("TARGET.{other}"),
+        }
+    }
+}
+
+fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Result<Target, ConfigError> {
+    let err = |field: &str, problem: String, example: &str| ConfigError::new(names.field(field), problem, example);
+    let auth = auth_header(&spec, names)?;
+
+    let url = Url::parse(spec.url.trim()).map_err(|e| {
+        err(
+            "url",
+            format!("{:?} is not a URL: {e}", spec.url),
+            "https://example.com/health",
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(err(
+            "url",
+            format!("{:?} must be an http:// or https:// URL with a host", spec.url),
+            "https://example.com/health",
+        ));
+    }
+    let name = spec.name.unwrap_or_else(|| url.as_str().to_string());
+    if name.is_empty() || name.len() > 200 {
+        return Err(err("name", "must be 1 to 200 characters".into(), "api"));
+    }
+    let method = match spec.method.as_deref() {
+        None => Method::GET,
+        Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| err("method", format!("{m:?} is not an HTTP method"), "GET"))?,
+    };
+    let duration = |field: &str, d: Option<DurationSpec>, default: Duration| -> Result<Duration, ConfigError> {
+        match d {
+            None => Ok(default),
+            Some(DurationSpec::Seconds(s)) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+            Some(DurationSpec::Seconds(s)) => Err(err(field, format!("{s} is not a positive duration"), "30s")),
+            Some(DurationSpec::Text(t)) => parse_positive_duration(&names.field(field), &t),
+        }
+    };
+    let interval = duration("interval", spec.interval, defaults.interval)?;
+    let timeout = duration("timeout", spec.timeout, defaults.timeout.min(interval))?;
+    if timeout > interval {
+        return Err(err(
+            "timeout",
+            format!("{timeout:?} is longer than the interval {interval:?}"),
+            "5s",
+        ));
+    }
+    let regex =
+        |field: &str, r: &str| Regex::new(r).map_err(|e| err(field, format!("invalid regex: {e}"), "ok|healthy"));
+    let body_regex = spec.regex.as_deref().map(|r| regex("regex", r)).transpose()?;
+    let body_regex_not = spec
+        .fail_if_body_matches
+        .as_deref()
+        .map(|r| regex("fail_if_body_matches", r))
+        .transpose()?;
+
+    let mut header_rules = Vec::new();
+    for (field, fail_if_matches, rules) in [
+        ("fail_if_header_matches", true, spec.fail_if_header_matches),
+        ("fail_if_header_not_matches", false, spec.fail_if_header_not_matches),
+    ] {
+        for r in rules {
+            header_rules.push(HeaderRule {
+                header: HeaderName::from_bytes(r.header.as_bytes())
+                    .map_err(|_| err(field, format!("{:?} is not a header name", r.header), "content-type"))?,
+                regex: regex(field, &r.regex)?,
+                fail_if_matches,
+                allow_missing: r.allow_missing,
+            });
+        }
+    }
+
+    let mut headers = HeaderMap::new();
+    for (k, v) in &spec.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+            err(
+                "headers",
+                format!("{k:?} is not a header name"),
+                "{\"accept\":\"application/json\"}",
+            )
+        })?;
+        let value = HeaderValue::from_str(v).map_err(|_| {
+            err(
+                "headers",
+                format!("the value of {k:?} is not a valid header value"),
+                "{\"accept\":\"application/json\"}",
+            )
+        })?;
+        headers.append(name, value);
+    }
+    if let Some(auth) = auth {
+        headers.insert(http::header::AUTHORIZATION, auth);
+    }
+
+    let valid_status = match spec.valid_status_codes {
+        None => vec![200..=299],
+        Some(list) if list.is_empty() => {
+            return Err(err(
+                "valid_status_codes",
+                "must list at least one code".into(),
+                "[200, \"300-399\"]",
+            ))
+        }
+        Some(list) => list
+            .iter()
+            .map(|s| parse_status(s).map_err(|p| err("valid_status_codes", p, "[200, \"300-399\", \"4xx\"]")))
+            .collect::<Result<_, _>>()?,
+    };
+
+    let ip_family = match spec.ip_family.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("any") => IpFamily::Any,
+        Some("ipv4" | "ip4" | "4") => IpFamily::Ipv4,
+        Some("ipv6" | "ip6" | "6") => IpFamily::Ipv6,
+        Some(other) => return Err(err("ip_family", format!("{other:?} is not any, ipv4 or ipv6"), "ipv4")),
+    };
+    let proxy = match spec.proxy.as_deref() {
+        None | Some("env") => defaults.proxy_env.for_url(&url),
+        Some("none" | "direct") => ProxyMode::Direct,
+        Some(p) => ProxyMode::Http(parse_proxy_url(&names.field("proxy"), p)?),
+    };
+    let tls_cfg =
+        tls::client_config(&spec.tls).map_err(|p| err("tls", p, "{\"ca_file\":\"/etc/ssl/private-ca.pem\"}"))?;
+    let body_max_bytes = spec.body_max_bytes.unwrap_or(defaults.body_max_bytes);
+    if body_max_bytes == 0 {
+        return Err(err("body_max_bytes", "must be positive".into(), "1048576"));
+    }
+    Ok(Target {
+        name,
+        url,
+        method,
+        headers,
+        body: Bytes::from(spec.body.unwrap_or_default()),
+        valid_status,
+        body_regex,
+        body_regex_not,
+        header_rules,
+        interval,
+        timeout,
+        follow_redirects: spec.follow_redirects.unwrap_or(true),
+        max_redirects: spec.max_redirects.unwrap_or(10),
+        tls: tls_cfg,
+        tls_server_name: spec.tls.server_name.clone(),
+        ip_family,
+        proxy,
+        body_max_bytes,
+    })
+}
+
+/// `Authorization` from `basic_auth` or a bearer token, read now from a file or a variable and
+/// marked sensitive so it is never logged.
+fn auth_header(spec: &TargetSpec, names: &dyn FieldNames) -> Result<Option<HeaderValue>, ConfigError> {
+    let read_secret = |field: &str,
+                       file: &Option<String>,
+                       var: &Option<String>,
+                       inline: &Option<String>|
+     -> Result<Option<String>, ConfigError> {
+        if let Some(path) = file {
+            let v = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    names.field(field),
+                    format!("cannot read {path:?}: {e}"),
+                    "/var/run/secrets/token",
+                )
+            })?;
+            return Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(var) = var {
+            let v = std::env::var(var).map_err(|_| {
+                ConfigError::new(
+                    names.field(field),
+                    format!("environment variable {var:?} is not set"),
+                    "API_TOKEN",
+                )
+            })?;
+            return Ok(Some(v));
+        }
+        Ok(inline.clone())
+    };
+    let value = if let Some(b) = &spec.basic_auth {
+        let password = read_secret("basic_auth", &b.password_file, &b.password_env, &b.password)?.unwrap_or_default();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", b.username));
+        Some(format!("Basic {encoded}"))
+    } else {
+        read_secret("bearer_token", &spec.bearer_token_file, &spec.bearer_token_env, &None)?
+            .map(|t| format!("Bearer {t}"))
+    };
+    value
+        .map(|v| {
+            let mut hv = HeaderValue::from_str(&v).map_err(|_| {
+                ConfigError::new(
+                    names.field("basic_auth"),
+                    "credentials contain characters not allowed in a header",
+                    "a printable ASCII token",
+                )
+            })?;
+            hv.set_sensitive(true);
+            Ok(hv)
+        })
+        .transpose()
+}
+
+fn parse_status(s: &StatusSpec) -> Result<RangeInclusive<u16>, String> {
+    let valid = |c: u16| (100..=599).contains(&c);
+    let range = match s {
+        StatusSpec::Code(c) => *c..=*c,
+        StatusSpec::Text(t) => {
+            let t = t.trim().to_ascii_lowercase();
+            if let Some(class) = t.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
+                class * 100..=class * 100 + 99
+            } else if let Some((a, b)) = t.split_once('-') {
+                let a = a
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("{t:?} is not a status code or range"))?;
+                let b = b
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("{t:?} is not a status code or range"))?;
+                a..=b
+            } else {
+                let c = t
+                    .parse::<u16>()
+                    .map_err(|_| format!("{t:?} is not a status code or range"))?;
+                c..=c
+            }
+        }
+    };
+    if !valid(*range.start()) || !valid(*range.end()) || range.start() > range.end() {
+        return Err(format!("{range:?} is not within 100-599"));
+    }
+    Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            body_max_bytes: 1 << 20,
+            proxy_env: ProxyEnv::default(),
+        }
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Vec<Target>, ConfigError> {
+        load_targets(&Env::from_pairs(pairs.iter().copied()), &defaults())
+    }
+
+    #[test]
+    fn single_target_form() {
+        let t = load(&[
+            ("TARGET", "http://127.0.0.1:8000/x"),
+            ("PATTERN", "o+k"),
+            ("INTERVAL", "5"),
+        ])
+        .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].name, "http://127.0.0.1:8000/x");
+        assert_eq!(t[0].interval, Duration::from_secs(5));
+        assert_eq!(
+            t[0].timeout,
+            Duration::from_secs(5),
+            "timeout defaults to min(DEFAULT_TIMEOUT, interval)"
+        );
+        assert!(t[0].body_regex.as_ref().unwrap().is_match(b"ook"));
+        let t = load(&[("TARGET", "http://h/"), ("DELAY", "7")]).unwrap();
+        assert_eq!(t[0].interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn single_target_errors_name_the_variable() {
+        assert_eq!(
+            load(&[("TARGET", "http://h/"), ("INTERVAL", "abc")]).unwrap_err().var,
+            "INTERVAL"
+        );
+        assert_eq!(load(&[("TARGET", "example.com/health")]).unwrap_err().var, "TARGET");
+        assert_eq!(load(&[("TARGET", "ftp://h/")]).unwrap_err().var, "TARGET");
+        assert_eq!(
+            load(&[("TARGET", "http://h/"), ("PATTERN", "(")]).unwrap_err().var,
+            "PATTERN"
+        );
+        assert_eq!(load(&[]).unwrap_err().var, "TARGETS");
+    }
+
+    #[test]
+    fn json_list_with_options() {
+        let json = r#"[{"name":"api","url":"https://h/health","regex":"ok","interval":"30s","timeout":"5s",
+            "method":"post","headers":{"accept":"application/json"},"body":"{}","valid_status_codes":[200,"3xx","400-404"],
+            "follow_redirects":false,"ip_family":"ipv6","proxy":"http://proxy:3128","fail_if_body_matches":"error",
+            "fail_if_header_not_matches":[{"header":"content-type","regex":"json"}],
+            "basic_auth":{"username":"u","password":"p"}}]"#;
+        let t = &load(&[("TARGETS", json)]).unwrap()[0];
+        assert_eq!(t.method, Method::POST);
+        assert_eq!(t.valid_status, vec![200..=200, 300..=399, 400..=404]);
+        assert!(!t.follow_redirects);
+        assert_eq!(t.ip_family, IpFamily::Ipv6);
+        assert_eq!(t.proxy, ProxyMode::Http(Url::parse("http://proxy:3128").unwrap()));
+        assert_eq!(t.header_rules.len(), 1);
+        let auth = t.headers.get("authorization").unwrap();
+        assert!(auth.is_sensitive());
+        assert_eq!(auth, "Basic dTpw");
+        assert!(
+            !format!("{t:?}").contains("dTpw"),
+            "credentials must not be Debug-printed"
+        );
+    }
+
+    #[test]
+    fn list_errors_name_index_and_field() {
+        let e = load(&[(
+            "TARGETS",
+            r#"[{"url":"http://a/"},{"url":"http://b/","timeout":"abc"}]"#,
+        )])
+        .unwrap_err();
+        assert_eq!(e.var, "TARGETS[1].timeout");
+        let e = load(&[("TARGETS", r#"[{"url":"http://a/","tmeout":"5s"}]"#)]).unwrap_err();
+        assert_eq!(e.var, "TARGETS");
+        assert!(e.problem.contains("tmeout"), "{e}");
+        let e = load(&[("TARGETS", r#"[{"url":"http://a/","interval":"5s","timeout":"10s"}]"#)]).unwrap_err();
+        assert_eq!(e.var, "TARGETS[0].timeout");
+        let e = load(&[(
+            "TARGETS",
+            r#"[{"name":"x","url":"http://a/"},{"name":"x","url":"http://b/"}]"#,
+        )])
+        .unwrap_err();
+        assert!(e.problem.contains("used twice"), "{e}");
+        let e = load(&[("TARGETS", r#"[{"url":"http://a/","valid_status_codes":["700"]}]"#)]).unwrap_err();
+        assert_eq!(e.var, "TARGETS[0].valid_status_codes");
+    }
+
+    #[test]
+    fn yaml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("targets.yaml");
+        std::fs::write(
+            &path,
+            "# comment\n- name: web\n  url: http://127.0.0.1:1/\n  interval: 10s\n  timeout: 2\n",
+        )
+        .unwrap();
+        let t = load(&[("TARGETS_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(t[0].name, "web");
+        assert_eq!(t[0].timeout, Duration::from_secs(2));
+        assert_eq!(
+            load(&[("TARGETS_FILE", "/nonexistent.yaml")]).unwrap_err().var,
+            "TARGETS_FILE"
+        );
+    }
+
+    #[test]
+    fn no_proxy_rules() {
+        let env = Env::from_pairs([
+            ("HTTP_PROXY", "http://p:3128"),
+            ("NO_PROXY", "internal.example, .svc,127.0.0.1"),
+        ]);
+        let pe = ProxyEnv::from_env(&env).unwrap();
+        let mode = |u: &str| pe.for_url(&Url::parse(u).unwrap());
+        assert_eq!(mode("http://a.internal.example/"), ProxyMode::Direct);
+        assert_eq!(mode("http://x.svc/"), ProxyMode::Direct);
+        assert_eq!(mode("http://127.0.0.1:80/"), ProxyMode::Direct);
+        assert!(matches!(mode("http://example.com/"), ProxyMode::Http(_)));
+        assert_eq!(mode("https://example.com/"), ProxyMode::Direct, "no HTTPS_PROXY set");
+        assert_eq!(
+            ProxyEnv::from_env(&Env::from_pairs([("HTTPS_PROXY", "socks5://p")]))
+                .unwrap_err()
+                .var,
+            "HTTPS_PROXY"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Helpers to read configuration from environment variables.
+//!
+//! Each service owns one typed configuration struct; this module holds what they share: the
+//! error that names the offending variable, duration parsing, secret wrapping and the
+//! environment snapshot that tests feed in place of the process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// An invalid or missing configuration value.
+///
+/// Its `Display` names the variable, says what is wrong and shows a valid example, e.g.
+/// `INTERVAL: "abc" is not a duration (example: INTERVAL=30s)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem} (example: {var}={example})")]
+pub struct ConfigError {
+    /// The environment variable (or `VARIABLE[index].field` inside a structured value).
+    pub var: String,
+    /// What is wrong with the value.
+    pub problem: String,
+    /// A valid value, shown to the user.
+    pub example: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `var`.
+    pub fn new(var: impl Into<String>, problem: impl Into<String>, example: impl Into<String>) -> Self {
+        Self {
+            var: var.into(),
+            problem: problem.into(),
+            example: example.into(),
+        }
+    }
+}
+
+/// A snapshot of environment variables: the process environment in production, a list of pairs
+/// in tests (so tests never call `std::env::set_var`).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Snapshot of the process environment. Variables whose name or value is not UTF-8 are skipped.
+    pub fn from_process() -> Self {
+        Self::from_pairs(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+    }
+
+    /// Snapshot built from `(name, value)` pairs.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    /// The value of `name`, or `None` when it is unset or empty (an empty variable means "unset",
+    /// as in compose files and Kubernetes manifests that blank a value).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The first set variable among `names` with its name, so errors name the one the user set.
+    pub fn get_any<'a>(&'a self, names: &[&'a str]) -> Option<(&'a str, &'a str)> {
+        names.iter().find_map(|n| self.get(n).map(|v| (*n, v)))
+    }
+
+    /// All variables, as pairs, for `envy::from_iter`.
+    pub fn pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.vars
+            .iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    /// Variables whose name starts with `prefix`, with the prefix removed.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.vars
+            .iter()
+            .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
+    }
+
+    /// Deserializes the variables into `T` with `envy`, mapping envy's errors to [`ConfigError`].
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        envy::from_iter(self.pairs()).map_err(|e| match e {
+            envy::Error::MissingValue(field) => {
+                ConfigError::new(field.to_uppercase(), "is required but not set", "<see README>")
+            }
+            envy::Error::Custom(msg) => {
+                // envy says "... while parsing value 'x' provided by NAME".
+                let var = msg.rsplit("provided by ").next().unwrap_or("environment").to_string();
+                ConfigError::new(var, msg, "<see README>")
+            }
+        })
+    }
+}
+
+/// Parses a duration such as `30s`, `1m30s`, `250ms` or a bare number of seconds (`30`, `0.5`).
+///
+/// Errors name `var`. Zero is allowed; callers that need a positive value check it.
+pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let parsed = match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
+        Ok(_) => Err(()),
+        Err(_) => humantime::parse_duration(v).map_err(|_| ()),
+    };
+    parsed.map_err(|()| ConfigError::new(var, format!("{value:?} is not a duration"), "30s"))
+}
+
+/// Parses a positive duration; zero is rejected.
+pub fn parse_positive_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(var, value)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(var, "must be greater than zero", "30s"));
+    }
+    Ok(d)
+}
+
+/// A value that must never appear in logs, `Debug` output or metrics (passwords, tokens, DSNs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call only where it is handed to the library that needs it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The host name of this machine (Kubernetes: the pod name), used as the default instance id.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("X", "30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("X", "1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("X", "15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("X", "0.5").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_duration_names_the_variable() {
+        let e = parse_duration("INTERVAL", "abc").unwrap_err();
+        assert_eq!(e.var, "INTERVAL");
+        assert_eq!(
+            e.to_string(),
+            "INTERVAL: \"abc\" is not a duration (example: INTERVAL=30s)"
+        );
+        assert!(parse_duration("X", "-1").is_err());
+        assert!(parse_positive_duration("X", "0s").is_err());
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let env = Env::from_pairs([("A", ""), ("B", "1")]);
+        assert_eq!(env.get("A"), None);
+        assert_eq!(env.get_any(&["A", "B"]), Some(("B", "1")));
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

@@ -1,0 +1,265 @@
+//! Kafka client settings shared by the producer (checker) and the consumer (sink).
+//!
+//! Settings come from `KAFKA_BOOTSTRAP_SERVERS` (or the older `KAFKA_BROKER`), `KAFKA_TOPIC`
+//! and any librdkafka property spelled `KAFKA_CFG_<PROPERTY>`, where the property name is
+//! upper-cased with `.` written as `_`: `KAFKA_CFG_SECURITY_PROTOCOL=ssl` sets
+//! `security.protocol=ssl` (property list: librdkafka's CONFIGURATION.md). That is how TLS client
+//! certificates and SASL are configured without code changes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::config::{ConfigError, Env};
+
+/// Default topic for probe results.
+pub const DEFAULT_TOPIC: &str = "healthcheck-results";
+
+/// Kafka connection settings.
+#[derive(Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// The topic probe results are published to and consumed from.
+    pub topic: String,
+    /// Extra librdkafka properties from `KAFKA_CFG_*`, applied last (they override defaults).
+    pub properties: BTreeMap<String, String>,
+    /// Create the topic at start-up when missing (`KAFKA_CREATE_TOPIC`, default true).
+    pub create_topic: bool,
+    /// Partitions of a topic created at start-up (`KAFKA_TOPIC_PARTITIONS`, default 6).
+    pub topic_partitions: i32,
+    /// Replication factor of a topic created at start-up (`KAFKA_TOPIC_REPLICATION_FACTOR`,
+    /// default 1; use 3 on a production cluster).
+    pub topic_replication_factor: i32,
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("properties", &props)
+            .field("create_topic", &self.create_topic)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication_factor", &self.topic_replication_factor)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, keys, JAAS/OAuth config).
+fn is_secret_property(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "jaas",
+        "token",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl KafkaSettings {
+    /// Reads the settings from `env`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable when a value is invalid (an empty bootstrap list, a
+    /// topic name with characters Kafka rejects, a non-numeric partition count).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let (servers_var, bootstrap_servers) = env
+            .get_any(&["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BROKER"])
+            .unwrap_or(("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"));
+        for server in bootstrap_servers.split(',') {
+            let server = server.trim();
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::new(
+                    servers_var,
+                    format!("{server:?} is not host:port"),
+                    "kafka-0.kafka:9092,kafka-1.kafka:9092",
+                ));
+            }
+        }
+        let topic = env.get("KAFKA_TOPIC").unwrap_or(DEFAULT_TOPIC).to_string();
+        // Kafka topic names: [a-zA-Z0-9._-], at most 249 characters (Kafka's Topic.java).
+        if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(ConfigError::new(
+                "KAFKA_TOPIC",
+                format!("{topic:?} is not a valid topic name"),
+                DEFAULT_TOPIC,
+            ));
+        }
+        let properties = env
+            .with_prefix("KAFKA_CFG_")
+            .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v.to_string()))
+            .collect();
+        let create_topic = match env.get("KAFKA_CREATE_TOPIC") {
+            None => true,
+            Some(v) => parse_bool("KAFKA_CREATE_TOPIC", v)?,
+        };
+        let topic_partitions = parse_positive_i32(env, "KAFKA_TOPIC_PARTITIONS", 6)?;
+        let topic_replication_factor = parse_positive_i32(env, "KAFKA_TOPIC_REPLICATION_FACTOR", 1)?;
+        Ok(Self {
+            bootstrap_servers: bootstrap_servers.trim().to_string(),
+            topic,
+            properties,
+            create_topic,
+            topic_partitions,
+            topic_replication_factor,
+        })
+    }
+
+    /// A librdkafka client configuration: `bootstrap.servers`, then `defaults` (the service's
+    /// own choices), then the user's `KAFKA_CFG_*` properties, which win.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in defaults {
+            cfg.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    /// Creates the topic when `create_topic` is set and it does not exist yet.
+    ///
+    /// # Errors
+    /// The broker's error, except "topic already exists", which is success.
+    pub async fn ensure_topic(&self) -> Result<(), rdkafka::error::KafkaError> {
+        if !self.create_topic {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
+        let topic = NewTopic::new(
+            &self.topic,
+            self.topic_partitions,
+            TopicReplication::Fixed(self.topic_replication_factor),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics([&topic], &opts).await?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(topic = %self.topic, partitions = self.topic_partitions, "Created topic."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(rdkafka::error::KafkaError::AdminOp(code)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking metadata request (see [`topic_partitions`]) on the blocking thread pool: the
+/// readiness test of both services.
+///
+/// # Errors
+/// A short description when the broker cannot be reached or does not know the topic.
+pub async fn check_metadata<F>(fetch: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<usize, String> + Send + 'static,
+{
+    tokio::task::spawn_blocking(fetch)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .and_then(|n| {
+            if n == 0 {
+                Err("topic has no partitions".to_string())
+            } else {
+                Ok(())
+            }
+        })
+}
+
+/// Number of partitions of `topic`, from a metadata request that blocks up to `timeout`.
+///
+/// # Errors
+/// The broker's error as text (unreachable, unknown topic).
+pub fn topic_partitions<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, String> {
+    let md = client.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or("topic not in metadata")?;
+    if let Some(err) = t.error() {
+        return Err(format!(
+            "topic {topic}: {:?}",
+            rdkafka::error::RDKafkaErrorCode::from(err)
+        ));
+    }
+    Ok(t.partitions().len())
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(var, format!("{v:?} is not a boolean"), "true")),
+    }
+}
+
+fn parse_positive_i32(env: &Env, var: &str, default: i32) -> Result<i32, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::new(var, format!("{v:?} is not a positive integer"), default.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_properties_pass_through_and_win() {
+        let env = Env::from_pairs([
+            ("KAFKA_BROKER", "b1:9092,b2:9093"),
+            ("KAFKA_CFG_SECURITY_PROTOCOL", "ssl"),
+            ("KAFKA_CFG_SSL_KEY_PASSWORD", "hunter2"),
+            ("KAFKA_CFG_ACKS", "1"),
+        ]);
+        let k = KafkaSettings::from_env(&env).unwrap();
+        assert_eq!(k.bootstrap_servers, "b1:9092,b2:9093");
+        assert_eq!(k.topic, DEFAULT_TOPIC);
+        let cfg = k.client_config(&[("acks", "all")]);
+        assert_eq!(cfg.get("security.protocol"), Some("ssl"));
+        assert_eq!(cfg.get("acks"), Some("1"));
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "nohostport")])).unwrap_err();
+        assert_eq!(e.var, "KAFKA_BOOTSTRAP_SERVERS");
+        let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_BROKER", "x:y")])).unwrap_err();
+        assert_eq!(e.var, "KAFKA_BROKER");
+        let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_TOPIC", "bad topic")])).unwrap_err();
+        assert_eq!(e.var, "KAFKA_TOPIC");
+        let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_TOPIC_PARTITIONS", "0")])).unwrap_err();
+        assert_eq!(e.var, "KAFKA_TOPIC_PARTITIONS");
+    }
+}

@@ -1,0 +1,12 @@
+//! What the checker and the sink really share: configuration helpers, the admin HTTP server
+//! (`/healthz`, `/readyz`, `/metrics`), shutdown on SIGTERM/SIGINT, telemetry, the Kafka client
+//! settings and the probe-result wire type.
+//!
+//! This crate never probes a target and never issues SQL; those belong to the services.
+
+pub mod admin;
+pub mod config;
+pub mod kafka;
+pub mod result;
+pub mod shutdown;
+pub mod telemetry;

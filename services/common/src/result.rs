@@ -1,0 +1,255 @@
+//! The probe result: one JSON message per probe on the Kafka topic, one row in PostgreSQL.
+//!
+//! Compatibility rules, so producers and consumers can be upgraded one at a time:
+//! - Fields are only ever added. A consumer ignores fields it does not know, and every field
+//!   other than the identity fields (`check_id`, `target`, `url`, `scheduled_at`, `started_at`,
+//!   `success`) may be missing and then reads as null.
+//! - `schema_version` is raised whenever fields are added; it is informational.
+//!
+//! Units: durations are seconds (`f64`), timestamps are RFC 3339 with nanoseconds in UTC, sizes
+//! are bytes.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version written by this build.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The UUID namespace of `check_id`s (a fixed random UUID; changing it changes every id).
+pub const CHECK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a0e_42d1_4b9e_9d3e_8f2a_6b7c_0d11);
+
+/// The deterministic id of one scheduled probe: UUIDv5 (RFC 9562 §5.5) over
+/// `"<target name>\n<scheduled_at as RFC 3339 with nanoseconds>"`.
+///
+/// Two results with the same id describe the same scheduled slot of the same target, so the
+/// sink keeps the first and drops replays.
+pub fn check_id(target: &str, scheduled_at: DateTime<Utc>) -> Uuid {
+    let name = format!("{target}\n{}", scheduled_at.to_rfc3339_opts(SecondsFormat::Nanos, true));
+    Uuid::new_v5(&CHECK_ID_NAMESPACE, name.as_bytes())
+}
+
+/// Why a probe failed: a closed set, stored as its `snake_case` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The host name did not resolve (NXDOMAIN, no address of the wanted family, resolver error).
+    Dns,
+    /// The TCP connection failed (refused, unreachable, reset during connect).
+    Connect,
+    /// The TLS handshake failed (untrusted or expired certificate, name mismatch, protocol).
+    Tls,
+    /// The whole probe took longer than the target's timeout.
+    Timeout,
+    /// HTTP protocol failure: connection closed before the response headers, malformed response.
+    Http,
+    /// The response status code is not one of the target's expected codes.
+    Status,
+    /// Reading or decoding the response body failed.
+    Body,
+    /// The response body is larger than the configured cap.
+    BodyTooLarge,
+    /// The body regex did not match, or a must-not-match regex matched.
+    Regex,
+    /// A header condition failed (missing header, header regex).
+    Header,
+    /// More redirects than the target allows (also catches redirect loops).
+    TooManyRedirects,
+    /// The request could not be built (bad redirect location, unsupported scheme).
+    Request,
+    /// The proxy refused or failed the tunnel.
+    Proxy,
+}
+
+impl ErrorKind {
+    /// All kinds, for metrics that pre-register every label value.
+    pub const ALL: [ErrorKind; 13] = [
+        Self::Dns,
+        Self::Connect,
+        Self::Tls,
+        Self::Timeout,
+        Self::Http,
+        Self::Status,
+        Self::Body,
+        Self::BodyTooLarge,
+        Self::Regex,
+        Self::Header,
+        Self::TooManyRedirects,
+        Self::Request,
+        Self::Proxy,
+    ];
+
+    /// The `snake_case` name, as stored and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Http => "http",
+            Self::Status => "status",
+            Self::Body => "body",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Regex => "regex",
+            Self::Header => "header",
+            Self::TooManyRedirects => "too_many_redirects",
+            Self::Request => "request",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Time spent in each phase of the probe, in seconds, summed over redirect hops. Names and
+/// meanings follow blackbox_exporter's `probe_http_duration_seconds{phase}`. A phase that did
+/// not happen (no DNS for an IP literal, no TLS for plain HTTP, or the probe failed before it)
+/// is null.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Phases {
+    /// Name resolution.
+    pub resolve: Option<f64>,
+    /// TCP connect.
+    pub connect: Option<f64>,
+    /// TLS handshake.
+    pub tls: Option<f64>,
+    /// Request sent until the response headers arrived (server think time).
+    pub processing: Option<f64>,
+    /// Response headers until the last body byte.
+    pub transfer: Option<f64>,
+}
+
+/// What the TLS handshake of the final hop showed. Absent when no certificate was read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsInfo {
+    /// Negotiated protocol, e.g. `TLSv1_3`.
+    pub version: Option<String>,
+    /// Negotiated cipher suite, IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: Option<String>,
+    /// notAfter of the leaf certificate (RFC 5280 §4.1.2.5).
+    pub leaf_not_after: Option<DateTime<Utc>>,
+    /// Earliest notAfter among the certificates the server presented (leaf and intermediates).
+    pub earliest_not_after: Option<DateTime<Utc>>,
+    /// Subject of the leaf certificate, RFC 4514 string.
+    pub leaf_subject: Option<String>,
+}
+
+/// One probe of one target: the message published to Kafka and the row the sink writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// Version of this schema that wrote the message ([`SCHEMA_VERSION`]).
+    #[serde(default)]
+    pub schema_version: u32,
+    /// Deterministic id of the scheduled slot, see [`check_id`].
+    pub check_id: Uuid,
+    /// The checker instance that ran the probe (`INSTANCE_ID`, default the host name).
+    #[serde(default)]
+    pub instance_id: String,
+    /// Target name (unique within a checker's target list).
+    pub target: String,
+    /// Target URL as configured.
+    pub url: String,
+    /// When the probe was due (the fixed-rate slot).
+    pub scheduled_at: DateTime<Utc>,
+    /// When the probe really started.
+    pub started_at: DateTime<Utc>,
+    /// `started_at - scheduled_at`, seconds: scheduling lateness.
+    #[serde(default)]
+    pub lateness_seconds: f64,
+    /// The timeout that bounded the whole probe, seconds.
+    #[serde(default)]
+    pub timeout_seconds: f64,
+    /// Total probe duration, seconds, DNS to last body byte over all hops (or until failure).
+    #[serde(default)]
+    pub duration_seconds: f64,
+    /// Whether every condition held: connected, status expected, body and header conditions met.
+    pub success: bool,
+    /// Why the probe failed, when it did: an [`ErrorKind`] name. Kept as a string here so a
+    /// consumer keeps kinds added by a newer producer.
+    #[serde(default)]
+    pub error_kind: Option<String>,
+    /// Human-readable cause of the failure.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// HTTP status of the final response; null when no response arrived.
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    /// HTTP status of the first response (differs from `status_code` after redirects).
+    #[serde(default)]
+    pub first_status_code: Option<u16>,
+    /// Redirects followed.
+    #[serde(default)]
+    pub redirects: u32,
+    /// URL of the final response (after redirects).
+    #[serde(default)]
+    pub final_url: Option<String>,
+    /// HTTP version of the final response: `HTTP/1.1`, `HTTP/2`.
+    #[serde(default)]
+    pub http_version: Option<String>,
+    /// IP address connected to on the final hop.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// `ipv4` or `ipv6`.
+    #[serde(default)]
+    pub ip_family: Option<String>,
+    /// Whether the body regex conditions held; null when the target has none.
+    #[serde(default)]
+    pub regex_matched: Option<bool>,
+    /// Body bytes read, after content decoding.
+    #[serde(default)]
+    pub body_bytes: Option<u64>,
+    /// The final response's `Content-Length` header, when present.
+    #[serde(default)]
+    pub content_length: Option<u64>,
+    /// Phase timings.
+    #[serde(default)]
+    pub phases: Phases,
+    /// TLS details of the final hop.
+    #[serde(default)]
+    pub tls: Option<TlsInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_id_is_deterministic_and_slot_specific() {
+        let t = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(check_id("api", t), check_id("api", t));
+        assert_ne!(check_id("api", t), check_id("web", t));
+        assert_ne!(
+            check_id("api", t),
+            check_id("api", t + chrono::Duration::nanoseconds(1))
+        );
+        assert_eq!(check_id("api", t).get_version_num(), 5);
+    }
+
+    #[test]
+    fn minimal_and_extended_messages_decode() {
+        let minimal = r#"{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"a","url":"http://x/",
+            "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":true,
+            "some_future_field":{"x":1}}"#;
+        let r: ProbeResult = serde_json::from_str(minimal).unwrap();
+        assert!(r.success);
+        assert_eq!(r.status_code, None);
+        assert_eq!(r.phases, Phases::default());
+        let again: ProbeResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn error_kind_names_are_stable() {
+        for k in ErrorKind::ALL {
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+        }
+    }
+}

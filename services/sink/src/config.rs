@@ -1,0 +1,182 @@
+//! The sink's configuration, read once from environment variables at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::config::{parse_duration, parse_positive_duration, ConfigError, Env, Secret};
+use common::kafka::KafkaSettings;
+use common::telemetry::LogFormat;
+use serde::Deserialize;
+
+/// Default admin address of the sink.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8081";
+
+/// Everything the sink needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Kafka connection and topic.
+    pub kafka: KafkaSettings,
+    /// Consumer group (`KAFKA_GROUP_ID`, default `healthcheck-sink`), librdkafka `group.id`.
+    pub group_id: String,
+    /// Static membership id (`KAFKA_GROUP_INSTANCE_ID`), librdkafka `group.instance.id` (KIP-345).
+    pub group_instance_id: Option<String>,
+    /// PostgreSQL DSN (`DATABASE_URL` or `POSTGRESQL_DSN`): URL or libpq `key=value` form.
+    pub database_url: Secret<String>,
+    /// Pool size (`DB_POOL_SIZE`, default 4).
+    pub pool_size: usize,
+    /// Flush a batch at this many rows (`BATCH_MAX_ROWS`, default 5000).
+    pub batch_max_rows: usize,
+    /// Flush a batch at this many payload bytes (`BATCH_MAX_BYTES`, default 8 MiB).
+    pub batch_max_bytes: usize,
+    /// Flush a non-empty batch after this long (`BATCH_LINGER`, default 100 ms).
+    pub batch_linger: Duration,
+    /// Drop monthly partitions that ended longer ago than this (`RETENTION`, e.g. `400d`;
+    /// `0` or unset keeps everything).
+    pub retention: Option<Duration>,
+    /// Monthly partitions created ahead (`PARTITIONS_AHEAD`, default 3).
+    pub partitions_ahead: u32,
+    /// Admin server address (`ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
+    pub shutdown_grace: Duration,
+    /// Log format (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Deserialize)]
+struct Raw {
+    kafka_group_id: Option<String>,
+    kafka_group_instance_id: Option<String>,
+    db_pool_size: Option<usize>,
+    batch_max_rows: Option<usize>,
+    batch_max_bytes: Option<usize>,
+    batch_linger: Option<String>,
+    retention: Option<String>,
+    partitions_ahead: Option<u32>,
+    shutdown_grace_period: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Parses `ADMIN_ADDR`; shared with the `healthcheck` subcommand.
+///
+/// # Errors
+/// A [`ConfigError`] naming `ADMIN_ADDR`.
+pub fn admin_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
+    let v = env.get("ADMIN_ADDR").unwrap_or(DEFAULT_ADMIN_ADDR);
+    v.parse().map_err(|_| {
+        ConfigError::new(
+            "ADMIN_ADDR",
+            format!("{v:?} is not an IP:port address"),
+            DEFAULT_ADMIN_ADDR,
+        )
+    })
+}
+
+impl Config {
+    /// Reads and validates the configuration.
+    ///
+    /// # Errors
+    /// The first invalid value, as a [`ConfigError`] naming its variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw: Raw = env.deserialize()?;
+        let example_dsn = "postgres://sink:secret@postgres:5432/healthcheck";
+        let (dsn_var, dsn) = env
+            .get_any(&["DATABASE_URL", "POSTGRESQL_DSN"])
+            .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set", example_dsn))?;
+        // Parse now so a typo fails at start-up; the error never echoes the DSN (it holds the password).
+        if let Err(e) = dsn.parse::<tokio_postgres::Config>() {
+            return Err(ConfigError::new(
+                dsn_var,
+                format!("not a PostgreSQL connection string ({e})"),
+                example_dsn,
+            ));
+        }
+        let positive = |var: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::new(var, "must be positive", default.to_string())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let retention = match raw.retention.as_deref() {
+            None => None,
+            Some(v) => Some(parse_duration("RETENTION", v)?).filter(|d| !d.is_zero()),
+        };
+        if retention.is_some_and(|r| r < Duration::from_secs(31 * 86_400)) {
+            return Err(ConfigError::new(
+                "RETENTION",
+                "must be at least 31 days (partitions are monthly) or 0 to keep everything",
+                "400d",
+            ));
+        }
+        Ok(Self {
+            kafka: KafkaSettings::from_env(env)?,
+            group_id: raw.kafka_group_id.unwrap_or_else(|| "healthcheck-sink".to_string()),
+            group_instance_id: raw.kafka_group_instance_id,
+            database_url: Secret::new(dsn.to_string()),
+            pool_size: positive("DB_POOL_SIZE", raw.db_pool_size, 4)?,
+            batch_max_rows: positive("BATCH_MAX_ROWS", raw.batch_max_rows, 5000)?,
+            batch_max_bytes: positive("BATCH_MAX_BYTES", raw.batch_max_bytes, 8 << 20)?,
+            batch_linger: match raw.batch_linger.as_deref() {
+                Some(v) => parse_positive_duration("BATCH_LINGER", v)?,
+                None => Duration::from_millis(100),
+            },
+            retention,
+            partitions_ahead: raw.partitions_ahead.unwrap_or(3),
+            admin_addr: admin_addr(env)?,
+            shutdown_grace: match raw.shutdown_grace_period.as_deref() {
+                Some(v) => parse_positive_duration("SHUTDOWN_GRACE_PERIOD", v)?,
+                None => Duration::from_secs(25),
+            },
+            log_format: LogFormat::parse(raw.log_format.as_deref())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut pairs = vec![("DATABASE_URL", "postgres://u:hunter2@localhost/db")];
+        pairs.extend_from_slice(extra);
+        Config::from_env(&Env::from_pairs(pairs))
+    }
+
+    #[test]
+    fn defaults_and_aliases() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.group_id, "healthcheck-sink");
+        assert_eq!(c.retention, None);
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the DSN's password must not be Debug-printed"
+        );
+        let c = Config::from_env(&Env::from_pairs([("POSTGRESQL_DSN", "host=localhost user=u dbname=d")])).unwrap();
+        assert_eq!(c.database_url.expose(), "host=localhost user=u dbname=d");
+        assert_eq!(load(&[("RETENTION", "0")]).unwrap().retention, None);
+        assert_eq!(
+            load(&[("RETENTION", "400d")]).unwrap().retention,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(Config::from_env(&Env::default()).unwrap_err().var, "DATABASE_URL");
+        let e = Config::from_env(&Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u:hunter2@h:notaport/db",
+        )]))
+        .unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        for (var, value) in [
+            ("BATCH_MAX_ROWS", "0"),
+            ("BATCH_MAX_ROWS", "many"),
+            ("BATCH_LINGER", "x"),
+            ("RETENTION", "1d"),
+            ("DB_POOL_SIZE", "0"),
+        ] {
+            assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The sink's Prometheus metrics, prefixed `healthcheck_sink_`.
+
+use prometheus::{Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// All sink metrics, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// Messages received from Kafka.
+    pub consumed: IntCounter,
+    /// Rows inserted into `probe_results`.
+    pub inserted: IntCounter,
+    /// Rows offered but already present (replays absorbed by `ON CONFLICT DO NOTHING`).
+    pub duplicates: IntCounter,
+    /// Dead letters written, by class (`decode`, `data`).
+    pub dead_letters: IntCounterVec,
+    /// Rows per batch.
+    pub batch_rows: Histogram,
+    /// Duration of a batch write (all its transactions), seconds.
+    pub transaction_seconds: Histogram,
+    /// Write retries, by SQLSTATE class (`08`, `40`, `53`, `57`) or `pool`/`io`.
+    pub retries: IntCounterVec,
+    /// Seconds spent with partitions paused (writes behind or retrying).
+    pub paused_seconds: Counter,
+    /// Consumer lag per partition, messages (librdkafka statistics `consumer_lag`).
+    pub consumer_lag: IntGaugeVec,
+    /// Rebalance events, by kind (`assign`, `revoke`).
+    pub rebalances: IntCounterVec,
+    /// Unix time of the last successful offset store.
+    pub last_offset_store: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Panics
+    /// Never in practice: names are static and registered once.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("registered once");
+                m
+            }};
+        }
+        let dead_letters: IntCounterVec = reg!(IntCounterVec::new(
+            Opts::new("healthcheck_sink_dead_letters_total", "Dead letters written, by class."),
+            &["class"]
+        ));
+        for c in ["decode", "data"] {
+            dead_letters.with_label_values(&[c]);
+        }
+        let retries: IntCounterVec = reg!(IntCounterVec::new(
+            Opts::new(
+                "healthcheck_sink_write_retries_total",
+                "Batch write retries, by SQLSTATE class or pool/io."
+            ),
+            &["class"]
+        ));
+        let rebalances: IntCounterVec = reg!(IntCounterVec::new(
+            Opts::new(
+                "healthcheck_sink_rebalances_total",
+                "Consumer group rebalance events, by kind."
+            ),
+            &["kind"]
+        ));
+        for k in ["assign", "revoke"] {
+            rebalances.with_label_values(&[k]);
+        }
+        common::telemetry::register_build_info(&registry, "healthcheck_sink", env!("CARGO_PKG_VERSION"));
+        Self {
+            consumed: reg!(IntCounter::new(
+                "healthcheck_sink_messages_consumed_total",
+                "Messages received from Kafka."
+            )),
+            inserted: reg!(IntCounter::new(
+                "healthcheck_sink_rows_inserted_total",
+                "Rows inserted into probe_results."
+            )),
+            duplicates: reg!(IntCounter::new(
+                "healthcheck_sink_duplicates_total",
+                "Rows offered that were already stored (replays absorbed)."
+            )),
+            dead_letters,
+            batch_rows: reg!(Histogram::with_opts(
+                HistogramOpts::new("healthcheck_sink_batch_rows", "Messages per written batch.")
+                    .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets"))
+            )),
+            transaction_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "healthcheck_sink_transaction_duration_seconds",
+                    "Time to write one batch, seconds."
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+                ])
+            )),
+            retries,
+            paused_seconds: reg!(Counter::new(
+                "healthcheck_sink_paused_seconds_total",
+                "Seconds spent with partitions paused."
+            )),
+            consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new("healthcheck_sink_consumer_lag", "Consumer lag per partition, messages."),
+                &["topic", "partition"]
+            )),
+            rebalances,
+            last_offset_store: reg!(Gauge::new(
+                "healthcheck_sink_last_offset_store_timestamp_seconds",
+                "Unix time of the last successful offset store."
+            )),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
