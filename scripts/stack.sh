@@ -18,7 +18,7 @@
 #   BROKER_PORT         broker port on 127.0.0.1 (default 19092)
 #   STACK_WAIT          seconds to wait for a service to accept connections (default 60)
 #   TANSU_INSTALL_WAIT  seconds to wait for a `cargo install tansu` that another
-#                       process is already running (default 1800)
+#                       process is already running (default 3600)
 #   PG_BIN              directory holding initdb/pg_ctl (default: newest
 #                       /usr/lib/postgresql/*/bin)
 #
@@ -31,7 +31,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_PORT="${PG_PORT:-54329}"
 BROKER_PORT="${BROKER_PORT:-19092}"
 STACK_WAIT="${STACK_WAIT:-60}"
-TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-1800}"
+TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-3600}"
 TANSU_VERSION=0.6.0
 HOST=127.0.0.1
 DB_USER=healthcheck
@@ -196,7 +196,8 @@ pg_up() {
             chown postgres: "$PG_SOCK"
         fi
         log "starting PostgreSQL on $HOST:$PG_PORT"
-        if ! as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$STACK_WAIT" start >/dev/null; then
+        # 9>&-: the server must not inherit (and so hold) the stack lock.
+        if ! as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$STACK_WAIT" start >/dev/null 9>&-; then
             tail_log "$PG_LOG"
             die "PostgreSQL did not start within ${STACK_WAIT}s"
         fi
@@ -294,12 +295,12 @@ broker_up() {
         mkdir -p "$BROKER_DIR"
         log "starting tansu broker on $HOST:$BROKER_PORT (in-memory storage)"
         # setsid: its own session, so a Ctrl-C meant for `make test` leaves it
-        # to the trap that calls `down`.
+        # to the trap that calls `down`. 9>&-: it must not hold the stack lock.
         RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid tansu broker \
             --listener-url "tcp://$HOST:$BROKER_PORT" \
             --advertised-listener-url "tcp://$HOST:$BROKER_PORT" \
             --storage-engine memory://tansu/ \
-            >"$BROKER_LOG" 2>&1 </dev/null &
+            >"$BROKER_LOG" 2>&1 </dev/null 9>&- &
         pid=$!
         printf '%s\n' "$pid" >"$BROKER_PID_FILE"
     fi
@@ -318,6 +319,12 @@ broker_up() {
         sleep 1
         waited=$((waited + 1))
     done
+    # The port may answer for another process that won a race for it.
+    if ! kill -0 "$pid" 2>/dev/null; then
+        tail_log "$BROKER_LOG"
+        rm -f "$BROKER_PID_FILE"
+        die "broker exited; port $BROKER_PORT is held by another process"
+    fi
 }
 
 broker_down() {
@@ -402,6 +409,16 @@ install() {
 
 # ---------------------------------------------------------------------- main
 
+# Serialises up/down, so that two concurrent `up`s (say `make test` in two
+# terminals) do not both start a server on the same port.
+lock() {
+    mkdir -p "$REPO/.tmp"
+    exec 9>"$REPO/.tmp/stack.lock"
+    if ! flock -w 300 9; then
+        die "another scripts/stack.sh up/down held .tmp/stack.lock for 300s"
+    fi
+}
+
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
@@ -409,11 +426,13 @@ usage() {
 case "${1:-}" in
     install) install ;;
     up)
+        lock
         pg_up
         broker_up
         log "up: postgres $HOST:$PG_PORT, broker $HOST:$BROKER_PORT"
         ;;
     down)
+        lock
         broker_down
         pg_down
         ;;
