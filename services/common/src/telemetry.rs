@@ -37,8 +37,9 @@ impl LogFormat {
 /// Installs the global tracing subscriber. `RUST_LOG` selects levels (default `info`). Logs go
 /// to standard error. Calling it twice is harmless (the second call does nothing).
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn")
+    });
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

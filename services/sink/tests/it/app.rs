@@ -1,0 +1,203 @@
+//! The sink app in-process against the real broker and PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::config::Env;
+use sink::app::App;
+use sink::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::sample;
+use crate::support::*;
+
+struct Running {
+    admin: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(pairs: Vec<(&str, String)>) -> Running {
+    let mut all: Vec<(String, String)> = vec![
+        ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
+        ("BATCH_LINGER".into(), "20ms".into()),
+        ("SHUTDOWN_GRACE_PERIOD".into(), "10s".into()),
+    ];
+    all.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let config = Config::from_env(&Env::from_pairs(all)).expect("valid config");
+    let app = App::build(config).await.expect("app builds");
+    let admin = app.admin_addr();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    Running { admin, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("stops within the grace period")
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.admin, "/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_dead_letters_poison_and_resumes_from_committed_offsets() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let (topic, group) = (unique("results"), unique("group"));
+    create_topic(&bootstrap, &topic, 3).await;
+    let p = producer(&bootstrap);
+    let now = Utc::now();
+    for i in 0..50 {
+        let r = sample(&format!("t{}", i % 7), now + chrono::Duration::seconds(i), true, 0.01);
+        send(&p, &topic, &r.target, &serde_json::to_vec(&r).unwrap()).await;
+    }
+    send(&p, &topic, "t0", b"{\"this is\": not json").await;
+    let after = sample("t0", now + chrono::Duration::hours(1), true, 0.01);
+    send(&p, &topic, "t0", &serde_json::to_vec(&after).unwrap()).await;
+
+    let env = || {
+        vec![
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_GROUP_ID", group.clone()),
+        ]
+    };
+    let sink = start(env()).await;
+    let db = connect(&url).await;
+    wait_until(Duration::from_secs(30), "51 rows and 1 dead letter", || {
+        let db = &db;
+        async move { count(db, "probe_results").await == 51 && count(db, "dead_letters").await == 1 }
+    })
+    .await;
+    let dl = db
+        .query_one("SELECT topic, payload, error_class, message_key FROM dead_letters", &[])
+        .await
+        .unwrap();
+    assert_eq!(dl.get::<_, String>(0), topic);
+    assert_eq!(dl.get::<_, Vec<u8>>(1), b"{\"this is\": not json".to_vec());
+    assert_eq!(dl.get::<_, String>(2), "decode");
+    assert_eq!(dl.get::<_, Vec<u8>>(3), b"t0".to_vec());
+    wait_until(Duration::from_secs(10), "readiness", || async {
+        http_get(sink.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(sink.metric("healthcheck_sink_messages_consumed_total").await, 52.0);
+    assert_eq!(sink.metric("healthcheck_sink_rows_inserted_total").await, 51.0);
+    assert_eq!(
+        sink.metric("healthcheck_sink_dead_letters_total{class=\"decode\"}")
+            .await,
+        1.0
+    );
+    sink.stop().await;
+
+    // Restart with the same group: nothing is replayed, new messages are consumed.
+    for i in 0..10 {
+        let r = sample("late", now + chrono::Duration::seconds(i), false, 0.2);
+        send(&p, &topic, &r.target, &serde_json::to_vec(&r).unwrap()).await;
+    }
+    let sink = start(env()).await;
+    wait_until(Duration::from_secs(30), "61 rows", || {
+        let db = &db;
+        async move { count(db, "probe_results").await == 61 }
+    })
+    .await;
+    assert_eq!(
+        sink.metric("healthcheck_sink_messages_consumed_total").await,
+        10.0,
+        "offsets were committed at shutdown"
+    );
+    assert_eq!(sink.metric("healthcheck_sink_duplicates_total").await, 0.0);
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_dependencies_and_writes_resume_after_an_outage() {
+    let url = fresh_database().await;
+    let pg_addr: std::net::SocketAddr = {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &cfg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            _ => panic!("TCP host expected"),
+        };
+        format!("{host}:{}", cfg.get_ports()[0]).parse().unwrap()
+    };
+    let pg = Forwarder::start(pg_addr, None).await;
+    let via_forwarder = url.replace(&pg_addr.to_string(), &pg.addr.to_string());
+    let broker = PrivateBroker::start().await;
+    let topic = unique("results");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let sink = start(vec![
+        ("DATABASE_URL", via_forwarder),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+    ])
+    .await;
+    let ready = |want: u16| {
+        let admin = sink.admin;
+        move || async move { http_get(admin, "/readyz").await.0 == want }
+    };
+    wait_until(Duration::from_secs(30), "ready", ready(200)).await;
+
+    // PostgreSQL outage: unready, still live; a message sent meanwhile is written afterwards.
+    pg.cut().await;
+    wait_until(
+        Duration::from_secs(15),
+        "unready while PostgreSQL is cut off",
+        ready(503),
+    )
+    .await;
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "liveness never depends on PostgreSQL"
+    );
+    let p = producer(&broker.bootstrap());
+    let r = sample("during-outage", Utc::now(), true, 0.1);
+    send(&p, &topic, &r.target, &serde_json::to_vec(&r).unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.restore().await;
+    wait_until(Duration::from_secs(30), "ready after PostgreSQL returns", ready(200)).await;
+    let db = connect(&url).await;
+    wait_until(Duration::from_secs(30), "the message sent during the outage", || {
+        let db = &db;
+        async move { count(db, "probe_results").await == 1 }
+    })
+    .await;
+
+    // Broker outage: unready, still live, ready again afterwards.
+    broker.forwarder.cut().await;
+    wait_until(
+        Duration::from_secs(20),
+        "unready while the broker is cut off",
+        ready(503),
+    )
+    .await;
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "liveness never depends on the broker"
+    );
+    broker.forwarder.restore().await;
+    wait_until(Duration::from_secs(60), "ready after the broker returns", ready(200)).await;
+    let r = sample("after-broker-outage", Utc::now(), true, 0.1);
+    send(&p, &topic, &r.target, &serde_json::to_vec(&r).unwrap()).await;
+    wait_until(Duration::from_secs(30), "a message after the broker outage", || {
+        let db = &db;
+        async move { count(db, "probe_results").await == 2 }
+    })
+    .await;
+    sink.stop().await;
+}

@@ -1,0 +1,247 @@
+//! Both binaries as processes against the real broker, PostgreSQL and loopback targets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
+fn bin(name: &str) -> PathBuf {
+    let sink = PathBuf::from(env!("CARGO_BIN_EXE_sink"));
+    let p = sink.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} not built: run the tests for the whole workspace (make test)",
+        p.display()
+    );
+    p
+}
+
+fn spawn(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Child {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(bin(name))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Waits for `child` to exit within `limit`; returns its exit code.
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback server that accepts connections and never answers.
+async fn hanging_target() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 3).await;
+    let good = http_target("<html>all systems healthy</html>").await;
+    let hang = hanging_target().await;
+    let refused = free_port();
+    let targets = serde_json::json!([
+        {"name": "good", "url": format!("http://{good}/"), "regex": "healthy", "interval": "250ms", "timeout": "200ms"},
+        {"name": "nomatch", "url": format!("http://{good}/"), "regex": "absent", "interval": "250ms", "timeout": "200ms"},
+        {"name": "refused", "url": format!("http://127.0.0.1:{refused}/"), "interval": "250ms", "timeout": "200ms"},
+        {"name": "hang", "url": format!("http://{hang}/"), "interval": "250ms", "timeout": "200ms"},
+    ]);
+    // Logs are kept for a failing run; the path is printed.
+    let dir = std::env::temp_dir().join(unique("e2e"));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!("logs in {}", dir.display());
+    let (checker_log, sink_log) = (dir.join("checker.log"), dir.join("sink.log"));
+    let common = |admin: u16| {
+        vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+            ("LOG_FORMAT", "json".to_string()),
+            ("RUST_LOG", "info,checker=debug".to_string()),
+            ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
+        ]
+    };
+    let mut sink_env = common(free_port());
+    sink_env.extend([
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("BATCH_LINGER", "50ms".to_string()),
+    ]);
+    // The SIGKILLed member stays in the group until its session times out; keep that short
+    // (this also exercises the KAFKA_CFG_* pass-through).
+    sink_env.push(("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()));
+    sink_env.push(("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()));
+    let mut checker_env = common(free_port());
+    checker_env.push(("TARGETS", targets.to_string()));
+
+    let mut sink = spawn("sink", &sink_env, &sink_log);
+    let mut checker = spawn("checker", &checker_env, &checker_log);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&sink, "-KILL");
+    wait_exit(&mut sink, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sink = spawn("sink", &sink_env, &sink_log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    signal(&checker, "-TERM");
+    assert_eq!(
+        wait_exit(&mut checker, Duration::from_secs(12)),
+        0,
+        "checker exits 0 on SIGTERM"
+    );
+    let log = std::fs::read_to_string(&checker_log).unwrap();
+    let delivered: HashSet<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "Result delivered.")
+        .map(|v| v["check_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        delivered.len() >= 4 * 12,
+        "about 4 targets × 4 per second × 6.5 s expected, got {}",
+        delivered.len()
+    );
+
+    let db = connect(&url).await;
+    let n = delivered.len() as i64;
+    wait_until(Duration::from_secs(60), "every delivered result in PostgreSQL", || {
+        let db = &db;
+        async move { count(db, "probe_results").await >= n }
+    })
+    .await;
+    signal(&sink, "-TERM");
+    assert_eq!(
+        wait_exit(&mut sink, Duration::from_secs(12)),
+        0,
+        "sink exits 0 on SIGTERM"
+    );
+
+    let rows = db
+        .query("SELECT check_id::text, target_name, success, status_code, error_kind, regex_matched, lateness_seconds FROM probe_results", &[])
+        .await
+        .unwrap();
+    let stored: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(stored.len(), rows.len(), "no check_id twice");
+    let missing: Vec<&String> = delivered.difference(&stored).collect();
+    assert!(missing.is_empty(), "delivered but not stored: {missing:?}");
+    assert_eq!(count(&db, "dead_letters").await, 0);
+
+    let mut by_target: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
+    for r in &rows {
+        by_target.entry(r.get(1)).or_default().push(r);
+    }
+    for r in &by_target["good"] {
+        assert!(r.get::<_, bool>(2));
+        assert_eq!(r.get::<_, Option<i32>>(3), Some(200));
+        assert_eq!(r.get::<_, Option<bool>>(5), Some(true));
+    }
+    for r in &by_target["nomatch"] {
+        assert!(!r.get::<_, bool>(2));
+        assert_eq!(r.get::<_, Option<String>>(4).as_deref(), Some("regex"));
+        assert_eq!(r.get::<_, Option<bool>>(5), Some(false));
+    }
+    for r in &by_target["refused"] {
+        assert_eq!(r.get::<_, Option<String>>(4).as_deref(), Some("connect"));
+        assert_eq!(r.get::<_, Option<i32>>(3), None);
+    }
+    for r in &by_target["hang"] {
+        assert_eq!(r.get::<_, Option<String>>(4).as_deref(), Some("timeout"));
+    }
+    // The hanging target never delays the others: every target keeps its rate.
+    let good_n = by_target["good"].len();
+    for (t, rs) in &by_target {
+        assert!(
+            rs.len() + 2 >= good_n && rs.len() <= good_n + 2,
+            "{t}: {} results vs good's {good_n}",
+            rs.len()
+        );
+    }
+    let max_lateness = rows.iter().map(|r| r.get::<_, f64>(6)).fold(0.0, f64::max);
+    assert!(max_lateness < 0.2, "a probe started {max_lateness}s late");
+}
+
+#[test]
+fn invalid_environment_exits_2_naming_the_variable() {
+    // (binary, environment, the variable the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "checker",
+            &[("TARGET", "http://127.0.0.1:1/"), ("INTERVAL", "abc")],
+            "INTERVAL",
+        ),
+        ("checker", &[("TARGET", "example.com/health")], "TARGET"),
+        (
+            "checker",
+            &[("TARGETS", "[{\"url\":\"http://a/\",\"timeout\":\"-1s\"}]")],
+            "TARGETS[0].timeout",
+        ),
+        (
+            "checker",
+            &[
+                ("TARGET", "http://127.0.0.1:1/"),
+                ("KAFKA_BOOTSTRAP_SERVERS", "nohostport"),
+            ],
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        ("sink", &[], "DATABASE_URL"),
+        (
+            "sink",
+            &[("DATABASE_URL", "postgres://u:hunter2@h:99999999/d")],
+            "DATABASE_URL",
+        ),
+        (
+            "sink",
+            &[("DATABASE_URL", "postgres://u@h/d"), ("BATCH_MAX_ROWS", "lots")],
+            "BATCH_MAX_ROWS",
+        ),
+    ];
+    for (name, env, var) in cases {
+        let out = Command::new(bin(name))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {env:?}: {stderr}");
+        assert!(stderr.contains(var), "{name} {env:?} should name {var}: {stderr}");
+        assert!(
+            stderr.contains("example:"),
+            "{name} should show a valid example: {stderr}"
+        );
+        assert!(!stderr.contains("panicked") && !stderr.contains("hunter2"), "{stderr}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The sink's integration tests, against the real PostgreSQL and the real broker started by
+//! `make test` (`scripts/stack.sh`).
+
+mod app;
+mod e2e;
+mod store;
+mod support;
