@@ -94,7 +94,8 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
             ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
         ]
     };
-    let mut sink_env = common(free_port());
+    let (sink_admin, checker_admin) = (free_port(), free_port());
+    let mut sink_env = common(sink_admin);
     sink_env.extend([
         ("DATABASE_URL", url.clone()),
         ("KAFKA_GROUP_ID", unique("group")),
@@ -104,7 +105,7 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
     // (this also exercises the KAFKA_CFG_* pass-through).
     sink_env.push(("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()));
     sink_env.push(("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()));
-    let mut checker_env = common(free_port());
+    let mut checker_env = common(checker_admin);
     checker_env.push(("TARGETS", targets.to_string()));
 
     let mut sink = spawn("sink", &sink_env, &sink_log);
@@ -115,6 +116,28 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut sink = spawn("sink", &sink_env, &sink_log);
     tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for (name, port) in [("checker", checker_admin), ("sink", sink_admin)] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(http_get(addr, "/healthz").await.0, 200, "{name} /healthz");
+        assert_eq!(http_get(addr, "/readyz").await.0, 200, "{name} /readyz");
+        let (status, metrics) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        promtool_check(&metrics);
+        if name == "checker" {
+            assert!(metrics.contains("probe_success{target=\"good\"} 1"), "{metrics}");
+            assert!(
+                metrics.contains("probe_failed_due_to_regex{target=\"nomatch\"} 1"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("healthcheck_checker_probes_completed_total{outcome=\"timeout\"}"),
+                "{metrics}"
+            );
+        } else {
+            assert!(metrics.contains("healthcheck_sink_rows_inserted_total"), "{metrics}");
+        }
+    }
 
     signal(&checker, "-TERM");
     assert_eq!(
@@ -191,6 +214,26 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
     }
     let max_lateness = rows.iter().map(|r| r.get::<_, f64>(6)).fold(0.0, f64::max);
     assert!(max_lateness < 0.2, "a probe started {max_lateness}s late");
+}
+
+/// `promtool check metrics` (Debian's prometheus package) accepts the exposition.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: `scripts/stack.sh install` installs Debian's prometheus package");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
