@@ -1,0 +1,11 @@
+//! Integration tests of the checker: every probe rule of `checker::probe::run` against real
+//! servers on loopback addresses (hyper servers, and raw TCP for misbehaving peers). Targets are
+//! built through `checker::target::load_targets`, the path the service uses.
+
+mod body;
+mod failures;
+mod http_probe;
+mod proxy;
+mod redirects;
+mod support;
+mod tls;

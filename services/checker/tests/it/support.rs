@@ -1,0 +1,247 @@
+//! Loopback servers and target builders shared by the probe tests.
+//!
+//! Every server binds port 0 on a loopback address and lives as long as the test's runtime, so
+//! tests never share a server or a port.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use checker::target::{load_targets, Defaults, ProxyEnv, Target};
+use chrono::{DateTime, TimeZone, Utc};
+use common::config::Env;
+use common::result::ProbeResult;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConfig;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The response body type of the test servers.
+pub type Body = Full<Bytes>;
+
+/// The timeout of targets that do not set one: short, so a hanging probe fails the test fast.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builds one target from a JSON object through the public config path (`TARGETS`).
+///
+/// # Panics
+/// When the configuration is rejected.
+pub fn target(spec: serde_json::Value) -> Target {
+    let defaults = Defaults {
+        interval: Duration::from_secs(30),
+        timeout: DEFAULT_TIMEOUT,
+        body_max_bytes: 1 << 20,
+        proxy_env: ProxyEnv::default(),
+    };
+    let json = serde_json::Value::Array(vec![spec]).to_string();
+    let env = Env::from_pairs([("TARGETS", json.as_str())]);
+    let mut targets = load_targets(&env, &defaults).unwrap_or_else(|e| panic!("target rejected: {e}"));
+    assert_eq!(targets.len(), 1);
+    targets.remove(0)
+}
+
+/// Runs one probe of `t`, scheduled now.
+pub async fn probe(t: &Target) -> ProbeResult {
+    checker::probe::run(t, Utc::now(), "it").await
+}
+
+/// A plain-text response with `status`.
+pub fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+/// A redirect to `location`.
+pub fn redirect(status: u16, location: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("location", location)
+        .body(Full::new(Bytes::new()))
+        .expect("valid response")
+}
+
+/// A running loopback server.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `https://<host>:<port><path>`.
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.addr.port())
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 answering every request with `handler`.
+pub async fn serve<F, Fut>(handler: F) -> Server
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_on("127.0.0.1:0", None, handler).await
+}
+
+/// A hyper server (HTTP/1.1 and HTTP/2, TLS when `tls` is given) on `bind`.
+pub async fn serve_on<F, Fut>(bind: &str, tls: Option<Arc<ServerConfig>>, handler: F) -> Server
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind(bind).await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                    Some(cfg) => {
+                        if let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Server { addr, connections }
+}
+
+/// A raw TCP server on 127.0.0.1 for misbehaving peers: `handler` owns each accepted connection.
+pub async fn raw<F, Fut>(handler: F) -> Server
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(handler(tcp));
+        }
+    });
+    Server { addr, connections }
+}
+
+/// Reads a request head up to and including the blank line, one byte at a time so nothing
+/// after it is consumed (a TLS handshake may follow a `CONNECT`). Empty when the peer closed.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A test CA and a leaf for `127.0.0.1`, `::1`, `localhost` and `example.invalid` signed by it.
+///
+/// The CA expires before the leaf, so "earliest notAfter of the chain" differs from the leaf's.
+pub struct Pki {
+    _dir: tempfile::TempDir,
+    /// PEM file holding the CA certificate.
+    pub ca_file: String,
+    /// notAfter of the CA certificate.
+    pub ca_not_after: DateTime<Utc>,
+    /// notAfter of the leaf certificate.
+    pub leaf_not_after: DateTime<Utc>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    /// Generates the CA and the leaf.
+    pub fn new() -> Self {
+        let ca_not_after = Utc.with_ymd_and_hms(2030, 3, 1, 4, 5, 6).unwrap();
+        let leaf_not_after = Utc.with_ymd_and_hms(2031, 6, 15, 1, 2, 3).unwrap();
+
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name.push(DnType::CommonName, "checker-test-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.not_after = rcgen::date_time_ymd(2030, 3, 1) + Duration::from_secs(4 * 3600 + 5 * 60 + 6);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let names = ["127.0.0.1", "::1", "localhost", "example.invalid"].map(String::from);
+        let mut leaf = CertificateParams::new(names.to_vec()).expect("leaf params");
+        leaf.distinguished_name = DistinguishedName::new();
+        leaf.distinguished_name.push(DnType::CommonName, "checker-test-leaf");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.not_after = rcgen::date_time_ymd(2031, 6, 15) + Duration::from_secs(3600 + 2 * 60 + 3);
+        let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).expect("leaf cert");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).expect("write CA");
+        Self {
+            ca_file: ca_path.to_str().expect("UTF-8 path").to_string(),
+            _dir: dir,
+            ca_not_after,
+            leaf_not_after,
+            chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        }
+    }
+
+    /// A server configuration presenting leaf and CA, offering `alpn` (empty: no ALPN).
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .expect("server certificate");
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+}
