@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on this machine, without Docker.
+#
+# Starts a throwaway PostgreSQL + tansu broker (scripts/stack.sh, on the demo
+# ports), builds the release binaries, starts four demo targets on loopback
+#   healthy        a page that says "healthy"; the regex matches
+#   wrong-content  a page that says "maintenance"; the regex does not match
+#   refused        a port where nothing listens
+#   hangs          a server that answers only long after the 2 s timeout
+# then the sink and the checker, and every 2 s shows what reached PostgreSQL,
+# until Ctrl-C. Everything it started is stopped on the way out.
+#
+# Environment:
+#   DEMO_SECONDS       run this many seconds, print the final summary and exit:
+#                      0 when every demo target has at least one row, 1 otherwise
+#   DEMO_PG_PORT       PostgreSQL port (default 54330)
+#   DEMO_BROKER_PORT   broker port (default 19093)
+#   DEMO_PORT_BASE     demo targets use BASE+1..BASE+4, the checker's admin
+#                      server BASE+10 and the sink's BASE+11 (default 18180)
+#   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release)
+# Logs: .tmp/demo/{targets,sink,checker,build}.log
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+DEMO_SECONDS="${DEMO_SECONDS:-}"
+export PG_PORT="${DEMO_PG_PORT:-54330}"
+export BROKER_PORT="${DEMO_BROKER_PORT:-19093}"
+PORT_BASE="${DEMO_PORT_BASE:-18180}"
+for var in DEMO_SECONDS PG_PORT BROKER_PORT PORT_BASE; do
+    case "${!var}" in
+        *[!0-9]*) echo "demo: $var must be a number, got '${!var}'" >&2; exit 2 ;;
+    esac
+done
+
+HEALTHY_PORT=$((PORT_BASE + 1))
+MISMATCH_PORT=$((PORT_BASE + 2))
+REFUSED_PORT=$((PORT_BASE + 3))
+HANG_PORT=$((PORT_BASE + 4))
+CHECKER_ADMIN="127.0.0.1:$((PORT_BASE + 10))"
+SINK_ADMIN="127.0.0.1:$((PORT_BASE + 11))"
+DB_URL="postgres://healthcheck:healthcheck@127.0.0.1:$PG_PORT/healthcheck"
+BROKER="127.0.0.1:$BROKER_PORT"
+DEMO_DIR="$REPO/.tmp/demo"
+TARGET_NAMES=(healthy wrong-content refused hangs)
+
+TARGETS_JSON="$(
+    cat <<EOF
+[
+  {"name": "healthy", "url": "http://127.0.0.1:$HEALTHY_PORT/", "regex": "healthy", "interval": "5s", "timeout": "2s"},
+  {"name": "wrong-content", "url": "http://127.0.0.1:$MISMATCH_PORT/", "regex": "healthy", "interval": "5s", "timeout": "2s"},
+  {"name": "refused", "url": "http://127.0.0.1:$REFUSED_PORT/", "interval": "5s", "timeout": "2s"},
+  {"name": "hangs", "url": "http://127.0.0.1:$HANG_PORT/", "interval": "5s", "timeout": "2s"}
+]
+EOF
+)"
+
+log() { printf 'demo: %s\n' "$*" >&2; }
+
+# ------------------------------------------------------------------ cleanup
+
+TARGETS_PID=""
+SINK_PID=""
+CHECKER_PID=""
+STACK_STARTED=0
+CLEANED=0
+
+# Sends SIGTERM and waits up to $2 seconds, then SIGKILL.
+stop_process() {
+    local name=$1 pid=$2 grace=$3 i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 5; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    log "$name still running after ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    [ "$CLEANED" -eq 0 ] || return 0
+    CLEANED=1
+    # The checker first, so that the sink can drain what it already sent.
+    stop_process checker "$CHECKER_PID" 30
+    stop_process sink "$SINK_PID" 30
+    stop_process "demo targets" "$TARGETS_PID" 5
+    if [ "$STACK_STARTED" -eq 1 ]; then
+        scripts/stack.sh down || true
+    fi
+    log "logs are in ${DEMO_DIR#"$REPO"/}/"
+}
+
+on_signal() {
+    echo
+    cleanup
+    exit 130
+}
+trap cleanup EXIT
+trap on_signal INT TERM
+
+# ------------------------------------------------------------------ helpers
+
+psql_demo() {
+    psql "$DB_URL" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"
+}
+
+port_open() {
+    # shellcheck disable=SC2016 # $0 expands in the inner shell
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+tail_log() {
+    printf 'demo: last lines of %s:\n' "${1#"$REPO"/}" >&2
+    tail -n 25 "$1" 2>/dev/null | sed 's/^/    /' >&2 || true
+}
+
+# Waits until $url answers 200, while process $pid lives, for at most $3 s.
+wait_http() {
+    local name=$1 url=$2 limit=$3 pid=$4 logfile=$5 waited=0
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail_log "$logfile"
+            log "$name exited during start-up"
+            exit 1
+        fi
+        if [ "$waited" -ge "$limit" ]; then
+            tail_log "$logfile"
+            log "$name did not answer $url within ${limit}s"
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Exits when the sink or the checker died.
+check_alive() {
+    local name pid
+    for name in sink checker; do
+        if [ "$name" = sink ]; then pid=$SINK_PID; else pid=$CHECKER_PID; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            local rc=0
+            wait "$pid" 2>/dev/null || rc=$?
+            tail_log "$DEMO_DIR/$name.log"
+            log "$name exited unexpectedly (exit code $rc)"
+            exit 1
+        fi
+    done
+}
+
+table_exists() {
+    [ "$(psql_demo -tAc "SELECT to_regclass('public.probe_results') IS NOT NULL" 2>/dev/null)" = t ]
+}
+
+SUMMARY_SQL="
+WITH latest AS (
+    SELECT DISTINCT ON (target_name)
+           target_name, status_code, success, error_kind, duration_seconds, regex_matched, started_at
+      FROM probe_results
+     ORDER BY target_name, started_at DESC
+), counts AS (
+    SELECT target_name, count(*) AS probes FROM probe_results GROUP BY target_name
+)
+SELECT l.target_name                          AS target,
+       c.probes,
+       l.status_code                          AS last_status,
+       l.success                              AS last_success,
+       coalesce(l.error_kind, '-')            AS last_error_kind,
+       round(l.duration_seconds::numeric, 3)  AS last_duration_s,
+       l.regex_matched,
+       to_char(l.started_at, 'HH24:MI:SS')    AS last_probe_at
+  FROM latest l JOIN counts c USING (target_name)
+ ORDER BY l.target_name;"
+
+summary() {
+    if ! table_exists; then
+        echo "(no table probe_results yet: waiting for the sink's migrations)"
+        return 0
+    fi
+    psql_demo -c "$SUMMARY_SQL" || echo "(summary query failed)"
+}
+
+# Number of demo targets that have at least one row.
+targets_with_rows() {
+    local names
+    names="$(printf "'%s'," "${TARGET_NAMES[@]}")"
+    names="${names%,}"
+    if table_exists; then
+        psql_demo -tAc "SELECT count(DISTINCT target_name) FROM probe_results WHERE target_name IN ($names)"
+    else
+        echo 0
+    fi
+}
+
+# What each demo target is expected to look like; informational.
+expectations() {
+    table_exists || return 0
+    psql_demo -tA -F ' ' -c "
+WITH latest AS (
+    SELECT DISTINCT ON (target_name) target_name, success, regex_matched, error_kind
+      FROM probe_results ORDER BY target_name, started_at DESC)
+SELECT target_name,
+       CASE target_name
+           WHEN 'healthy'       THEN success AND coalesce(regex_matched, false)
+           WHEN 'wrong-content' THEN NOT success AND regex_matched IS FALSE
+           WHEN 'refused'       THEN NOT success AND error_kind IS NOT NULL
+           WHEN 'hangs'         THEN NOT success AND error_kind IS NOT NULL
+       END,
+       CASE target_name
+           WHEN 'healthy'       THEN 'success, regex matched'
+           WHEN 'wrong-content' THEN 'failure, regex not matched'
+           WHEN 'refused'       THEN 'failure with an error kind'
+           WHEN 'hangs'         THEN 'failure with an error kind (timeout)'
+       END
+  FROM latest ORDER BY target_name" 2>/dev/null |
+        while read -r name ok expected; do
+            case "$name" in
+                healthy | wrong-content | refused | hangs) ;;
+                *) continue ;;
+            esac
+            if [ "$ok" = t ]; then
+                echo "  ok          $name: $expected"
+            else
+                echo "  unexpected  $name: expected $expected"
+            fi
+        done
+}
+
+# -------------------------------------------------------------------- start
+
+mkdir -p "$DEMO_DIR"
+
+log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the broker on $BROKER"
+scripts/stack.sh install
+STACK_STARTED=1
+scripts/stack.sh up
+
+if [ "${DEMO_BUILD:-1}" != 0 ]; then
+    log "building release binaries (cargo build --release -p checker -p sink; log: .tmp/demo/build.log)"
+    if ! cargo build --release -p checker -p sink >"$DEMO_DIR/build.log" 2>&1; then
+        tail_log "$DEMO_DIR/build.log"
+        log "build failed"
+        exit 1
+    fi
+fi
+for bin in checker sink; do
+    [ -x "target/release/$bin" ] || { log "target/release/$bin missing"; exit 1; }
+done
+
+if port_open "$REFUSED_PORT"; then
+    log "something listens on 127.0.0.1:$REFUSED_PORT, which must stay closed; set DEMO_PORT_BASE"
+    exit 1
+fi
+for port in "$HEALTHY_PORT" "$MISMATCH_PORT" "$HANG_PORT" "${CHECKER_ADMIN##*:}" "${SINK_ADMIN##*:}"; do
+    if port_open "$port"; then
+        log "port 127.0.0.1:$port is taken; set DEMO_PORT_BASE to move the demo's ports"
+        exit 1
+    fi
+done
+
+log "starting demo targets on ports $HEALTHY_PORT (healthy), $MISMATCH_PORT (wrong content), $HANG_PORT (hangs); $REFUSED_PORT stays closed"
+setsid python3 scripts/demo-targets/server.py \
+    --healthy "$HEALTHY_PORT" --mismatch "$MISMATCH_PORT" --hang "$HANG_PORT" \
+    >"$DEMO_DIR/targets.log" 2>&1 </dev/null &
+TARGETS_PID=$!
+wait_http "demo targets" "http://127.0.0.1:$HEALTHY_PORT/" 15 "$TARGETS_PID" "$DEMO_DIR/targets.log"
+
+# Settings both services share.
+export KAFKA_BOOTSTRAP_SERVERS="$BROKER"
+export KAFKA_TOPIC="${KAFKA_TOPIC:-healthcheck-results}"
+export LOG_FORMAT="${LOG_FORMAT:-text}"
+export RUST_LOG="${RUST_LOG:-info}"
+export SHUTDOWN_GRACE_PERIOD="${SHUTDOWN_GRACE_PERIOD:-10s}"
+
+log "starting sink (admin http://$SINK_ADMIN)"
+DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" INSTANCE_ID=demo-sink \
+    KAFKA_GROUP_ID=healthcheck-demo \
+    setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null &
+SINK_PID=$!
+wait_http sink "http://$SINK_ADMIN/healthz" 60 "$SINK_PID" "$DEMO_DIR/sink.log"
+
+log "starting checker (admin http://$CHECKER_ADMIN)"
+TARGETS="$TARGETS_JSON" ADMIN_ADDR="$CHECKER_ADMIN" INSTANCE_ID=demo-checker \
+    setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null &
+CHECKER_PID=$!
+wait_http checker "http://$CHECKER_ADMIN/healthz" 60 "$CHECKER_PID" "$DEMO_DIR/checker.log"
+
+ready_code() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/readyz" 2>/dev/null || true
+}
+
+# --------------------------------------------------------------------- show
+
+started=$SECONDS
+if [ -n "$DEMO_SECONDS" ]; then
+    log "running for ${DEMO_SECONDS}s"
+    while [ $((SECONDS - started)) -lt "$DEMO_SECONDS" ]; do
+        sleep 2
+        check_alive
+        printf 'demo: t=%3ds  targets with rows: %s/%s  readyz: checker %s, sink %s\n' \
+            "$((SECONDS - started))" "$(targets_with_rows)" "${#TARGET_NAMES[@]}" \
+            "$(ready_code "$CHECKER_ADMIN")" "$(ready_code "$SINK_ADMIN")" >&2
+    done
+    echo
+    echo "Final summary after ${DEMO_SECONDS}s (table probe_results):"
+    summary
+    echo "Expectations:"
+    expectations
+    have="$(targets_with_rows 2>/dev/null || true)"
+    have="${have:-0}"
+    if [ "$have" -eq "${#TARGET_NAMES[@]}" ]; then
+        echo "demo: OK: all ${#TARGET_NAMES[@]} demo targets have rows in probe_results"
+        exit 0
+    fi
+    echo "demo: FAILED: only $have of ${#TARGET_NAMES[@]} demo targets have rows in probe_results" >&2
+    tail_log "$DEMO_DIR/checker.log"
+    tail_log "$DEMO_DIR/sink.log"
+    exit 1
+fi
+
+while true; do
+    check_alive
+    output="$(
+        printf 'healthcheck-pipeline demo  %s  (Ctrl-C to stop)\n\n' "$(date +%H:%M:%S)"
+        printf 'checker  pid %-7s admin http://%s  readyz %s  log .tmp/demo/checker.log\n' \
+            "$CHECKER_PID" "$CHECKER_ADMIN" "$(ready_code "$CHECKER_ADMIN")"
+        printf 'sink     pid %-7s admin http://%s  readyz %s  log .tmp/demo/sink.log\n' \
+            "$SINK_PID" "$SINK_ADMIN" "$(ready_code "$SINK_ADMIN")"
+        printf 'postgres %s   broker %s\n\n' "$DB_URL" "$BROKER"
+        summary
+        echo "Expectations:"
+        expectations
+    )"
+    if [ -t 1 ]; then
+        printf '\033[H\033[2J'
+    fi
+    printf '%s\n' "$output"
+    sleep 2
+done
