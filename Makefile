@@ -9,7 +9,12 @@ MAKEFLAGS += --no-print-directory
 CARGO ?= cargo
 # `docker compose` (plugin) when present, else the standalone docker-compose.
 # Recursive (=) so that only the targets using it run the probe.
-COMPOSE = $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+COMPOSE_CMD = $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+# Machines here reach no container registry or public site: the local override
+# adds a sample web server and points the checker at it. With internet access:
+# make up COMPOSE_FILES=docker-compose.yml
+COMPOSE_FILES ?= docker-compose.yml $(wildcard docker-compose.local.yml)
+COMPOSE = $(COMPOSE_CMD) $(addprefix -f ,$(COMPOSE_FILES))
 
 # Runs a script that another part of the repository provides, with a clear
 # message when it is not there (yet).
@@ -52,11 +57,13 @@ fmt: ## Format the code in place
 demo: ## Run checker + sink locally against demo targets, with a live summary (DEMO_SECONDS=N to stop after N s)
 	@scripts/demo.sh
 
-images: ## Build the container images
+images: ## Build the container images (base images from Debian's packages first, when missing)
+	@if [ -e scripts/base-images.sh ]; then $(call run_script,scripts/base-images.sh); fi
 	@$(call run_script,scripts/images.sh)
 
-up: ## Start the Docker Compose stack in the background
+up: images ## Build the images and start the Docker Compose stack in the background
 	$(COMPOSE) up -d
+	$(COMPOSE) ps
 
 down: ## Stop the Docker Compose stack
 	$(COMPOSE) down --remove-orphans
