@@ -56,7 +56,8 @@ TARGETS_JSON="$(
 EOF
 )"
 
-log() { printf 'demo: %s\n' "$*" >&2; }
+# `|| true`: see cleanup.
+log() { printf 'demo: %s\n' "$*" >&2 || true; }
 
 # ------------------------------------------------------------------ cleanup
 
@@ -84,6 +85,10 @@ stop_process() {
 cleanup() {
     [ "$CLEANED" -eq 0 ] || return 0
     CLEANED=1
+    # After Ctrl-C on `make demo | tee ...` the reader of our output is gone:
+    # ignore SIGPIPE (also in the children below) so that writing a progress
+    # line does not kill us before everything is stopped.
+    trap '' PIPE
     # The checker first, so that the sink can drain what it already sent.
     stop_process checker "$CHECKER_PID" 30
     stop_process sink "$SINK_PID" 30
@@ -92,10 +97,11 @@ cleanup() {
         scripts/stack.sh down || true
     fi
     log "logs are in ${DEMO_DIR#"$REPO"/}/"
+    return 0
 }
 
 on_signal() {
-    echo
+    echo 2>/dev/null || true
     cleanup
     exit 130
 }

@@ -43,7 +43,9 @@ BROKER_DIR="$REPO/.tmp/broker/$BROKER_PORT"
 BROKER_PID_FILE="$BROKER_DIR/tansu.pid"
 BROKER_LOG="$BROKER_DIR/tansu.log"
 
-log() { printf 'stack: %s\n' "$*" >&2; }
+# `|| true`: a closed stderr (say `make test | tee` after Ctrl-C) must not
+# abort a `down` half-way.
+log() { printf 'stack: %s\n' "$*" >&2 || true; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
 
 for port_var in PG_PORT BROKER_PORT STACK_WAIT TANSU_INSTALL_WAIT; do
