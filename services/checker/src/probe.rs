@@ -226,12 +226,17 @@ async fn hops(target: &Target, trace: &mut Trace) -> Result<(), Failure> {
                 continue;
             }
         }
-        return read_body(target, resp, trace).await;
+        return read_body(target, &method, resp, trace).await;
     }
 }
 
 /// Reads the body up to the cap, then decodes it.
-async fn read_body(target: &Target, resp: Response<Incoming>, trace: &mut Trace) -> Result<(), Failure> {
+async fn read_body(
+    target: &Target,
+    method: &Method,
+    resp: Response<Incoming>,
+    trace: &mut Trace,
+) -> Result<(), Failure> {
     let cap = target.body_max_bytes;
     trace.content_length = resp
         .headers()
@@ -242,7 +247,8 @@ async fn read_body(target: &Target, resp: Response<Incoming>, trace: &mut Trace)
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    if trace.content_length.is_some_and(|n| n > cap) && encoding.is_none() {
+    // A HEAD response's Content-Length describes a body that is not sent (RFC 9110 §9.3.2).
+    if trace.content_length.is_some_and(|n| n > cap) && encoding.is_none() && method != Method::HEAD {
         return Err(fail(
             ErrorKind::BodyTooLarge,
             format!(
@@ -508,23 +514,11 @@ fn build_request(
     h2: bool,
     absolute_form: bool,
 ) -> Result<Request<Full<Bytes>>, Failure> {
+    // `host_str` already brackets IPv6 literals (`[::1]`).
     let host = url.host_str().unwrap_or_default();
     let authority = match url.port() {
-        Some(p) => format!(
-            "{}:{p}",
-            if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.to_string()
-            }
-        ),
-        None => {
-            if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.to_string()
-            }
-        }
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
     };
     let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
     let uri: Uri = if h2 || absolute_form {
@@ -542,7 +536,13 @@ fn build_request(
         .header(header::ACCEPT, "*/*")
         .body(Full::new(body.clone()))
         .map_err(|e| fail(ErrorKind::Request, format!("building the request: {e}")))?;
+    // Credentials go only to the configured host: a redirect to another host does not get
+    // them (as curl without --location-trusted, and Go's client, which blackbox_exporter uses).
+    let same_host = url.host_str() == target.url.host_str();
     for (name, value) in &target.headers {
+        if name == header::AUTHORIZATION && !same_host {
+            continue;
+        }
         req.headers_mut().insert(name, value.clone());
     }
     if h2 {

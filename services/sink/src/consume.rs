@@ -6,9 +6,14 @@
 //!   before the first unwritten message: at-least-once delivery, and `ON CONFLICT DO NOTHING`
 //!   on the deterministic `check_id` turns replays into no-ops (exactly-once effect).
 //! - Batches are written one at a time, in order, so stored offsets only move forward.
-//! - The loop keeps polling while a batch is being written or retried. When the next batch is
-//!   full too, the assigned partitions are paused (not the loop), so `max.poll.interval.ms` is
-//!   never exceeded and the group never evicts a slow sink.
+//! - The loop keeps polling while a batch is being written or retried, filling the next batch.
+//!   When that one is full too, it stops taking messages (they wait in librdkafka's bounded
+//!   queue) until the write in flight commits. It does not pause partitions: with librdkafka
+//!   2.x against tansu, pause/resume (even followed by a seek) was seen to skip the messages
+//!   that were prefetched when the pause came. A write stuck longer than
+//!   `max.poll.interval.ms` (default 5 min) makes the group reassign the partitions; the sink
+//!   rejoins when the write completes, its offset stores for lost partitions fail, and the
+//!   replay is absorbed by `ON CONFLICT DO NOTHING`.
 //! - A message that is not a probe result is dead-lettered, never dropped and never fatal.
 
 use std::collections::BTreeMap;
@@ -145,7 +150,8 @@ impl Loop<'_> {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
         let mut pending = Batch::default();
         let mut inflight: Option<Flush> = None;
-        let mut paused: Option<(TopicPartitionList, Instant)> = None;
+        // Since when polling has stopped because the next batch is full while one is written.
+        let mut held_back: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
             let linger_at = pending.opened.map_or_else(
@@ -162,12 +168,11 @@ impl Loop<'_> {
                         Err((_, e)) if e.class != ErrorClass::Fatal => {} // only on shutdown
                         Err((_, e)) => break Err(ConsumeError::Fatal(e)),
                     }
-                    if let Some((tpl, since)) = paused.take() {
-                        let _ = self.consumer.resume(&tpl);
-                        self.metrics.paused_seconds.inc_by(since.elapsed().as_secs_f64());
+                    if let Some(since) = held_back.take() {
+                        self.metrics.backpressure_seconds.inc_by(since.elapsed().as_secs_f64());
                     }
                 }
-                msg = self.consumer.recv() => match msg {
+                msg = self.consumer.recv(), if inflight.is_none() || !pending.is_full(&self.limits) => match msg {
                     Ok(m) => self.add(&mut pending, &m),
                     Err(e) => {
                         tracing::warn!(error = %e, "Kafka consumer error.");
@@ -182,13 +187,12 @@ impl Loop<'_> {
                 pending.is_full(&self.limits) || pending.opened.is_some_and(|t| t.elapsed() >= self.limits.linger);
             if inflight.is_none() && due {
                 inflight = Some(self.flush(std::mem::take(&mut pending), shutdown.clone()));
-            } else if inflight.is_some() && pending.is_full(&self.limits) && paused.is_none() {
-                if let Ok(tpl) = self.consumer.assignment() {
-                    if self.consumer.pause(&tpl).is_ok() {
-                        tracing::debug!("Writes are behind; partitions paused.");
-                        paused = Some((tpl, Instant::now()));
-                    }
-                }
+            } else if inflight.is_some() && pending.is_full(&self.limits) && held_back.is_none() {
+                tracing::debug!(
+                    pending = pending.len(),
+                    "Writes are behind; holding back until the batch in flight commits."
+                );
+                held_back = Some(Instant::now());
             }
         };
         result?;
@@ -256,6 +260,7 @@ impl Loop<'_> {
         let (store, metrics) = (self.store.clone(), self.metrics.clone());
         Box::pin(async move {
             let mut backoff = Duration::from_millis(100);
+            tracing::debug!(rows = batch.rows.len(), dead_letters = batch.dead.len(), last_offsets = ?batch.offsets, "Writing a batch.");
             loop {
                 let t = Instant::now();
                 match store.write(&batch.rows, &batch.dead).await {

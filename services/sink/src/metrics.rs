@@ -21,8 +21,9 @@ pub struct Metrics {
     pub transaction_seconds: Histogram,
     /// Write retries, by SQLSTATE class (`08`, `40`, `53`, `57`) or `pool`/`io`.
     pub retries: IntCounterVec,
-    /// Seconds spent with partitions paused (writes behind or retrying).
-    pub paused_seconds: Counter,
+    /// Seconds spent not taking messages because the next batch was full while one was being
+    /// written (back-pressure from PostgreSQL).
+    pub backpressure_seconds: Counter,
     /// Consumer lag per partition, messages (librdkafka statistics `consumer_lag`).
     pub consumer_lag: IntGaugeVec,
     /// Rebalance events, by kind (`assign`, `revoke`).
@@ -98,9 +99,9 @@ impl Metrics {
                 ])
             )),
             retries,
-            paused_seconds: reg!(Counter::new(
-                "healthcheck_sink_paused_seconds_total",
-                "Seconds spent with partitions paused."
+            backpressure_seconds: reg!(Counter::new(
+                "healthcheck_sink_backpressure_seconds_total",
+                "Seconds spent not taking messages because writes were behind."
             )),
             consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new("healthcheck_sink_consumer_lag", "Consumer lag per partition, messages."),

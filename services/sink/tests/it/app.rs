@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 use crate::store::sample;
 use crate::support::*;
 
-struct Running {
-    admin: std::net::SocketAddr,
+pub struct Running {
+    pub admin: std::net::SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start(pairs: Vec<(&str, String)>) -> Running {
+pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     let mut all: Vec<(String, String)> = vec![
         ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
         ("BATCH_LINGER".into(), "20ms".into()),
@@ -25,6 +25,10 @@ async fn start(pairs: Vec<(&str, String)>) -> Running {
     ];
     all.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
     let config = Config::from_env(&Env::from_pairs(all)).expect("valid config");
+    // Logs go to stderr when a test is run with RUST_LOG set (e.g. RUST_LOG=sink=debug).
+    if std::env::var_os("RUST_LOG").is_some() {
+        common::telemetry::init(common::telemetry::LogFormat::Text);
+    }
     let app = App::build(config).await.expect("app builds");
     let admin = app.admin_addr();
     let stop = CancellationToken::new();
@@ -33,7 +37,7 @@ async fn start(pairs: Vec<(&str, String)>) -> Running {
 }
 
 impl Running {
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.task)
             .await
@@ -42,7 +46,7 @@ impl Running {
             .unwrap();
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = http_get(self.admin, "/metrics").await;
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
@@ -125,14 +129,7 @@ async fn consumes_dead_letters_poison_and_resumes_from_committed_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_dependencies_and_writes_resume_after_an_outage() {
     let url = fresh_database().await;
-    let pg_addr: std::net::SocketAddr = {
-        let cfg: tokio_postgres::Config = url.parse().unwrap();
-        let host = match &cfg.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            _ => panic!("TCP host expected"),
-        };
-        format!("{host}:{}", cfg.get_ports()[0]).parse().unwrap()
-    };
+    let pg_addr = pg_addr(&url);
     let pg = Forwarder::start(pg_addr, None).await;
     let via_forwarder = url.replace(&pg_addr.to_string(), &pg.addr.to_string());
     let broker = PrivateBroker::start().await;

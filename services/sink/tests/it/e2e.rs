@@ -19,16 +19,40 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn spawn(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Child {
+/// A child process that is killed when the test ends, even when it panics.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Proc {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(bin(name))
+    let child = Command::new(bin(name))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .unwrap()
+        .unwrap();
+    Proc(child)
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -3,5 +3,6 @@
 
 mod app;
 mod e2e;
+mod faults;
 mod store;
 mod support;

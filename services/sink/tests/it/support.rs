@@ -48,6 +48,16 @@ pub async fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
+/// The `host:port` of a PostgreSQL URL.
+pub fn pg_addr(url: &str) -> SocketAddr {
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        _ => panic!("TCP host expected"),
+    };
+    format!("{host}:{}", cfg.get_ports()[0]).parse().unwrap()
+}
+
 /// A client of the database at `url`.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)

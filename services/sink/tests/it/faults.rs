@@ -1,0 +1,193 @@
+//! Fault drills against the sink app: each ends with "every message in the topic is a row or
+//! a dead letter, exactly once".
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::app::start;
+use crate::store::sample;
+use crate::support::*;
+
+/// Produces `n` distinct results (and every 100th message a poison one) to `topic`; returns
+/// (results, poison messages).
+async fn produce(bootstrap: &str, topic: &str, n: usize, tag: &str) -> (i64, i64) {
+    // Deliveries must outlive the longest outage drill.
+    let p: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "300000")
+        .create()
+        .unwrap();
+    let now = Utc::now();
+    let mut poison = 0;
+    let mut sends = Vec::with_capacity(n);
+    for i in 0..n {
+        let payload = if i % 100 == 99 {
+            poison += 1;
+            b"\x00\x01 definitely not json".to_vec()
+        } else {
+            let r = sample(
+                &format!("{tag}-{}", i % 50),
+                now + chrono::Duration::milliseconds(i as i64),
+                i % 5 != 0,
+                0.05,
+            );
+            serde_json::to_vec(&r).unwrap()
+        };
+        let p = p.clone();
+        let topic = topic.to_string();
+        sends.push(tokio::spawn(async move {
+            p.send(
+                rdkafka::producer::FutureRecord::to(&topic).key("k").payload(&payload),
+                Duration::from_secs(120),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    (n as i64 - poison, poison)
+}
+
+async fn assert_exactly_once(db: &tokio_postgres::Client, rows: i64, dead: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (r, d) = (count(db, "probe_results").await, count(db, "dead_letters").await);
+        if (r, d) == (rows, dead) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 90 s: {r} rows (want {rows}), {d} dead letters (want {dead})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing more arrives later, and nothing is there twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(db, "probe_results").await, rows);
+    assert_eq!(count(db, "dead_letters").await, dead);
+    let distinct: i64 = db
+        .query_one("SELECT count(DISTINCT check_id) FROM probe_results", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_terminated_mid_batch() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 3).await;
+    let sink = start(vec![
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("BATCH_MAX_ROWS", "200".to_string()),
+    ])
+    .await;
+    let db = connect(&url).await;
+    wait_until(Duration::from_secs(30), "migrations", || async {
+        count(&db, "probe_results").await == 0
+    })
+    .await;
+
+    // Kill the sink's backends every 150 ms while 6,000 messages stream in.
+    let killer = {
+        let admin = connect(&database_url()).await;
+        let dbname = url.rsplit('/').next().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut killed = 0u64;
+            for _ in 0..60 {
+                let n = admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = $1 AND application_name = 'healthcheck-sink'",
+                        &[&dbname],
+                    )
+                    .await
+                    .map(|r| r.len() as u64)
+                    .unwrap_or(0);
+                killed += n;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            killed
+        })
+    };
+    let (rows, dead) = produce(&bootstrap, &topic, 6000, "term").await;
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "the drill terminated no backend");
+    assert_exactly_once(&db, rows, dead).await;
+    assert!(
+        sink.metric("healthcheck_sink_write_retries_total{class=\"57\"}").await
+            + sink.metric("healthcheck_sink_write_retries_total{class=\"io\"}").await
+            >= 0.0
+    );
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_mid_stream() {
+    let url = fresh_database().await;
+    let pg = Forwarder::start(pg_addr(&url), None).await;
+    let via = url.replace(&pg_addr(&url).to_string(), &pg.addr.to_string());
+    let bootstrap = bootstrap();
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 3).await;
+    let sink = start(vec![
+        ("DATABASE_URL", via),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("BATCH_MAX_ROWS", "300".to_string()),
+    ])
+    .await;
+    let db = connect(&url).await;
+    let (a_rows, a_dead) = produce(&bootstrap, &topic, 2000, "before").await;
+    pg.cut().await;
+    let (b_rows, b_dead) = produce(&bootstrap, &topic, 2000, "during").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(http_get(sink.admin, "/healthz").await.0, 200);
+    pg.restore().await;
+    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_of_a_minute() {
+    let url = fresh_database().await;
+    let broker = PrivateBroker::start().await;
+    let topic = unique("results");
+    create_topic(&broker.bootstrap(), &topic, 2).await;
+    let sink = start(vec![
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+    ])
+    .await;
+    let db = connect(&url).await;
+    let (a_rows, a_dead) = produce(&broker.bootstrap(), &topic, 1000, "before").await;
+    broker.forwarder.cut().await;
+    // Produce during the outage too: the producer buffers and delivers after it.
+    let late = {
+        let (b, t) = (broker.bootstrap(), topic.clone());
+        tokio::spawn(async move { produce(&b, &t, 1000, "during").await })
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "a broker outage never fails liveness"
+    );
+    assert_eq!(http_get(sink.admin, "/readyz").await.0, 503);
+    broker.forwarder.restore().await;
+    let (b_rows, b_dead) = late.await.unwrap();
+    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    sink.stop().await;
+}
