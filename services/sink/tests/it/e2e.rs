@@ -312,3 +312,44 @@ fn invalid_environment_exits_2_naming_the_variable() {
         assert!(!stderr.contains("panicked") && !stderr.contains("hunter2"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_readiness_follows_the_broker_and_liveness_does_not() {
+    let broker = PrivateBroker::start().await;
+    let target = http_target("ok").await;
+    let admin = free_port();
+    let dir = std::env::temp_dir().join(unique("checker-ready"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap()),
+        ("KAFKA_TOPIC", unique("results")),
+        ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("TARGET", format!("http://{target}/")),
+        ("INTERVAL", "1".to_string()),
+    ];
+    let _checker = spawn("checker", &env, &dir.join("checker.log"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let status = |path: &'static str| async move {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => http_get(addr, path).await.0,
+            Err(_) => 0,
+        }
+    };
+    wait_until(Duration::from_secs(30), "checker ready", || async {
+        status("/readyz").await == 200
+    })
+    .await;
+    broker.forwarder.cut().await;
+    wait_until(
+        Duration::from_secs(20),
+        "checker unready without the broker",
+        || async { status("/readyz").await == 503 },
+    )
+    .await;
+    assert_eq!(status("/healthz").await, 200, "liveness never depends on the broker");
+    broker.forwarder.restore().await;
+    wait_until(Duration::from_secs(60), "checker ready again", || async {
+        status("/readyz").await == 200
+    })
+    .await;
+}
