@@ -80,6 +80,11 @@ pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str
     };
     let outcome = match tokio::time::timeout(target.timeout, hops(target, &mut trace)).await {
         Ok(r) => r,
+        // A resolver that does not answer within the timeout is a DNS failure, not a slow server.
+        Err(_) if trace.phase == "resolve" => Err(fail(
+            ErrorKind::Dns,
+            format!("name resolution did not finish within {:?}", target.timeout),
+        )),
         Err(_) => Err(fail(
             ErrorKind::Timeout,
             format!("probe timed out after {:?} during {}", target.timeout, trace.phase),

@@ -191,3 +191,53 @@ async fn broker_outage_of_a_minute() {
     assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let (topic, group) = (unique("results"), unique("group"));
+    create_topic(&bootstrap, &topic, 1).await;
+    let env = || {
+        vec![
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_GROUP_ID", group.clone()),
+        ]
+    };
+    let sink = start(env()).await;
+    let db = connect(&url).await;
+    let (rows, _) = produce(&bootstrap, &topic, 10, "first").await;
+    wait_until(Duration::from_secs(30), "the first rows", || async {
+        count(&db, "probe_results").await == rows
+    })
+    .await;
+
+    // An operator mistake: the table disappears (SQLSTATE 42P01, a fatal class).
+    db.batch_execute("ALTER TABLE probe_results RENAME TO probe_results_moved")
+        .await
+        .unwrap();
+    let (more, _) = produce(&bootstrap, &topic, 10, "second").await;
+    wait_until(Duration::from_secs(20), "unready with the reason", || async {
+        let (status, body) = http_get(sink.admin, "/readyz").await;
+        status == 503 && body.contains("42P01")
+    })
+    .await;
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "a fatal error is not a liveness failure"
+    );
+    sink.stop().await;
+
+    // Fixed and restarted: the messages that failed were not skipped.
+    db.batch_execute("ALTER TABLE probe_results_moved RENAME TO probe_results")
+        .await
+        .unwrap();
+    let sink = start(env()).await;
+    wait_until(Duration::from_secs(30), "the second rows after the fix", || async {
+        count(&db, "probe_results").await == rows + more
+    })
+    .await;
+    sink.stop().await;
+}

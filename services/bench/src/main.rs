@@ -1,0 +1,374 @@
+//! `bench`: the benchmark harness behind `make bench`.
+//!
+//! `scripts/bench.sh` installs what is missing, builds the release binaries, starts a
+//! PostgreSQL server and a broker of its own (other ports than the test stack) and runs this
+//! program, which starts everything else (nginx, blackbox_exporter, wrk, the checker and the
+//! sink), measures the issue's seven figures (median, min and max over repeats), prints the
+//! table and writes BENCHMARKS.md. Nothing here is part of `make test`, and no test asserts a
+//! timing.
+//!
+//! Scenarios (`BENCH_ONLY` picks some): `images`, `cpu`, `capacity`, `precision` (items 3 and
+//! 6), `memory`, `startup`, `sink`, `profile`.
+
+mod gen;
+mod http;
+mod procs;
+mod report;
+mod setup;
+mod scenario {
+    pub mod capacity;
+    pub mod cpu;
+    pub mod memory;
+    pub mod pipeline;
+    pub mod profile;
+    pub mod sink;
+    pub mod startup;
+}
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use report::Report;
+use setup::{Bench, Nginx, Pg};
+
+/// What the scenarios share.
+pub struct Ctx {
+    /// Settings.
+    pub b: Bench,
+    /// The benchmark PostgreSQL server.
+    pub pg: Pg,
+    /// The probe target.
+    pub nginx: Nginx,
+    /// Findings.
+    pub report: Report,
+    /// A database holding the sink's schema, copied for each run (`CREATE DATABASE ... TEMPLATE`).
+    pub template: String,
+    /// The pre-filled topic and its size, once the sink scenario made it.
+    pub sink_topic: Option<(String, usize)>,
+    /// blackbox_exporter's probe rate, once the CPU scenario measured it.
+    pub cpu_rate: Option<f64>,
+    /// Topics to delete at the end.
+    pub topics: Vec<String>,
+}
+
+const SCENARIOS: [&str; 8] = [
+    "images",
+    "cpu",
+    "capacity",
+    "precision",
+    "memory",
+    "startup",
+    "sink",
+    "profile",
+];
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("[bench {}] {msg}", chrono::Local::now().format("%H:%M:%S"));
+}
+
+async fn run() -> anyhow::Result<()> {
+    let b = Bench::from_env()?;
+    if let Some(only) = &b.only {
+        if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+            bail!("BENCH_ONLY: unknown scenario {bad:?}; known: {}", SCENARIOS.join(", "));
+        }
+    }
+    let started = Instant::now();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    log(&format!(
+        "{} mode, {} repeat(s), run id {}, load average {}",
+        if b.quick { "quick" } else { "full" },
+        b.repeats,
+        b.run_id,
+        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    ));
+    let pg = Pg::connect(&b.db_url).await?;
+    let nginx = Nginx::start(&b).await?;
+    let mut ctx = Ctx {
+        template: b.name("schema"),
+        b,
+        pg,
+        nginx,
+        report: Report::default(),
+        sink_topic: None,
+        cpu_rate: None,
+        topics: Vec::new(),
+    };
+    let needs_db = ["precision", "startup", "sink", "profile"]
+        .iter()
+        .any(|s| ctx.b.wants(s));
+    if needs_db {
+        make_template(&mut ctx).await.context("preparing the schema template")?;
+    }
+
+    for name in SCENARIOS {
+        if !ctx.b.wants(name) {
+            continue;
+        }
+        if name == "profile" && !ctx.b.profile {
+            continue;
+        }
+        log(&format!("scenario {name}"));
+        let t = Instant::now();
+        let result = match name {
+            "images" => scenario::startup::images(&mut ctx).await,
+            "cpu" => scenario::cpu::run(&mut ctx).await,
+            "capacity" => scenario::capacity::run(&mut ctx).await,
+            "precision" => scenario::pipeline::run(&mut ctx).await,
+            "memory" => scenario::memory::run(&mut ctx).await,
+            "startup" => scenario::startup::run(&mut ctx).await,
+            "sink" => scenario::sink::run(&mut ctx).await,
+            "profile" => scenario::profile::run(&mut ctx).await,
+            _ => unreachable!(),
+        };
+        match result {
+            Ok(()) => log(&format!("scenario {name} done in {:.0} s", t.elapsed().as_secs_f64())),
+            Err(e) => {
+                log(&format!("scenario {name} failed: {e:#}"));
+                ctx.report.failures.push((name.to_string(), format!("{e:#}")));
+            }
+        }
+    }
+
+    // Clean up what lives in the servers.
+    let topics: Vec<String> = std::mem::take(&mut ctx.topics);
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if !refs.is_empty() && std::env::var_os("BENCH_KEEP_TOPICS").is_none() {
+        setup::delete_topics(&ctx.b, &refs).await;
+    }
+    if needs_db {
+        let _ = ctx.pg.drop_db(&ctx.template).await;
+    }
+
+    let elapsed = started.elapsed();
+    let header = header(&ctx, elapsed).await;
+    let method = method(&ctx);
+    let footer = footer();
+    println!("\n{}", ctx.report.table());
+    for (n, e) in &ctx.report.failures {
+        println!("FAILED {n}: {e}");
+    }
+    ctx.report.write(&ctx.b.out, &header, &method, &footer)?;
+    log(&format!(
+        "wrote {} ({:.1} min in all)",
+        ctx.b.out.display(),
+        elapsed.as_secs_f64() / 60.0
+    ));
+    let Ctx { nginx, .. } = ctx;
+    nginx.stop().await;
+    Ok(())
+}
+
+/// Starts a sink once against an empty database so that it migrates it, and waits for the
+/// partitions it creates at start-up.
+async fn make_template(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let (b, pg) = (&ctx.b, &ctx.pg);
+    pg.create_db(&ctx.template, None).await?;
+    let topic = b.name("schema");
+    ctx.topics.push(topic.clone());
+    let sink = setup::start_sink(b, pg, "sink-schema", &ctx.template, &topic, &topic, &[]).await?;
+    let client = pg.db(&ctx.template).await?;
+    let mut ok = false;
+    for _ in 0..200 {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('probe_results')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n >= 2 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    sink.stop(Duration::from_secs(20)).await;
+    if !ok {
+        bail!("the sink did not create probe_results and its partitions within 20 s");
+    }
+    Ok(())
+}
+
+async fn command_line(prog: &str, args: &[&str]) -> String {
+    match tokio::process::Command::new(prog).args(args).output().await {
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(_) => "not found".into(),
+    }
+}
+
+async fn header(ctx: &Ctx, elapsed: Duration) -> String {
+    let b = &ctx.b;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".into(), |(_, v)| v.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rev = command_line(
+        "git",
+        &["-C", &b.repo.display().to_string(), "rev-parse", "--short=12", "HEAD"],
+    )
+    .await;
+    let mut s = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        s,
+        "Written by `make bench` ({}; `scripts/bench.sh` → `services/bench`) on {} at commit `{rev}`: \
+         {} repeat(s) per figure, {:.1} minutes in all. Every figure is the median of the repeats, with min and max; \
+         ratios are computed pair by pair (each repeat measures both sides back to back) and then summarised.\n",
+        if b.quick { "quick mode" } else { "full mode" },
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        b.repeats,
+        elapsed.as_secs_f64() / 60.0
+    );
+    s.push_str("## Machine\n\n");
+    let _ = writeln!(
+        s,
+        "- CPU: {model}, {cores} cores (virtual), {mem_gib:.0} GiB memory, Linux {}",
+        kernel.trim()
+    );
+    let _ = writeln!(
+        s,
+        "- Everything runs on these 2 cores at once: the service under test, its load (nginx, wrk), the broker and \
+         PostgreSQL. The details give each process's share (`cores used`: CPU seconds per second), and `other` is the \
+         machine's remaining busy time (other work on the machine, and this harness)."
+    );
+    let _ = writeln!(s, "- PostgreSQL {} (Debian, stack defaults from `scripts/stack.sh`: fsync on, synchronous_commit on, shared_buffers 128 MB)", ctx.pg.version);
+    let _ = writeln!(
+        s,
+        "- Broker: {} (in-memory storage)",
+        command_line("tansu", &["--version"]).await
+    );
+    let _ = writeln!(
+        s,
+        "- Target: {} serving a {} byte page",
+        command_line("nginx", &["-v"]).await,
+        ctx.nginx.page_bytes
+    );
+    let _ = writeln!(
+        s,
+        "- Reference: {}",
+        command_line("prometheus-blackbox-exporter", &["--version"]).await
+    );
+    let _ = writeln!(s, "- Load generator: {}", command_line("wrk", &["-v"]).await);
+    let _ = writeln!(s, "- Built with {}", command_line("rustc", &["-V"]).await);
+    s
+}
+
+fn method(ctx: &Ctx) -> String {
+    let b = &ctx.b;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "All figures come from the release binaries (`cargo build --release`), configured only through environment \
+         variables, probing nginx on 127.0.0.1 (the {} byte page, body regex `{}`), publishing to the broker, and, where \
+         a sink runs, writing to PostgreSQL. CPU is `/proc/<pid>/stat` utime + stime (all threads; for nginx and \
+         PostgreSQL the whole process tree) over a fixed window.\n",
+        ctx.nginx.page_bytes,
+        setup::BODY_MARKER
+    );
+    let _ = writeln!(
+        s,
+        "1. **CPU per probe.** blackbox_exporter (Debian's package) with one HTTP module (GET, IPv4, the same body \
+         regex, 5 s timeout) is driven through `/probe` by `wrk -t2 -c8` for {w}+ s; after a {warm} s warm-up its CPU \
+         over a {w} s window is divided by the probes nginx served in it (`stub_status`). Then a checker gets \
+         rate × 0.1 targets every 100 ms, i.e. the same probe rate, and its CPU over a {w} s window is divided by \
+         `healthcheck_checker_probes_completed_total`'s increase. The checker's figure includes encoding and publishing \
+         every result to the broker (librdkafka runs inside it); blackbox_exporter's includes serving the `/probe` \
+         response that Prometheus would scrape. The broker's CPU is listed apart in the details.",
+        w = b.pick(10, 5),
+        warm = b.pick(3, 2)
+    );
+    let _ = writeln!(
+        s,
+        "2. **Capacity.** A fresh checker per step with R targets every 1 s; after a warm-up, a {} s window of its \
+         `/metrics`. A step passes when ≥ 99 % of the window's `healthcheck_checker_scheduling_lateness_seconds` \
+         observations are ≤ 10 ms (p99 < 10 ms), ≥ 97 % of R completed, no slot was skipped, ≥ 97 % were delivered to \
+         the broker and ≥ 99 % succeeded. R grows ×1.5 from 4,000/s until a step fails, then is bisected to within \
+         10 %. nginx and the broker share the 2 cores with the checker, so this is a lower bound for the checker alone.",
+        b.pick(6, 4)
+    );
+    let _ = writeln!(
+        s,
+        "3. **Precision.** The whole pipeline with 1,000 targets every 1 s: PostgreSQL's `percentile_cont` and `max` \
+         over `lateness_seconds` (probe start − scheduled slot) of every probe started in a {} s window after a \
+         warm-up; exact, not bucketed.",
+        b.pick(30, 10)
+    );
+    let _ = writeln!(
+        s,
+        "4. **Memory.** A checker with 10,000 targets every 10 s (1,000 probes/s, publishing); `VmRSS` from \
+         `/proc/<pid>/status` after {} s of steady state (MiB = 2^20 bytes), and `VmHWM`, the peak.",
+        b.pick(60, 20)
+    );
+    let _ = writeln!(
+        s,
+        "5. **Sink throughput.** {} realistic results (1,000 targets, half HTTPS with TLS details, ~3 % failures; \
+         `services/bench/src/gen.rs`) are produced to a 6-partition topic as the checker would (timed apart). Each \
+         repeat, in a fresh database holding the sink's schema, runs in alternating order (a) the release sink with a \
+         fresh consumer group and default batch settings, rows/s from its first inserted row to the last \
+         (`healthcheck_sink_rows_inserted_total`), then `count(*)` and `count(DISTINCT check_id)` must both equal the \
+         input; (b) a binary COPY of the same rows into a table `LIKE probe_results INCLUDING DEFAULTS` (same columns \
+         and types, no index, no constraint, not partitioned): the physical limit; (c) the same into a table that also \
+         has the sink's primary key and target index. A `CHECKPOINT` precedes each. The ratio is (a)/(b) per repeat.",
+        report::num(b.sink_rows as f64)
+    );
+    let _ = writeln!(
+        s,
+        "6. **End-to-end latency.** Same runs as 3 (1,000 results/s): `inserted_at − (started_at + duration_seconds)` \
+         per row, i.e. probe completed → row inserted, where `inserted_at` is the sink transaction's `now()` (its \
+         start; the commit follows within the transaction time shown in the details). One clock: same machine."
+    );
+    let _ = writeln!(
+        s,
+        "7. **Images and start-up.** `docker image inspect` sizes of the images `make images` builds (reported only \
+         when present; this harness never builds them). Start → ready: spawn of the release binary until its first \
+         `/readyz` 200, polled every 5 ms; the checker needs the broker's metadata for its topic, the sink PostgreSQL \
+         and the broker."
+    );
+    s
+}
+
+fn footer() -> String {
+    "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
+     BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
+     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink profile\n```\n\n\
+     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_PROFILE=0|1`, `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
+     (default 54340 / 19100, apart from the test stack). Logs, configs and `perf.data` files stay in `.tmp/bench/`.\n"
+        .to_string()
+}

@@ -1,0 +1,170 @@
+//! Items 3 and 6: scheduling precision and end-to-end latency, from one run of the whole
+//! pipeline: 1,000 targets every 1 s → checker → broker → sink → PostgreSQL.
+//!
+//! Every row carries the checker's `lateness_seconds` (probe start − scheduled slot) and the
+//! sink's `inserted_at` (`now()` of the inserting transaction), so PostgreSQL computes both
+//! distributions exactly with `percentile_cont` over the probes started inside the window:
+//! lateness, and `inserted_at − (started_at + duration_seconds)`, probe completed → row
+//! inserted. `now()` is the transaction's start; its commit follows within the transaction
+//! time that the details show (`healthcheck_sink_transaction_duration_seconds`).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::procs::CpuSnap;
+use crate::report::{num, Figure, Goal};
+use crate::setup;
+use crate::Ctx;
+
+struct Run {
+    rows: i64,
+    rate: f64,
+    late: [f64; 3],
+    e2e: [f64; 3],
+    tx_mean_ms: f64,
+    cores: String,
+}
+
+/// Runs the pipeline once per repeat.
+pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let b = ctx.b.clone();
+    let mut runs = Vec::new();
+    for r in 0..b.repeats {
+        runs.push(repeat(ctx, r).await.with_context(|| format!("repeat {}", r + 1))?);
+    }
+    let col = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    let figs = &mut ctx.report.figures;
+    figs.push(Figure::new(
+        "3",
+        "scheduling lateness p50 (1,000 targets × 1 s)",
+        "ms",
+        col(&|r| r.late[0] * 1e3),
+        None,
+    ));
+    figs.push(Figure::new(
+        "3",
+        "scheduling lateness p99",
+        "ms",
+        col(&|r| r.late[1] * 1e3),
+        Some(Goal::Below(2.0)),
+    ));
+    figs.push(Figure::new(
+        "3",
+        "scheduling lateness max",
+        "ms",
+        col(&|r| r.late[2] * 1e3),
+        None,
+    ));
+    figs.push(Figure::new(
+        "6",
+        "end-to-end latency p50 (probe done → row inserted)",
+        "ms",
+        col(&|r| r.e2e[0] * 1e3),
+        None,
+    ));
+    figs.push(Figure::new(
+        "6",
+        "end-to-end latency p99",
+        "ms",
+        col(&|r| r.e2e[1] * 1e3),
+        Some(Goal::Below(500.0)),
+    ));
+    let mut d = String::from(
+        "| repeat | rows in window | results/s | lateness p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
+         |---|---:|---:|---|---|---:|---|\n",
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} / {} / {} | {} / {} / {} | {} | {} |",
+            i + 1,
+            r.rows,
+            num(r.rate),
+            num(r.late[0] * 1e3),
+            num(r.late[1] * 1e3),
+            num(r.late[2] * 1e3),
+            num(r.e2e[0] * 1e3),
+            num(r.e2e[1] * 1e3),
+            num(r.e2e[2] * 1e3),
+            num(r.tx_mean_ms),
+            r.cores
+        );
+    }
+    ctx.report
+        .details
+        .push(("3 and 6. Precision and end-to-end latency".into(), d));
+    Ok(())
+}
+
+async fn repeat(ctx: &mut Ctx, r: usize) -> anyhow::Result<Run> {
+    let b = &ctx.b;
+    let pg = &ctx.pg;
+    let db = b.name(&format!("e2e{r}"));
+    let topic = b.name(&format!("e2e{r}"));
+    ctx.topics.push(topic.clone());
+    pg.create_db(&db, Some(&ctx.template)).await?;
+    let sink = setup::start_sink(b, pg, &format!("sink-e2e-{r}"), &db, &topic, &topic, &[]).await?;
+    let checker = setup::start_checker(b, &format!("checker-e2e-{r}"), 1_000, "1s", &ctx.nginx.url(), &topic).await?;
+    let window = Duration::from_secs(b.pick(30, 10));
+    tokio::time::sleep(Duration::from_secs(b.pick(5, 3))).await;
+    let mut list = vec![checker.who("checker"), sink.who("sink"), ctx.nginx.who()];
+    list.extend(b.broker_who());
+    list.extend(pg.who());
+    let (t0, s0) = (chrono::Utc::now(), CpuSnap::take(&list));
+    tokio::time::sleep(window).await;
+    let (t1, s1) = (chrono::Utc::now(), CpuSnap::take(&list));
+    checker.stop(Duration::from_secs(30)).await;
+
+    // Let the sink write everything the checker published.
+    let inserted = "healthcheck_sink_rows_inserted_total";
+    let (mut last, mut since) = (-1.0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let n = sink.scrape().await?.sum(inserted);
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = sink.scrape().await?;
+    let tx_mean_ms = m.sum("healthcheck_sink_transaction_duration_seconds_sum")
+        / m.sum("healthcheck_sink_transaction_duration_seconds_count").max(1.0)
+        * 1e3;
+    sink.stop(Duration::from_secs(30)).await;
+
+    let client = pg.db(&db).await?;
+    let row = client
+        .query_one(
+            "SELECT count(*),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY lateness_seconds),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY lateness_seconds),
+                    max(lateness_seconds),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY e2e),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY e2e),
+                    max(e2e)
+             FROM (SELECT lateness_seconds,
+                          extract(epoch FROM inserted_at - started_at)::float8 - duration_seconds AS e2e
+                   FROM probe_results WHERE started_at >= $1 AND started_at < $2) w",
+            &[&t0, &t1],
+        )
+        .await?;
+    drop(client);
+    pg.drop_db(&db).await?;
+    let rows: i64 = row.get(0);
+    if rows == 0 {
+        bail!("no row was written in the window");
+    }
+    let f = |i: usize| row.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
+    Ok(Run {
+        rows,
+        rate: rows as f64 / (t1 - t0).num_milliseconds() as f64 * 1e3,
+        late: [f(1), f(2), f(3)],
+        e2e: [f(4), f(5), f(6)],
+        tx_mean_ms,
+        cores: s0.delta(&s1).cores(),
+    })
+}

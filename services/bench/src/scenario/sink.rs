@@ -1,0 +1,449 @@
+//! Item 5: sink throughput against the physical limit of the same PostgreSQL server.
+//!
+//! A topic is pre-filled with N realistic results (distinct `check_id`s; timed on its own).
+//! Each repeat then, in a fresh database with the sink's schema, runs in alternating order:
+//! - the release sink with a fresh consumer group, timed from its first inserted row to its
+//!   last (`healthcheck_sink_rows_inserted_total`, polled every 100 ms), then checked with
+//!   `count(*)` and `count(DISTINCT check_id)`;
+//! - a raw binary COPY (tokio-postgres `binary_copy`) of the same rows, already in memory,
+//!   into a table with the same columns, types and defaults and no index or constraint
+//!   (`CREATE TABLE ... (LIKE probe_results INCLUDING DEFAULTS)`): the limit;
+//! - the same COPY into a table that also has the sink's primary key and target index
+//!   (`INCLUDING CONSTRAINTS INCLUDING INDEXES`), which shows what the indexes cost.
+//!
+//! A `CHECKPOINT` precedes each, so neither inherits the other's dirty buffers.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use common::result::ProbeResult;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio_postgres::types::ToSql;
+
+use crate::gen;
+use crate::procs::{CpuSnap, Who};
+use crate::report::{num, Figure, Goal};
+use crate::setup;
+use crate::Ctx;
+
+/// The columns the sink inserts, in its order.
+const COLUMNS: &str = "check_id, scheduled_at, started_at, target_name, url, instance_id, schema_version, success, \
+    error_kind, error, status_code, first_status_code, duration_seconds, lateness_seconds, timeout_seconds, \
+    resolve_seconds, connect_seconds, tls_seconds, processing_seconds, transfer_seconds, redirects, final_url, \
+    http_version, ip_address, ip_family, regex_matched, body_bytes, content_length, tls_version, tls_cipher, \
+    tls_leaf_not_after, tls_earliest_not_after, tls_leaf_subject, kafka_partition, kafka_offset";
+
+const INSERTED: &str = "healthcheck_sink_rows_inserted_total";
+
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Counter(Arc<Deliveries>);
+
+impl ClientContext for Counter {}
+
+impl ProducerContext for Counter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let n = if r.is_ok() { &self.0.ok } else { &self.0.failed };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What one sink run measured.
+pub struct SinkRun {
+    /// Rows per second from the first inserted row to the last.
+    pub rate: f64,
+    /// Seconds from spawn to the last row.
+    pub spawn_to_done: f64,
+    /// CPU over the timed part.
+    pub cores: String,
+    /// CPU milliseconds per 1,000 rows: sink, PostgreSQL, broker.
+    pub ms_per_k: [f64; 3],
+    /// Mean rows per transaction.
+    pub rows_per_tx: f64,
+}
+
+/// Runs the pre-fill and the repeats.
+pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let b = ctx.b.clone();
+    let n = b.sink_rows;
+    let topic = b.name("sink");
+    ctx.topics.push(topic.clone());
+    setup::ensure_topic(&b, &topic).await?;
+
+    // The rows, generated once (not timed): 1,000 targets × n/1,000 one-second slots ending now.
+    let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
+    let rows: Arc<Vec<ProbeResult>> =
+        Arc::new(tokio::task::spawn_blocking(move || (0..n).map(|i| gen::result(i, base)).collect()).await?);
+    let (prefill_s, bytes) = prefill(&b, &topic, rows.clone()).await?;
+    ctx.sink_topic = Some((topic.clone(), n));
+
+    let figs_prefill = n as f64 / prefill_s;
+    let mut sink_rates = Vec::new();
+    let mut copy_rates = Vec::new();
+    let mut indexed_rates = Vec::new();
+    let mut ratios = Vec::new();
+    let mut d = format!(
+        "Pre-fill: {} messages ({} MB of JSON, {} bytes each on average) in {:.1} s = {} messages/s, 6 partitions, keyed by target.\n\n\
+         | repeat | order | sink rows/s | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / raw COPY |\n\
+         |---|---|---:|---:|---:|---|---|---:|---|---:|---:|\n",
+        num(n as f64),
+        num(bytes as f64 / 1e6),
+        bytes / n as u64,
+        prefill_s,
+        num(figs_prefill)
+    );
+    for r in 0..b.repeats {
+        let db = b.name(&format!("sink{r}"));
+        ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+        let sink_first = r % 2 == 0;
+        let (mut s, mut c, mut ci) = (None, None, None);
+        for phase in 0..2 {
+            if (phase == 0) == sink_first {
+                s = Some(
+                    sink_run(ctx, &db, &topic, &format!("{topic}_g{r}"), &[], n)
+                        .await
+                        .with_context(|| format!("repeat {}: sink", r + 1))?,
+                );
+            } else {
+                c = Some(copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", &rows).await?);
+                ci = Some(
+                    copy(
+                        ctx,
+                        &db,
+                        "copy_indexed",
+                        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES",
+                        &rows,
+                    )
+                    .await?,
+                );
+            }
+        }
+        let (s, (c, c_cores), (ci, _)) = (s.expect("ran"), c.expect("ran"), ci.expect("ran"));
+        // Every row is there once.
+        let client = ctx.pg.db(&db).await?;
+        let row = client
+            .query_one("SELECT count(*), count(DISTINCT check_id) FROM probe_results", &[])
+            .await?;
+        let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
+        drop(client);
+        ctx.pg.drop_db(&db).await?;
+        if count != n as i64 || distinct != n as i64 {
+            bail!(
+                "repeat {}: the sink wrote {count} rows ({distinct} distinct), expected {n}",
+                r + 1
+            );
+        }
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
+            r + 1,
+            if sink_first { "sink, COPY" } else { "COPY, sink" },
+            num(s.rate),
+            s.spawn_to_done,
+            num(s.rows_per_tx),
+            num(s.ms_per_k[0]),
+            num(s.ms_per_k[1]),
+            num(s.ms_per_k[2]),
+            s.cores,
+            num(c),
+            c_cores,
+            num(ci),
+            s.rate / c
+        );
+        sink_rates.push(s.rate);
+        copy_rates.push(c);
+        indexed_rates.push(ci);
+        ratios.push(s.rate / c);
+    }
+
+    // Batch-size variants, once each (information, not figures).
+    if !b.quick {
+        d.push_str("\nBatch size variants (one run each, fresh database and group):\n\n| BATCH_MAX_ROWS | sink rows/s | rows per transaction | cores used |\n|---:|---:|---:|---|\n");
+        for (i, rows_per_batch) in [1_000usize, 20_000].into_iter().enumerate() {
+            let db = b.name(&format!("sinkv{i}"));
+            ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+            let extra = [
+                ("BATCH_MAX_ROWS", rows_per_batch.to_string()),
+                ("BATCH_MAX_BYTES", (64usize << 20).to_string()),
+            ];
+            let s = sink_run(ctx, &db, &topic, &format!("{topic}_v{i}"), &extra, n).await;
+            ctx.pg.drop_db(&db).await?;
+            match s {
+                Ok(s) => {
+                    let _ = writeln!(
+                        d,
+                        "| {rows_per_batch} | {} | {} | {} |",
+                        num(s.rate),
+                        num(s.rows_per_tx),
+                        s.cores
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(d, "| {rows_per_batch} | failed: {e} | | |");
+                }
+            }
+        }
+    }
+
+    let figs = &mut ctx.report.figures;
+    figs.push(Figure::new(
+        "5",
+        format!("topic pre-fill ({} messages, timed apart)", num(n as f64)),
+        "msgs/s",
+        vec![figs_prefill],
+        None,
+    ));
+    figs.push(Figure::new(
+        "5",
+        "sink throughput, deduplicating insert",
+        "rows/s",
+        sink_rates,
+        Some(Goal::AtLeast(100_000.0)),
+    ));
+    figs.push(Figure::new(
+        "5",
+        "raw binary COPY, same rows, no index (the limit)",
+        "rows/s",
+        copy_rates,
+        None,
+    ));
+    figs.push(Figure::new(
+        "5",
+        "binary COPY into a table with the sink's PK + index",
+        "rows/s",
+        indexed_rates,
+        None,
+    ));
+    figs.push(Figure::new(
+        "5",
+        "sink / raw COPY (pair by pair)",
+        "ratio",
+        ratios,
+        Some(Goal::AtLeast(0.5)),
+    ));
+    ctx.report.details.push(("5. Sink throughput".into(), d));
+    Ok(())
+}
+
+/// Produces `rows` to `topic` as the checker would (JSON, keyed by target, timestamped with
+/// the slot); returns the seconds it took and the payload bytes.
+async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64)> {
+    let (broker, topic) = (b.broker.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
+        let counts = Arc::new(Deliveries::default());
+        let config = ClientConfig::new()
+            .set("bootstrap.servers", &broker)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("batch.size", "524288")
+            .set("queue.buffering.max.messages", "200000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.timeout.ms", "300000")
+            .clone();
+        // Overrides for experiments: BENCH_PREFILL_CFG="linger.ms=5,batch.size=65536".
+        let mut config = config;
+        for kv in std::env::var("BENCH_PREFILL_CFG").unwrap_or_default().split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                config.set(k.trim(), v.trim());
+            }
+        }
+        let producer: ThreadedProducer<Counter> = config.create_with_context(Counter(counts.clone()))?;
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        for r in rows.iter() {
+            let payload = serde_json::to_vec(r)?;
+            bytes += payload.len() as u64;
+            let mut rec = BaseRecord::to(&topic)
+                .key(r.target.as_bytes())
+                .payload(&payload)
+                .timestamp(r.scheduled_at.timestamp_millis());
+            let mut tries = 0;
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if tries < 60_000 => {
+                        rec = back;
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => bail!("producing to {topic}: {e}"),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(300))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (ok, failed) = (counts.ok.load(Ordering::Relaxed), counts.failed.load(Ordering::Relaxed));
+        if failed > 0 || ok != rows.len() as u64 {
+            bail!("pre-fill: {ok} delivered, {failed} failed, of {}", rows.len());
+        }
+        // The broker may report its high watermarks a moment late.
+        let mut marks = Vec::new();
+        for _ in 0..20 {
+            marks = (0..6)
+                .map(|p| producer.client().fetch_watermarks(&topic, p, Duration::from_secs(10)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if marks.iter().map(|(lo, hi)| hi - lo).sum::<i64>() == rows.len() as i64 {
+                return Ok((secs, bytes));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(anyhow::anyhow!(
+            "pre-fill: the topic's (low, high) watermarks are {marks:?}, expected {} messages in all",
+            rows.len()
+        ))
+    })
+    .await?
+}
+
+/// Runs a sink with a fresh group over the pre-filled topic until it has inserted `n` rows.
+pub async fn sink_run(
+    ctx: &Ctx,
+    db: &str,
+    topic: &str,
+    group: &str,
+    extra: &[(&str, String)],
+    n: usize,
+) -> anyhow::Result<SinkRun> {
+    let (b, pg) = (&ctx.b, &ctx.pg);
+    pg.client.batch_execute("CHECKPOINT").await?;
+    let spawned = Instant::now();
+    let mut sink = setup::start_sink(b, pg, &format!("sink-{group}"), db, topic, group, extra).await?;
+    let mut list = vec![sink.who("sink")];
+    list.extend(pg.who());
+    list.extend(b.broker_who());
+    let limit = Duration::from_secs(120 + n as u64 / 5_000);
+    let mut first: Option<(Instant, f64, CpuSnap)> = None;
+    let done = loop {
+        let m = sink.scrape().await?;
+        let v = m.sum(INSERTED);
+        if first.is_none() && v > 0.0 {
+            first = Some((Instant::now(), v, CpuSnap::take(&list)));
+        }
+        if v >= n as f64 {
+            break (Instant::now(), CpuSnap::take(&list), m);
+        }
+        if spawned.elapsed() > limit {
+            bail!("the sink inserted {v} of {n} rows in {limit:?}");
+        }
+        sink.proc.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let spawn_to_done = spawned.elapsed().as_secs_f64();
+    sink.stop(Duration::from_secs(30)).await;
+    let (t0, n0, s0) = first.expect("set before done");
+    let (t1, s1, m) = done;
+    let rows = n as f64 - n0;
+    let d = s0.delta(&s1);
+    let per_k = |who: &str| d.of(who) / rows * 1e6;
+    let txs = m.sum("healthcheck_sink_transaction_duration_seconds_count");
+    Ok(SinkRun {
+        rate: rows / t1.duration_since(t0).as_secs_f64(),
+        spawn_to_done,
+        cores: d.cores(),
+        ms_per_k: [per_k("sink"), per_k("postgres"), per_k("broker")],
+        rows_per_tx: m.sum("healthcheck_sink_batch_rows_sum") / txs.max(1.0),
+    })
+}
+
+/// Binary COPY of `rows` into a new table `table` created `LIKE probe_results <like>`;
+/// returns rows per second and the cores used (this process encodes, PostgreSQL stores).
+async fn copy(ctx: &Ctx, db: &str, table: &str, like: &str, rows: &[ProbeResult]) -> anyhow::Result<(f64, String)> {
+    let client = ctx.pg.db(db).await?;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE probe_results {like}); CHECKPOINT"
+        ))
+        .await?;
+    let types: Vec<_> = client
+        .prepare(&format!("SELECT {COLUMNS} FROM {table} LIMIT 0"))
+        .await?
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
+    let mut list: Vec<(&'static str, Who)> = vec![("bench", Who::Pid(std::process::id()))];
+    list.extend(ctx.pg.who());
+    let (t0, s0) = (Instant::now(), CpuSnap::take(&list));
+    let sink = client
+        .copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .await?;
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+    let mut writer = std::pin::pin!(writer);
+    for (i, r) in rows.iter().enumerate() {
+        let tls = r.tls.as_ref();
+        let schema_version = r.schema_version as i32;
+        let status: Option<i32> = r.status_code.map(i32::from);
+        let first_status: Option<i32> = r.first_status_code.map(i32::from);
+        let redirects = r.redirects as i32;
+        let ip: Option<IpAddr> = r.ip_address.as_deref().and_then(|a| a.parse().ok());
+        let body_bytes = r.body_bytes.map(|v| v as i64);
+        let content_length = r.content_length.map(|v| v as i64);
+        let tls_version = tls.and_then(|t| t.version.as_ref());
+        let tls_cipher = tls.and_then(|t| t.cipher.as_ref());
+        let leaf: Option<DateTime<Utc>> = tls.and_then(|t| t.leaf_not_after);
+        let earliest: Option<DateTime<Utc>> = tls.and_then(|t| t.earliest_not_after);
+        let subject = tls.and_then(|t| t.leaf_subject.as_ref());
+        let partition = (i % 6) as i32;
+        let offset = (i / 6) as i64;
+        let values: [&(dyn ToSql + Sync); 35] = [
+            &r.check_id,
+            &r.scheduled_at,
+            &r.started_at,
+            &r.target,
+            &r.url,
+            &r.instance_id,
+            &schema_version,
+            &r.success,
+            &r.error_kind,
+            &r.error,
+            &status,
+            &first_status,
+            &r.duration_seconds,
+            &r.lateness_seconds,
+            &r.timeout_seconds,
+            &r.phases.resolve,
+            &r.phases.connect,
+            &r.phases.tls,
+            &r.phases.processing,
+            &r.phases.transfer,
+            &redirects,
+            &r.final_url,
+            &r.http_version,
+            &ip,
+            &r.ip_family,
+            &r.regex_matched,
+            &body_bytes,
+            &content_length,
+            &tls_version,
+            &tls_cipher,
+            &leaf,
+            &earliest,
+            &subject,
+            &partition,
+            &offset,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    let written = writer.as_mut().finish().await?;
+    let (secs, s1) = (t0.elapsed().as_secs_f64(), CpuSnap::take(&list));
+    if written != rows.len() as u64 {
+        bail!("COPY wrote {written} rows, expected {}", rows.len());
+    }
+    client.batch_execute(&format!("DROP TABLE {table}")).await?;
+    Ok((rows.len() as f64 / secs, s0.delta(&s1).cores()))
+}
