@@ -147,13 +147,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A TCP forwarder from a fixed local port to `upstream`, which a test can cut (close every
-/// connection and refuse new ones) and restore: a real network outage of a real dependency.
+/// A TCP forwarder from a local port to `upstream` that a test can cut (close every
+/// connection and reset new ones) and restore: a real network outage of a real dependency.
+/// The listening socket is kept during a cut, so no other process can take the port.
 pub struct Forwarder {
     /// Where clients connect.
     pub addr: SocketAddr,
-    upstream: SocketAddr,
-    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
 }
 
 impl Forwarder {
@@ -162,53 +164,62 @@ impl Forwarder {
         let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
             .await
             .expect("bind forwarder");
-        let f = Self {
-            addr: listener.local_addr().unwrap(),
-            upstream,
-            tasks: Arc::default(),
-        };
-        f.serve(listener);
-        f
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (upstream, tasks) = (self.upstream, self.tasks.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (cut, conns) = (cut.clone(), conns.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Close at once, as a host whose service is down would.
+                        drop(inbound);
+                        continue;
                     }
-                });
-                let mut t = tasks.lock().unwrap();
-                t.retain(|h| !h.is_finished());
-                t.push(conn);
-            }
-        });
-        self.tasks.lock().unwrap().push(accept);
-    }
-
-    /// Closes every forwarded connection and stops accepting: clients see resets and refusals.
-    pub async fn cut(&self) {
-        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
+                    let conn = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut c = conns.lock().unwrap();
+                    c.retain(|h| !h.is_finished());
+                    c.push(conn);
+                }
+            })
+        };
+        Self {
+            addr,
+            cut,
+            conns,
+            accept,
         }
     }
 
-    /// Accepts again on the same port.
+    /// Closes every forwarded connection and resets new ones until [`Forwarder::restore`].
+    pub async fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
+        for c in conns {
+            c.abort();
+            let _ = c.await;
+        }
+    }
+
+    /// Forwards again.
     pub async fn restore(&self) {
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        self.serve(listener);
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
