@@ -66,7 +66,16 @@ RUN set -eu; cd /full; mkdir -p /skeleton; \
 # builder: dependencies first (cached layer), then the workspace itself.
 FROM toolchain AS builder
 ARG CARGO_NET_OFFLINE=false
-ENV CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE}
+# The images use a size-optimised variant of the workspace's release profile
+# (about a third smaller binaries, for images under 30 MB); override with e.g.
+# --build-arg RELEASE_OPT_LEVEL=3 --build-arg RELEASE_LTO=thin --build-arg RELEASE_CODEGEN_UNITS=4
+ARG RELEASE_OPT_LEVEL=z
+ARG RELEASE_LTO=fat
+ARG RELEASE_CODEGEN_UNITS=1
+ENV CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE} \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=${RELEASE_OPT_LEVEL} \
+    CARGO_PROFILE_RELEASE_LTO=${RELEASE_LTO} \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${RELEASE_CODEGEN_UNITS}
 COPY --from=skeleton /skeleton/ /src/
 RUN cargo build --release --locked --bin checker --bin sink \
  && cargo clean --release --package checker --package sink --package common

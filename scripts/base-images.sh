@@ -178,6 +178,10 @@ rust_image() {
             ln -sf "/usr/local/rustup/toolchains/$toolchain/bin/$(basename "$tool")" "$ctx/cargo/bin/$(basename "$tool")"
         done
     fi
+    # CA certificates added locally on this host (e.g. of a TLS-intercepting
+    # egress proxy): cargo inside the builder must trust them to reach crates.io.
+    mkdir -p "$ctx/extra-ca"
+    find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} "$ctx/extra-ca/" \; 2>/dev/null || true
     cp "$REPO_ROOT/docker/standins/rust/Dockerfile" "$ctx/Dockerfile"
     log "building $IMG_RUST (apt: build-essential, pkg-config, libssl-dev, zlib1g-dev, perl)"
     build "$IMG_RUST" "$ctx" --build-arg "RUST_VERSION=$version" --build-arg "TOOLCHAIN=$toolchain"

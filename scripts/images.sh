@@ -51,6 +51,16 @@ for base in rust:1.95-bookworm gcr.io/distroless/cc-debian12:nonroot; do
     fi
 done
 
+# Both images are built from one snapshot of the sources, so that they match
+# even while files change (and the dependency layer is built only once).
+CONTEXT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/hcp-build-context.XXXXXX")
+trap 'rm -rf "$CONTEXT_DIR"' EXIT
+context_paths=()
+for path in Cargo.toml Cargo.lock services rust-toolchain rust-toolchain.toml .cargo vendor .dockerignore; do
+    [[ -e "$path" ]] && context_paths+=("$path")
+done
+tar -C "$REPO_ROOT" --exclude=target --exclude='*.rs.bk' -cf - "${context_paths[@]}" | tar -C "$CONTEXT_DIR" -xf -
+
 build_one() { # build_one TARGET IMAGE
     local target=$1 image=$2 start=$SECONDS logfile="$LOG_DIR/images-$1.log"
     local args=(build --target "$target" -t "$image"
@@ -60,7 +70,7 @@ build_one() { # build_one TARGET IMAGE
     [[ "$BUILD_NETWORK" != default ]] && args+=(--network "$BUILD_NETWORK")
     # shellcheck disable=SC2206
     [[ -n "${DOCKER_BUILD_ARGS:-}" ]] && args+=($DOCKER_BUILD_ARGS)
-    args+=(.)
+    args+=(-f "$REPO_ROOT/Dockerfile" "$CONTEXT_DIR")
     log "docker ${args[*]}"
     if [[ "${VERBOSE:-0}" == 1 ]]; then
         docker "${args[@]}"

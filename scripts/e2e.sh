@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# End-to-end test of the containerised pipeline (`make e2e`, run by CI).
+#
+# 1. base images (scripts/base-images.sh: local stand-ins, reused when present)
+# 2. checker + sink images from the real Dockerfile (scripts/images.sh)
+# 3. docker-compose.yml + docker-compose.local.yml up -d, under project $E2E_PROJECT
+# 4. asserts: every container healthy; results for every sample target in
+#    PostgreSQL (probe_results); Prometheus has up == 1 for checker and sink;
+#    both images run as non-root; image sizes against $SIZE_LIMIT_MB
+# 5. fault drills, each ending with "every result is a row, exactly once"
+#    (rows == distinct check_ids, and every check_id the checker logged as
+#    delivered is in probe_results): PostgreSQL stop/start, broker stop/start,
+#    sink SIGKILL, sink network disconnect/connect
+# 6. tear down (always; KEEP_STACK=1 keeps it), container logs on failure
+#
+# Unattended: no TTY or stdin needed, every wait is bounded, timings per step
+# are printed at the end. Env: E2E_PROJECT (default hcp-e2e), KEEP_STACK=1,
+# SIZE_LIMIT_MB (default 30), SKIP_BUILD=1 (use the images as they are),
+# E2E_DRILLS (default "postgres broker sink-kill sink-network"; "" for none).
+set -Eeuo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+E2E_PROJECT="${E2E_PROJECT:-hcp-e2e}"
+SIZE_LIMIT_MB="${SIZE_LIMIT_MB:-30}"
+E2E_DRILLS="${E2E_DRILLS-postgres broker sink-kill sink-network}"
+ARTIFACTS="${E2E_ARTIFACTS:-$REPO_ROOT/.tmp/e2e}"
+mkdir -p "$ARTIFACTS"
+
+# Host ports of their own, so that a developer's `docker compose up` stack
+# (or the test stack of scripts/stack.sh) can keep running.
+export KAFKA_HOST_PORT="${E2E_KAFKA_HOST_PORT:-39092}"
+export POSTGRES_HOST_PORT="${E2E_POSTGRES_HOST_PORT:-35432}"
+export CHECKER_ADMIN_HOST_PORT="${E2E_CHECKER_ADMIN_HOST_PORT:-38080}"
+export SINK_ADMIN_HOST_PORT="${E2E_SINK_ADMIN_HOST_PORT:-38081}"
+export PROMETHEUS_HOST_PORT="${E2E_PROMETHEUS_HOST_PORT:-39090}"
+# The checker logs each delivered check_id at debug level: the drills compare
+# that list with the table.
+export RUST_LOG="${E2E_RUST_LOG:-info,checker::publish=debug}"
+
+env_value() { # value of VAR in .env (single or double quotes stripped)
+    local value
+    value=$(sed -n "s/^$1=//p" .env | tail -n1)
+    value="${value#\'}"; value="${value%\'}"; value="${value#\"}"; value="${value%\"}"
+    printf '%s\n' "$value"
+}
+PG_USER="${POSTGRES_USER:-$(env_value POSTGRES_USER)}"
+PG_DB="${POSTGRES_DB:-$(env_value POSTGRES_DB)}"
+CHECKER_IMAGE="${CHECKER_IMAGE:-$(env_value CHECKER_IMAGE)}"
+SINK_IMAGE="${SINK_IMAGE:-$(env_value SINK_IMAGE)}"
+export CHECKER_IMAGE SINK_IMAGE
+SAMPLE_TARGETS=(local-ok local-regex-miss local-http-500 local-slow local-refused)
+
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+else
+    echo "e2e: neither 'docker compose' nor 'docker-compose' is available" >&2
+    exit 1
+fi
+COMPOSE+=(-p "$E2E_PROJECT" -f docker-compose.yml -f docker-compose.local.yml)
+export COMPOSE_INTERACTIVE_NO_CLI=1 DOCKER_CLI_HINTS=false
+
+# ---------------------------------------------------------------------------
+# output, timings, failure handling
+
+T0=$SECONDS
+STEP_NAMES=()
+STEP_TIMES=()
+STEP_RESULT=()
+CURRENT_STEP=""
+STEP_START=0
+
+log() { printf '[e2e %(%H:%M:%S)T +%4ds] %s\n' -1 "$((SECONDS - T0))" "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+step() { # step NAME: ends the previous step, starts NAME
+    end_step ok
+    CURRENT_STEP=$1
+    STEP_START=$SECONDS
+    printf '\n' >&2
+    log "==== $1"
+}
+end_step() {
+    if [[ -n "$CURRENT_STEP" ]]; then
+        STEP_NAMES+=("$CURRENT_STEP")
+        STEP_TIMES+=($((SECONDS - STEP_START)))
+        STEP_RESULT+=("$1")
+        CURRENT_STEP=""
+    fi
+}
+print_timings() {
+    printf '\n%-58s %8s  %s\n' "e2e step" seconds result >&2
+    local i
+    for i in "${!STEP_NAMES[@]}"; do
+        printf '%-58s %8s  %s\n' "${STEP_NAMES[$i]}" "${STEP_TIMES[$i]}" "${STEP_RESULT[$i]}" >&2
+    done
+    printf '%-58s %8s\n' total "$((SECONDS - T0))" >&2
+}
+
+compose() { "${COMPOSE[@]}" "$@"; }
+cid() { compose ps -a -q "$1" 2>/dev/null | head -n1; }
+
+dump_diagnostics() {
+    log "---- diagnostics"
+    compose ps >&2 || true
+    local service id
+    for service in kafka kafka-init postgres target checker sink prometheus; do
+        id=$(cid "$service")
+        [[ -n "$id" ]] || continue
+        printf '\n----- logs: %s (last 150 lines; full logs in %s) -----\n' "$service" "$ARTIFACTS" >&2
+        docker logs "$id" >"$ARTIFACTS/$service.log" 2>&1 || true
+        tail -n 150 "$ARTIFACTS/$service.log" >&2 || true
+        docker inspect -f '{{json .State}}' "$id" >&2 2>/dev/null || true
+    done
+}
+
+teardown() {
+    if [[ "${KEEP_STACK:-0}" == 1 ]]; then
+        log "KEEP_STACK=1: leaving the stack up (${COMPOSE[*]} down -v to remove it)"
+        return
+    fi
+    log "tearing down"
+    timeout 180 "${COMPOSE[@]}" down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || log "teardown reported an error"
+}
+
+on_exit() {
+    local status=$?
+    trap - EXIT ERR INT TERM
+    if ((status != 0)); then
+        end_step FAILED
+        dump_diagnostics
+    else
+        end_step ok
+    fi
+    teardown
+    print_timings
+    if ((status != 0)); then
+        log "e2e FAILED (exit $status)"
+    else
+        log "e2e passed"
+    fi
+    exit "$status"
+}
+trap on_exit EXIT
+trap 'log "error at line $LINENO: $BASH_COMMAND"' ERR
+trap 'exit 130' INT TERM
+
+# wait_until DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every 2 s
+wait_until() {
+    local what=$1 limit=$2 start=$SECONDS
+    shift 2
+    until "$@"; do
+        if ((SECONDS - start >= limit)); then
+            fail "timed out after ${limit}s waiting for: $what"
+        fi
+        sleep 2
+    done
+    log "$what (after $((SECONDS - start))s)"
+}
+
+# ---------------------------------------------------------------------------
+# queries
+
+psql_q() { # psql_q SQL: one value per line, no headers
+    local id
+    id=$(cid postgres)
+    docker exec -i "$id" psql -X -q -v ON_ERROR_STOP=1 -U "$PG_USER" -d "$PG_DB" -At -c "$1"
+}
+
+health_of() { # health status of a service's container (or its state without a healthcheck)
+    docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$(cid "$1")" 2>/dev/null
+}
+
+all_healthy() {
+    local service status ok=0
+    for service in kafka postgres target checker sink prometheus; do
+        status=$(health_of "$service" || echo missing)
+        if [[ "$status" != healthy ]]; then
+            ok=1
+            HEALTH_REPORT="$service=$status"
+        fi
+    done
+    return $ok
+}
+
+delivered_ids() { # check_ids the checker logged as delivered, one per line
+    docker logs "$(cid checker)" 2>&1 | python3 -c '
+import json, sys
+for line in sys.stdin:
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        continue
+    fields = rec.get("fields", rec)
+    if "delivered" in str(fields.get("message", "")) and fields.get("check_id"):
+        print(fields["check_id"])
+'
+}
+
+# Compares the checker's delivered check_ids with probe_results; sets
+# DELIVERED, ROWS, DISTINCT and MISSING (delivered but not in the table).
+compare_results() {
+    local delivered_file="$ARTIFACTS/delivered.txt" rows_file="$ARTIFACTS/rows.txt"
+    delivered_ids | sort -u >"$delivered_file"
+    psql_q "select check_id from probe_results where check_id is not null" >"$rows_file.all" 2>/dev/null || return 1
+    sort "$rows_file.all" >"$rows_file"
+    DELIVERED=$(wc -l <"$delivered_file")
+    ROWS=$(wc -l <"$rows_file")
+    DISTINCT=$(sort -u "$rows_file" | wc -l)
+    MISSING=$(comm -23 "$delivered_file" <(sort -u "$rows_file") | wc -l)
+}
+
+caught_up() { # every delivered result is in the table (and there is at least one)
+    compare_results || return 1
+    ((DELIVERED > 0 && MISSING == 0))
+}
+
+# exactly_once LABEL [MIN_DELIVERED]: waits until the table has every delivered
+# result, then requires rows == distinct check_ids.
+exactly_once() {
+    local label=$1 min=${2:-1}
+    wait_until "$label: results delivered since the fault ($min+)" 120 delivered_at_least "$min"
+    if ! wait_until_quiet "$label: every delivered result is in probe_results" 120 caught_up; then
+        comm -23 "$ARTIFACTS/delivered.txt" <(sort -u "$ARTIFACTS/rows.txt") | head -n 20 >&2
+        fail "$label: $MISSING of $DELIVERED delivered results are missing from probe_results"
+    fi
+    local total distinct
+    total=$(psql_q "select count(*) from probe_results")
+    distinct=$(psql_q "select count(distinct check_id) from probe_results")
+    log "$label: delivered=$DELIVERED rows=$total distinct_check_ids=$distinct missing=$MISSING"
+    ((total == distinct)) || fail "$label: $((total - distinct)) duplicate rows (rows=$total, distinct check_ids=$distinct)"
+    DRILL_SUMMARY+=("$label: delivered=$DELIVERED rows=$total distinct=$distinct missing=0 duplicates=0")
+}
+delivered_at_least() {
+    local n
+    n=$(delivered_ids | sort -u | wc -l)
+    ((n >= $1))
+}
+wait_until_quiet() { # like wait_until, but returns 1 instead of failing
+    local what=$1 limit=$2 start=$SECONDS
+    shift 2
+    until "$@"; do
+        ((SECONDS - start >= limit)) && return 1
+        sleep 2
+    done
+    log "$what (after $((SECONDS - start))s)"
+}
+
+prometheus_up() { # prometheus_up JOB: up == 1 for JOB
+    local body
+    body=$(docker exec "$(cid prometheus)" wget -q -O - "http://localhost:9090/api/v1/query?query=up%7Bjob%3D%22$1%22%7D" 2>/dev/null) || return 1
+    python3 -c '
+import json, sys
+data = json.loads(sys.argv[1])
+result = data.get("data", {}).get("result", [])
+sys.exit(0 if result and all(r["value"][1] == "1" for r in result) else 1)
+' "$body"
+}
+
+results_for_all_targets() {
+    local target n
+    for target in "${SAMPLE_TARGETS[@]}"; do
+        n=$(psql_q "select count(*) from probe_results where target_name = '$target'" 2>/dev/null) || return 1
+        ((n > 0)) || return 1
+    done
+}
+
+running() { [[ "$(docker inspect -f '{{.State.Running}}' "$(cid "$1")" 2>/dev/null)" == true ]]; }
+
+# ---------------------------------------------------------------------------
+# 1-2. images
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    step "base images: builder + runtime (scripts/base-images.sh)"
+    scripts/base-images.sh rust distroless
+    # The service build is CPU-bound, the stand-ins mostly download and unpack
+    # Debian packages: build both at once.
+    step "service images (scripts/images.sh) + stand-ins (scripts/base-images.sh)"
+    scripts/base-images.sh kafka postgres prometheus target >"$ARTIFACTS/base-images.log" 2>&1 &
+    standins_pid=$!
+    images_status=0
+    scripts/images.sh || images_status=$?
+    standins_status=0
+    wait "$standins_pid" || standins_status=$?
+    cat "$ARTIFACTS/base-images.log" >&2
+    ((images_status == 0)) || fail "scripts/images.sh failed"
+    ((standins_status == 0)) || fail "scripts/base-images.sh (stand-ins) failed"
+fi
+
+step "image checks: non-root user, size <= ${SIZE_LIMIT_MB} MB"
+printf '%-44s %10s %12s\n' IMAGE SIZE USER >&2
+size_fail=0
+for image in "$CHECKER_IMAGE" "$SINK_IMAGE" apache/kafka:3.9.0 postgres:16 prom/prometheus:v2.53.0 healthcheck-pipeline/target-site:local; do
+    bytes=$(docker image inspect -f '{{.Size}}' "$image") || fail "image $image is missing"
+    user=$(docker image inspect -f '{{.Config.User}}' "$image")
+    note=""
+    if [[ "$image" == "$CHECKER_IMAGE" || "$image" == "$SINK_IMAGE" ]]; then
+        if ((bytes > SIZE_LIMIT_MB * 1000 * 1000)); then
+            note="ABOVE ${SIZE_LIMIT_MB} MB"
+            size_fail=1
+        else
+            note="<= ${SIZE_LIMIT_MB} MB"
+        fi
+        case "$user" in
+        "" | root | 0 | 0:* | root:*) fail "$image runs as root (Config.User='$user')" ;;
+        esac
+    fi
+    printf '%-44s %7.1f MB %12s  %s\n' "$image" "$(awk "BEGIN{print $bytes/1e6}")" "${user:-root}" "$note" >&2
+done
+((size_fail == 0)) || fail "an image is larger than ${SIZE_LIMIT_MB} MB"
+
+# ---------------------------------------------------------------------------
+# 3-4. stack up, basic assertions
+
+step "compose up (${COMPOSE[*]})"
+compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+compose up -d --no-build
+
+step "all containers healthy"
+HEALTH_REPORT=""
+wait_until_quiet "all containers healthy" 240 all_healthy || fail "not healthy after 240 s: $HEALTH_REPORT"
+init_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(cid kafka-init)" 2>/dev/null || echo "?")
+[[ "$init_exit" == 0 ]] || fail "kafka-init (topic creation) exited with $init_exit"
+compose ps >&2
+
+step "results of every sample target reach PostgreSQL"
+wait_until "probe_results has rows for ${SAMPLE_TARGETS[*]}" 120 results_for_all_targets
+psql_q "select target_name, count(*), bool_or(success), min(status_code), max(error_kind) from probe_results group by 1 order by 1" \
+    | sed 's/^/    /' >&2
+[[ "$(psql_q "select bool_and(success) from probe_results where target_name = 'local-ok'")" == t ]] \
+    || fail "local-ok has unsuccessful results"
+for target in local-http-500 local-slow local-refused; do
+    [[ "$(psql_q "select bool_or(success) from probe_results where target_name = '$target'")" == f ]] \
+        || fail "$target has successful results"
+done
+[[ "$(psql_q "select bool_or(regex_matched) from probe_results where target_name = 'local-regex-miss'")" != t ]] \
+    || fail "local-regex-miss matched its regex"
+
+step "Prometheus: up == 1 for checker and sink"
+wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
+wait_until "Prometheus reports up{job=\"sink\"} == 1" 90 prometheus_up sink
+
+step "containers run as non-root"
+for service in checker sink; do
+    pid=$(docker inspect -f '{{.State.Pid}}' "$(cid "$service")")
+    uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+    log "$service: process uid $uid, image user $(docker inspect -f '{{.Config.User}}' "$(cid "$service")")"
+    ((uid != 0)) || fail "$service runs as root"
+done
+
+DRILL_SUMMARY=()
+step "baseline: every result is a row, exactly once"
+exactly_once baseline 10
+
+# ---------------------------------------------------------------------------
+# 5. fault drills
+
+broker_is_standin() {
+    [[ -n "$(docker inspect -f '{{ index .Config.Labels "io.healthcheck-pipeline.standin" }}' "$(cid kafka)" 2>/dev/null)" ]]
+}
+
+drill_postgres() {
+    step "drill: PostgreSQL stop / start"
+    local before
+    before=$(delivered_ids | sort -u | wc -l)
+    docker stop -t 20 "$(cid postgres)" >/dev/null
+    log "PostgreSQL stopped; the checker keeps producing for 15 s"
+    sleep 15
+    docker start "$(cid postgres)" >/dev/null
+    wait_until "PostgreSQL healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid postgres)) == healthy ]]"
+    exactly_once "postgres stop/start" $((before + 10))
+}
+
+drill_broker() {
+    step "drill: broker stop / start"
+    local before checker_paused=0
+    if broker_is_standin; then
+        # The stand-in keeps messages in memory: anything not yet consumed is
+        # lost with the process. Quiesce the producer and let the sink drain
+        # first (the real apache/kafka image keeps its log on the volume).
+        docker pause "$(cid checker)" >/dev/null
+        checker_paused=1
+        wait_until "sink drained the topic (stand-in broker)" 120 caught_up
+    fi
+    before=$(delivered_ids | sort -u | wc -l)
+    docker stop -t 20 "$(cid kafka)" >/dev/null
+    if ((checker_paused)); then docker unpause "$(cid checker)" >/dev/null; fi
+    log "broker stopped; the checker buffers its results for 15 s"
+    sleep 15
+    docker start "$(cid kafka)" >/dev/null
+    wait_until "broker healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid kafka)) == healthy ]]"
+    exactly_once "broker stop/start" $((before + 10))
+}
+
+drill_sink_kill() {
+    step "drill: sink SIGKILL, then start"
+    local before
+    before=$(delivered_ids | sort -u | wc -l)
+    docker kill "$(cid sink)" >/dev/null
+    log "sink killed; the restart policy may bring it back on its own"
+    sleep 5
+    running sink || docker start "$(cid sink)" >/dev/null
+    wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+    exactly_once "sink kill/start" $((before + 10))
+}
+
+drill_sink_network() {
+    step "drill: sink network disconnect / connect"
+    local before id network
+    id=$(cid sink)
+    network=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{"\n"}}{{end}}' "$id" | grep -m1 pipeline)
+    before=$(delivered_ids | sort -u | wc -l)
+    docker network disconnect "$network" "$id"
+    log "sink cut off from $network for 20 s"
+    sleep 20
+    docker network connect --alias sink "$network" "$id"
+    wait_until "sink healthy" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $id) == healthy ]]"
+    exactly_once "sink network cut" $((before + 10))
+}
+
+for drill in $E2E_DRILLS; do
+    case "$drill" in
+    postgres) drill_postgres ;;
+    broker) drill_broker ;;
+    sink-kill) drill_sink_kill ;;
+    sink-network) drill_sink_network ;;
+    *) fail "unknown drill $drill" ;;
+    esac
+done
+
+step "final: all containers healthy, Prometheus up"
+wait_until_quiet "all containers healthy" 120 all_healthy || fail "not healthy after 120 s: $HEALTH_REPORT"
+wait_until "Prometheus reports up{job=\"sink\"} == 1" 90 prometheus_up sink
+wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
+end_step ok
+
+printf '\n' >&2
+for line in "${DRILL_SUMMARY[@]}"; do log "exactly once: $line"; done
