@@ -76,12 +76,24 @@ async fn main() -> ExitCode {
     }
 }
 
-fn log(msg: &str) {
+/// A progress line on stderr.
+pub fn log(msg: &str) {
     eprintln!("[bench {}] {msg}", chrono::Local::now().format("%H:%M:%S"));
 }
 
 async fn run() -> anyhow::Result<()> {
     let b = Bench::from_env()?;
+    // `bench census TOPIC`: read a topic back and count its messages (a diagnostic).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("census") {
+        let topic = args.get(2).context("usage: bench census TOPIC")?;
+        let c = scenario::sink::census(&b, topic).await?;
+        println!(
+            "{topic}: {} messages, {} distinct check_ids, read in {:.1} s",
+            c.messages, c.distinct, c.secs
+        );
+        return Ok(());
+    }
     if let Some(only) = &b.only {
         if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
             bail!("BENCH_ONLY: unknown scenario {bad:?}; known: {}", SCENARIOS.join(", "));

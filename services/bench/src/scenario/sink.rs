@@ -73,6 +73,14 @@ pub struct SinkRun {
     pub ms_per_k: [f64; 3],
     /// Mean rows per transaction.
     pub rows_per_tx: f64,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Messages consumed.
+    pub consumed: u64,
+    /// Duplicates absorbed by `ON CONFLICT DO NOTHING`.
+    pub duplicates: u64,
+    /// Seconds the consumer held back because writes were behind (older sinks: paused).
+    pub paused_s: f64,
 }
 
 /// Runs the pre-fill and the repeats.
@@ -87,23 +95,58 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
     let rows: Arc<Vec<ProbeResult>> =
         Arc::new(tokio::task::spawn_blocking(move || (0..n).map(|i| gen::result(i, base)).collect()).await?);
-    let (prefill_s, bytes) = prefill(&b, &topic, rows.clone()).await?;
-    ctx.sink_topic = Some((topic.clone(), n));
+    let (prefill_s, bytes, watermarks) = prefill(&b, &topic, rows.clone()).await?;
+    crate::log(&format!(
+        "pre-filled {n} results in {prefill_s:.1} s; reading the topic back"
+    ));
+    let census = census(&b, &topic).await?;
+    crate::log(&format!(
+        "the topic serves {} messages, {} distinct results (read in {:.1} s)",
+        census.messages, census.distinct, census.secs
+    ));
+    // The sink can only write what the broker serves.
+    let available = census.distinct as usize;
+    if available < n / 2 {
+        bail!(
+            "the broker serves only {} of the {n} results it acknowledged",
+            census.distinct
+        );
+    }
+    ctx.sink_topic = Some((topic.clone(), available));
 
     let figs_prefill = n as f64 / prefill_s;
     let mut sink_rates = Vec::new();
     let mut copy_rates = Vec::new();
     let mut indexed_rates = Vec::new();
     let mut ratios = Vec::new();
+    let mut missed = Vec::new();
     let mut d = format!(
-        "Pre-fill: {} messages ({} MB of JSON, {} bytes each on average) in {:.1} s = {} messages/s, 6 partitions, keyed by target.\n\n\
-         | repeat | order | sink rows/s | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / raw COPY |\n\
-         |---|---|---:|---:|---:|---|---|---:|---|---:|---:|\n",
+        "Pre-fill: {} messages ({} MB of JSON, {} bytes each on average) in {:.1} s = {} messages/s, 6 partitions, keyed by target; \
+         all acknowledged by the broker (acks=all). The partitions' high − low watermarks add up to {}. Read back from the \
+         beginning with a plain consumer in {:.1} s ({} messages/s), the topic served {} messages holding {} distinct results{}. \
+         The sink is timed to the last of those {} distinct results.\n\n\
+         | repeat | order | sink rows/s | rows written / messages consumed / duplicates absorbed / missing | held back, writes behind (s) | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / raw COPY |\n\
+         |---|---|---:|---|---:|---:|---:|---|---|---:|---|---:|---:|\n",
         num(n as f64),
         num(bytes as f64 / 1e6),
         bytes / n as u64,
         prefill_s,
-        num(figs_prefill)
+        num(figs_prefill),
+        num(watermarks as f64),
+        census.secs,
+        num(census.messages as f64 / census.secs),
+        num(census.messages as f64),
+        num(census.distinct as f64),
+        if census.distinct == n as u64 && census.messages == n as u64 {
+            String::new()
+        } else {
+            format!(
+                " (**{} acknowledged results are missing and {} served twice**: a broker defect, see the notes)",
+                num((n as u64).saturating_sub(census.distinct) as f64),
+                num(census.messages.saturating_sub(census.distinct) as f64)
+            )
+        },
+        num(census.distinct as f64)
     );
     for r in 0..b.repeats {
         let db = b.name(&format!("sink{r}"));
@@ -113,25 +156,20 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         for phase in 0..2 {
             if (phase == 0) == sink_first {
                 s = Some(
-                    sink_run(ctx, &db, &topic, &format!("{topic}_g{r}"), &[], n)
+                    sink_run(ctx, &db, &topic, &format!("{topic}_g{r}"), &[], available, None)
                         .await
                         .with_context(|| format!("repeat {}: sink", r + 1))?,
                 );
             } else {
                 c = Some(copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", &rows).await?);
-                ci = Some(
-                    copy(
-                        ctx,
-                        &db,
-                        "copy_indexed",
-                        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES",
-                        &rows,
-                    )
-                    .await?,
-                );
+                // Once: it only shows what the indexes cost.
+                if r == 0 {
+                    let like = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES";
+                    ci = Some(copy(ctx, &db, "copy_indexed", like, &rows).await?.0);
+                }
             }
         }
-        let (s, (c, c_cores), (ci, _)) = (s.expect("ran"), c.expect("ran"), ci.expect("ran"));
+        let (s, (c, c_cores)) = (s.expect("ran"), c.expect("ran"));
         // Every row is there once.
         let client = ctx.pg.db(&db).await?;
         let row = client
@@ -140,18 +178,26 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
         drop(client);
         ctx.pg.drop_db(&db).await?;
-        if count != n as i64 || distinct != n as i64 {
+        if count != distinct || count as u64 != s.inserted {
             bail!(
-                "repeat {}: the sink wrote {count} rows ({distinct} distinct), expected {n}",
-                r + 1
+                "repeat {}: probe_results holds {count} rows ({distinct} distinct) but the sink counted {} inserts",
+                r + 1,
+                s.inserted
             );
         }
+        let missing = available as u64 - s.inserted;
+        missed.push(missing as f64);
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} / {} / {} / {} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
             r + 1,
             if sink_first { "sink, COPY" } else { "COPY, sink" },
             num(s.rate),
+            num(s.inserted as f64),
+            num(s.consumed as f64),
+            num(s.duplicates as f64),
+            num(missing as f64),
+            s.paused_s,
             s.spawn_to_done,
             num(s.rows_per_tx),
             num(s.ms_per_k[0]),
@@ -160,39 +206,63 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             s.cores,
             num(c),
             c_cores,
-            num(ci),
+            ci.map_or_else(|| "(first repeat only)".to_string(), num),
             s.rate / c
         );
         sink_rates.push(s.rate);
         copy_rates.push(c);
-        indexed_rates.push(ci);
+        indexed_rates.extend(ci);
         ratios.push(s.rate / c);
     }
 
     // Batch-size variants, once each (information, not figures).
     if !b.quick {
-        d.push_str("\nBatch size variants (one run each, fresh database and group):\n\n| BATCH_MAX_ROWS | sink rows/s | rows per transaction | cores used |\n|---:|---:|---:|---|\n");
-        for (i, rows_per_batch) in [1_000usize, 20_000].into_iter().enumerate() {
+        d.push_str(
+            "\nBatch size variants (one run each, fresh database and group, timed over the first 20 s of inserts; \
+             1,000,000 rows means a batch is never full, so the consumer never holds back; `missing` is not known for a \
+             partial run):\n\n\
+             | BATCH_MAX_ROWS | BATCH_MAX_BYTES | sink rows/s | rows per transaction | written / consumed / duplicates / missing | held back (s) | cores used |\n\
+             |---:|---:|---:|---:|---|---:|---|\n",
+        );
+        let variant_window = Duration::from_secs(20);
+        for (i, (max_rows, max_bytes)) in [(1_000usize, 64usize << 20), (20_000, 64 << 20), (1_000_000, 1 << 30)]
+            .into_iter()
+            .enumerate()
+        {
             let db = b.name(&format!("sinkv{i}"));
             ctx.pg.create_db(&db, Some(&ctx.template)).await?;
             let extra = [
-                ("BATCH_MAX_ROWS", rows_per_batch.to_string()),
-                ("BATCH_MAX_BYTES", (64usize << 20).to_string()),
+                ("BATCH_MAX_ROWS", max_rows.to_string()),
+                ("BATCH_MAX_BYTES", max_bytes.to_string()),
             ];
-            let s = sink_run(ctx, &db, &topic, &format!("{topic}_v{i}"), &extra, n).await;
+            let s = sink_run(
+                ctx,
+                &db,
+                &topic,
+                &format!("{topic}_v{i}"),
+                &extra,
+                available,
+                Some(variant_window),
+            )
+            .await;
             ctx.pg.drop_db(&db).await?;
             match s {
                 Ok(s) => {
                     let _ = writeln!(
                         d,
-                        "| {rows_per_batch} | {} | {} | {} |",
+                        "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / {} | {:.1} | {} |",
                         num(s.rate),
                         num(s.rows_per_tx),
+                        num(s.inserted as f64),
+                        num(s.consumed as f64),
+                        num(s.duplicates as f64),
+                        "–",
+                        s.paused_s,
                         s.cores
                     );
                 }
                 Err(e) => {
-                    let _ = writeln!(d, "| {rows_per_batch} | failed: {e} | | |");
+                    let _ = writeln!(d, "| {max_rows} | {max_bytes} | failed: {e} | | | | |");
                 }
             }
         }
@@ -234,15 +304,30 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         ratios,
         Some(Goal::AtLeast(0.5)),
     ));
+    figs.push(Figure::new(
+        "5",
+        "results the sink never wrote (of those the broker serves)",
+        "rows",
+        missed,
+        Some(Goal::AtMost(0.0)),
+    ));
+    figs.push(Figure::new(
+        "5",
+        "broker read-back, plain consumer (bounds any consumer)",
+        "msgs/s",
+        vec![census.messages as f64 / census.secs],
+        None,
+    ));
     ctx.report.details.push(("5. Sink throughput".into(), d));
     Ok(())
 }
 
 /// Produces `rows` to `topic` as the checker would (JSON, keyed by target, timestamped with
-/// the slot); returns the seconds it took and the payload bytes.
-async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64)> {
+/// the slot); returns the seconds it took, the payload bytes and the sum of the partitions'
+/// high − low watermarks.
+async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64, i64)> {
     let (broker, topic) = (b.broker.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64, i64)> {
         let counts = Arc::new(Deliveries::default());
         let config = ClientConfig::new()
             .set("bootstrap.servers", &broker)
@@ -291,26 +376,82 @@ async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> 
         if failed > 0 || ok != rows.len() as u64 {
             bail!("pre-fill: {ok} delivered, {failed} failed, of {}", rows.len());
         }
-        // The broker may report its high watermarks a moment late.
-        let mut marks = Vec::new();
-        for _ in 0..20 {
-            marks = (0..6)
-                .map(|p| producer.client().fetch_watermarks(&topic, p, Duration::from_secs(10)))
-                .collect::<Result<Vec<_>, _>>()?;
-            if marks.iter().map(|(lo, hi)| hi - lo).sum::<i64>() == rows.len() as i64 {
-                return Ok((secs, bytes));
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        let mut stored = 0;
+        for p in 0..6 {
+            let (lo, hi) = producer.client().fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+            stored += hi - lo;
         }
-        Err(anyhow::anyhow!(
-            "pre-fill: the topic's (low, high) watermarks are {marks:?}, expected {} messages in all",
-            rows.len()
-        ))
+        Ok((secs, bytes, stored))
     })
     .await?
 }
 
-/// Runs a sink with a fresh group over the pre-filled topic until it has inserted `n` rows.
+/// What the topic really serves, read back once from the beginning of every partition.
+pub struct Census {
+    /// Messages read.
+    pub messages: u64,
+    /// Distinct `check_id`s among them.
+    pub distinct: u64,
+    /// Seconds the read took.
+    pub secs: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    check_id: uuid::Uuid,
+}
+
+/// Reads every partition of `topic` to its end with a plain consumer, counting messages and
+/// distinct `check_id`s (the broker may serve fewer or more than were acknowledged).
+pub async fn census(b: &setup::Bench, topic: &str) -> anyhow::Result<Census> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let (broker, topic) = (b.broker.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Census> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &broker)
+            .set("group.id", format!("{topic}_census"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..6 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let t0 = Instant::now();
+        let (mut messages, mut ids, mut eof) =
+            (0u64, std::collections::HashSet::new(), std::collections::HashSet::new());
+        while eof.len() < 6 {
+            if t0.elapsed() > Duration::from_secs(600) {
+                bail!("reading {topic} back took over 600 s ({messages} messages so far)");
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    messages += 1;
+                    if let Some(Ok(id)) = m.payload().map(serde_json::from_slice::<IdOnly>) {
+                        ids.insert(id.check_id);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    eof.insert(p);
+                }
+                Some(Err(e)) => bail!("reading {topic} back: {e}"),
+                None => {}
+            }
+        }
+        Ok(Census {
+            messages,
+            distinct: ids.len() as u64,
+            secs: t0.elapsed().as_secs_f64(),
+        })
+    })
+    .await?
+}
+
+/// Runs a sink with a fresh group over the pre-filled topic until it has inserted `n` rows
+/// (or, with `window`, for that long after its first row).
 pub async fn sink_run(
     ctx: &Ctx,
     db: &str,
@@ -318,6 +459,7 @@ pub async fn sink_run(
     group: &str,
     extra: &[(&str, String)],
     n: usize,
+    window: Option<Duration>,
 ) -> anyhow::Result<SinkRun> {
     let (b, pg) = (&ctx.b, &ctx.pg);
     pg.client.batch_execute("CHECKPOINT").await?;
@@ -328,14 +470,27 @@ pub async fn sink_run(
     list.extend(b.broker_who());
     let limit = Duration::from_secs(120 + n as u64 / 5_000);
     let mut first: Option<(Instant, f64, CpuSnap)> = None;
-    let done = loop {
+    // The last change of (inserted, consumed): when the sink stops short of `n` (it missed
+    // messages), it is done once nothing changed for 5 s, and is timed to that last change.
+    let mut last = (0.0, 0.0, Instant::now(), CpuSnap::take(&list));
+    let consumed = "healthcheck_sink_messages_consumed_total";
+    let m = loop {
         let m = sink.scrape().await?;
-        let v = m.sum(INSERTED);
+        let (v, c) = (m.sum(INSERTED), m.sum(consumed));
         if first.is_none() && v > 0.0 {
             first = Some((Instant::now(), v, CpuSnap::take(&list)));
         }
-        if v >= n as f64 {
-            break (Instant::now(), CpuSnap::take(&list), m);
+        if (v, c) != (last.0, last.1) {
+            last = (v, c, Instant::now(), CpuSnap::take(&list));
+        }
+        if v >= n as f64 || (first.is_some() && last.2.elapsed() > Duration::from_secs(5)) {
+            break m;
+        }
+        if let (Some(w), Some((t, _, _))) = (window, &first) {
+            if t.elapsed() >= w {
+                last = (v, c, Instant::now(), CpuSnap::take(&list));
+                break m;
+            }
         }
         if spawned.elapsed() > limit {
             bail!("the sink inserted {v} of {n} rows in {limit:?}");
@@ -343,11 +498,11 @@ pub async fn sink_run(
         sink.proc.ensure_running()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let spawn_to_done = spawned.elapsed().as_secs_f64();
+    let spawn_to_done = last.2.duration_since(spawned).as_secs_f64();
     sink.stop(Duration::from_secs(30)).await;
     let (t0, n0, s0) = first.expect("set before done");
-    let (t1, s1, m) = done;
-    let rows = n as f64 - n0;
+    let (inserted, consumed, t1, s1) = last;
+    let rows = inserted - n0;
     let d = s0.delta(&s1);
     let per_k = |who: &str| d.of(who) / rows * 1e6;
     let txs = m.sum("healthcheck_sink_transaction_duration_seconds_count");
@@ -357,6 +512,10 @@ pub async fn sink_run(
         cores: d.cores(),
         ms_per_k: [per_k("sink"), per_k("postgres"), per_k("broker")],
         rows_per_tx: m.sum("healthcheck_sink_batch_rows_sum") / txs.max(1.0),
+        inserted: inserted as u64,
+        consumed: consumed as u64,
+        duplicates: m.sum("healthcheck_sink_duplicates_total") as u64,
+        paused_s: m.sum("healthcheck_sink_backpressure_seconds_total") + m.sum("healthcheck_sink_paused_seconds_total"),
     })
 }
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Benchmarks (`make bench`): checker CPU per probe against blackbox_exporter, capacity,
+# scheduling precision, memory, sink throughput against a raw COPY, end-to-end latency,
+# image sizes and start-up times. Prints a table and writes BENCHMARKS.md.
+#
+# Installs what is missing (nginx, wrk, prometheus-blackbox-exporter, linux-perf from Debian;
+# PostgreSQL and tansu through scripts/stack.sh), builds the release binaries, starts its own
+# PostgreSQL + broker (other ports than the test stack), runs services/bench, and stops
+# everything it started on exit, Ctrl-C included. Not part of `make test`.
+#
+# Environment:
+#   BENCH_QUICK=1        1 repeat and smaller sizes (report in .tmp/bench/, BENCHMARKS.md untouched)
+#   BENCH_ONLY=a,b       some scenarios: images cpu capacity precision memory startup sink profile
+#   BENCH_REPEATS=N      repeats per figure (default 3; quick 1)
+#   BENCH_SINK_ROWS=N    messages pre-filled for the sink throughput (default 1000000; quick 200000)
+#   BENCH_PROFILE=0|1    perf profiles (default: on in a full run when perf works)
+#   BENCH_OUT=PATH       where to write the report
+#   BENCH_PG_PORT        PostgreSQL port (default 54340)
+#   BENCH_BROKER_PORT    broker port (default 19100)
+#   BENCH_KEEP_STACK=1   leave PostgreSQL and the broker running afterwards
+#   CHECKER_IMAGE, SINK_IMAGE  image names whose sizes are reported (default: from .env)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+BENCH_PG_PORT="${BENCH_PG_PORT:-54340}"
+BENCH_BROKER_PORT="${BENCH_BROKER_PORT:-19100}"
+WORK="$REPO/.tmp/bench"
+PIDS="$WORK/pids"
+CARGO="${CARGO:-cargo}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+log() { printf '[bench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------- install
+
+install_tools() {
+    local missing=()
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v prometheus-blackbox-exporter >/dev/null 2>&1 || missing+=(prometheus-blackbox-exporter)
+    command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (install them as root)"
+        log "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
+        # linux-perf is optional: without it the profiles are skipped.
+        local required=() p
+        for p in "${missing[@]}"; do [ "$p" = linux-perf ] || required+=("$p"); done
+        if ! apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+            [ "${#required[@]}" -eq 0 ] ||
+                apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${required[@]}" >/dev/null
+        fi
+    fi
+    for tool in wrk prometheus-blackbox-exporter; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after install"
+    done
+    scripts/stack.sh install
+}
+
+# ------------------------------------------------------------------- cleanup
+
+# Stops what the harness recorded in $PIDS (by pid, and only processes of the kinds it
+# starts), then our PostgreSQL and broker.
+cleanup() {
+    local rc=$? pid comm alive=()
+    trap - EXIT INT TERM
+    if [ -f "$PIDS" ]; then
+        while read -r pid; do
+            if [ -z "$pid" ] || [ ! -r "/proc/$pid/comm" ]; then continue; fi
+            comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+            case "$comm" in
+                checker | sink | nginx | prometheus-bla* | wrk | perf)
+                    kill -TERM "$pid" 2>/dev/null && alive+=("$pid") ;;
+            esac
+        done <"$PIDS"
+        if [ "${#alive[@]}" -gt 0 ]; then
+            log "stopping ${#alive[@]} process(es) left by the harness"
+            sleep 3
+            for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        fi
+        rm -f "$PIDS"
+    fi
+    if [ -z "${BENCH_KEEP_STACK:-}" ]; then
+        PG_PORT="$BENCH_PG_PORT" BROKER_PORT="$BENCH_BROKER_PORT" scripts/stack.sh down || true
+    fi
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------- main
+
+env_default() { # VAR: from the environment, else from .env (as scripts/images.sh reads it)
+    local var=$1 value="${!1:-}"
+    if [ -z "$value" ] && [ -f .env ]; then
+        value="$(sed -n "s/^${var}=//p" .env | tail -n1)"
+        value="${value#\'}"; value="${value%\'}"; value="${value#\"}"; value="${value%\"}"
+    fi
+    printf '%s\n' "$value"
+}
+
+install_tools
+log "building the release binaries"
+"$CARGO" build --release --locked -p checker -p sink -p bench
+
+mkdir -p "$WORK"
+: >"$PIDS"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+PG_PORT="$BENCH_PG_PORT" BROKER_PORT="$BENCH_BROKER_PORT" scripts/stack.sh up
+
+BENCH_BROKER_PID="$(cat "$REPO/.tmp/broker/$BENCH_BROKER_PORT/tansu.pid" 2>/dev/null || true)"
+CHECKER_IMAGE="$(env_default CHECKER_IMAGE)"
+SINK_IMAGE="$(env_default SINK_IMAGE)"
+export BENCH_REPO="$REPO" BENCH_WORK_DIR="$WORK" BENCH_PIDS_FILE="$PIDS" BENCH_BIN_DIR="$REPO/target/release"
+export BENCH_DATABASE_URL="postgres://healthcheck:healthcheck@127.0.0.1:$BENCH_PG_PORT/healthcheck"
+export BENCH_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BENCH_BROKER_PORT" BENCH_BROKER_PID
+export CHECKER_IMAGE="${CHECKER_IMAGE:-healthcheck-pipeline/checker:local}"
+export SINK_IMAGE="${SINK_IMAGE:-healthcheck-pipeline/sink:local}"
+"$REPO/target/release/bench"
