@@ -95,8 +95,8 @@ cleanup() {
     stop_process "demo targets" "$TARGETS_PID" 5
     if [ "$STACK_STARTED" -eq 1 ]; then
         scripts/stack.sh down || true
+        log "logs are in ${DEMO_DIR#"$REPO"/}/"
     fi
-    log "logs are in ${DEMO_DIR#"$REPO"/}/"
     return 0
 }
 
@@ -240,10 +240,19 @@ SELECT target_name,
 
 mkdir -p "$DEMO_DIR"
 
+# One demo per set of ports: a second one would share, and on its way out
+# tear down, the first one's stack. The services get `8>&-` so that the lock
+# lives exactly as long as this script.
+exec 8>"$DEMO_DIR/demo-$PG_PORT.lock"
+if ! flock -n 8; then
+    log "another demo is running on these ports (PostgreSQL $PG_PORT); stop it first, or set DEMO_PG_PORT, DEMO_BROKER_PORT and DEMO_PORT_BASE"
+    exit 1
+fi
+
 log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the broker on $BROKER"
 scripts/stack.sh install
 STACK_STARTED=1
-scripts/stack.sh up
+scripts/stack.sh up 8>&-
 
 if [ "${DEMO_BUILD:-1}" != 0 ]; then
     log "building release binaries (cargo build --release -p checker -p sink; log: .tmp/demo/build.log)"
@@ -271,7 +280,7 @@ done
 log "starting demo targets on ports $HEALTHY_PORT (healthy), $MISMATCH_PORT (wrong content), $HANG_PORT (hangs); $REFUSED_PORT stays closed"
 setsid python3 scripts/demo-targets/server.py \
     --healthy "$HEALTHY_PORT" --mismatch "$MISMATCH_PORT" --hang "$HANG_PORT" \
-    >"$DEMO_DIR/targets.log" 2>&1 </dev/null &
+    >"$DEMO_DIR/targets.log" 2>&1 </dev/null 8>&- &
 TARGETS_PID=$!
 wait_http "demo targets" "http://127.0.0.1:$HEALTHY_PORT/" 15 "$TARGETS_PID" "$DEMO_DIR/targets.log"
 
@@ -285,13 +294,13 @@ export SHUTDOWN_GRACE_PERIOD="${SHUTDOWN_GRACE_PERIOD:-10s}"
 log "starting sink (admin http://$SINK_ADMIN)"
 DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" INSTANCE_ID=demo-sink \
     KAFKA_GROUP_ID=healthcheck-demo \
-    setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null &
+    setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null 8>&- &
 SINK_PID=$!
 wait_http sink "http://$SINK_ADMIN/healthz" 60 "$SINK_PID" "$DEMO_DIR/sink.log"
 
 log "starting checker (admin http://$CHECKER_ADMIN)"
 TARGETS="$TARGETS_JSON" ADMIN_ADDR="$CHECKER_ADMIN" INSTANCE_ID=demo-checker \
-    setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null &
+    setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null 8>&- &
 CHECKER_PID=$!
 wait_http checker "http://$CHECKER_ADMIN/healthz" 60 "$CHECKER_PID" "$DEMO_DIR/checker.log"
 
