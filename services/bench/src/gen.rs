@@ -30,7 +30,7 @@ pub fn result(i: usize, base: DateTime<Utc>) -> ProbeResult {
     let t = i % TARGETS;
     let slot = (i / TARGETS) as i64;
     let n = i as u64;
-    let https = t % 2 == 0;
+    let https = t.is_multiple_of(2);
     let target = format!("svc-{t:04}");
     let host = format!("svc-{t:04}.prod.example.com");
     let url = format!("{}://{host}/healthz", if https { "https" } else { "http" });

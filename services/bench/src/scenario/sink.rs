@@ -250,13 +250,12 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 Ok(s) => {
                     let _ = writeln!(
                         d,
-                        "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / {} | {:.1} | {} |",
+                        "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / – | {:.1} | {} |",
                         num(s.rate),
                         num(s.rows_per_tx),
                         num(s.inserted as f64),
                         num(s.consumed as f64),
                         num(s.duplicates as f64),
-                        "–",
                         s.paused_s,
                         s.cores
                     );
