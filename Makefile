@@ -32,15 +32,20 @@ help: ## List the targets
 build: ## Build the release binaries (target/release/checker, target/release/sink)
 	$(CARGO) build --workspace --release
 
+# NEXTEST_ARGS: extra arguments, e.g. NEXTEST_ARGS="-E 'test(readiness)'"
 test: ## Run every test against a throwaway PostgreSQL + tansu broker (KEEP_STACK=1 leaves it up)
 	@scripts/stack.sh install
-	@if [ -z "$${KEEP_STACK:-}" ]; then trap 'scripts/stack.sh down' EXIT; fi; \
+	@if scripts/stack.sh status >/dev/null 2>&1; then \
+		echo "make test: using the test stack that already runs (left running)"; \
+	elif [ -z "$${KEEP_STACK:-}" ]; then \
+		trap 'scripts/stack.sh down' EXIT; \
+	fi; \
 	scripts/stack.sh up; \
 	eval "$$(scripts/stack.sh env)"; \
 	echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL TEST_KAFKA_BOOTSTRAP_SERVERS=$$TEST_KAFKA_BOOTSTRAP_SERVERS"; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		doc_rc=0; $(CARGO) test --workspace --doc || doc_rc=$$?; \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast $(NEXTEST_ARGS); \
 		exit "$$doc_rc"; \
 	else \
 		echo "cargo-nextest not found; using cargo test"; \
