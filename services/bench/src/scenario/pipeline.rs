@@ -22,6 +22,8 @@ struct Run {
     rows: i64,
     rate: f64,
     late: [f64; 3],
+    /// min and p1 of lateness.
+    late_low: [f64; 2],
     e2e: [f64; 3],
     tx_mean_ms: f64,
     cores: String,
@@ -77,16 +79,18 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         Some(Goal::Below(500.0)),
     ));
     let mut d = String::from(
-        "| repeat | rows in window | results/s | lateness p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
+        "| repeat | rows in window | results/s | lateness min / p1 / p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
          |---|---:|---:|---|---|---:|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {} / {} / {} | {} / {} / {} | {} | {} |",
+            "| {} | {} | {} | {} / {} / {} / {} / {} | {} / {} / {} | {} | {} |",
             i + 1,
             r.rows,
             num(r.rate),
+            num(r.late_low[0] * 1e3),
+            num(r.late_low[1] * 1e3),
             num(r.late[0] * 1e3),
             num(r.late[1] * 1e3),
             num(r.late[2] * 1e3),
@@ -174,7 +178,9 @@ async fn repeat(ctx: &mut Ctx, r: usize, sink_env: &[(&str, String)], window: Du
                     max(lateness_seconds),
                     percentile_cont(0.5) WITHIN GROUP (ORDER BY e2e),
                     percentile_cont(0.99) WITHIN GROUP (ORDER BY e2e),
-                    max(e2e)
+                    max(e2e),
+                    min(lateness_seconds),
+                    percentile_cont(0.01) WITHIN GROUP (ORDER BY lateness_seconds)
              FROM (SELECT lateness_seconds,
                           extract(epoch FROM inserted_at - started_at)::float8 - duration_seconds AS e2e
                    FROM probe_results WHERE started_at >= $1 AND started_at < $2) w",
@@ -193,6 +199,7 @@ async fn repeat(ctx: &mut Ctx, r: usize, sink_env: &[(&str, String)], window: Du
         rate: rows as f64 / (t1 - t0).num_milliseconds() as f64 * 1e3,
         late: [f(1), f(2), f(3)],
         e2e: [f(4), f(5), f(6)],
+        late_low: [f(7), f(8)],
         tx_mean_ms,
         cores: s0.delta(&s1).cores(),
     })

@@ -47,6 +47,38 @@ async fn record(ctx: &Ctx, name: &str, pids: &[u32], secs: u64, call_graph: bool
     ctx.b.spawn(&format!("perf-{name}"), &mut cmd)
 }
 
+/// `perf report --children` lines of user-space symbols (the system-call wrappers), with the
+/// kernel time spent under each.
+async fn inclusive_syscalls(file: &Path) -> String {
+    let out = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--children",
+            "-g",
+            "none",
+            "--percent-limit",
+            "1",
+            "--sort",
+            "dso,sym",
+            "-i",
+        ])
+        .arg(file)
+        .output()
+        .await;
+    let Ok(o) = out else {
+        return "(perf report failed)".into();
+    };
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let body: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("libc.so") && l.contains("[.]"))
+        .take(12)
+        .map(str::trim_end)
+        .collect();
+    format!("```\n{}\n```\n", body.join("\n"))
+}
+
 /// The first `lines` lines of a flat `perf report` sorted by `sort`.
 async fn report(file: &Path, sort: &str, lines: usize) -> String {
     let out = Command::new("perf")
@@ -114,11 +146,14 @@ async fn checker(ctx: &mut Ctx) -> anyhow::Result<()> {
     let f = data(ctx, "checker");
     let body = format!(
         "{targets} targets every 100 ms ({} probes/s), {secs} s, `perf record -e cpu-clock -F 999 -g -p <checker>`; \
-         self time.\n\nBy thread (tokio workers vs librdkafka threads):\n\n{}\nBy shared object:\n\n{}\nBy symbol:\n\n{}",
+         self time.\n\nBy thread (tokio workers vs librdkafka threads):\n\n{}\nBy shared object:\n\n{}\nBy symbol:\n\n{}\n\
+         Inclusive time of the C library's system-call wrappers (kernel call chains are complete; the release \
+         binary has no frame pointers, so Rust callers are not):\n\n{}",
         targets * 10,
         report(&f, "comm", 12).await,
         report(&f, "dso", 12).await,
         report(&f, "dso,sym", 40).await,
+        inclusive_syscalls(&f).await,
     );
     ctx.report.profiles.push(("Profile: checker".into(), body));
     Ok(())
