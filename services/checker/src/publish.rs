@@ -78,7 +78,7 @@ impl Publisher {
                 }
                 Err((e, _)) => {
                     self.metrics.publish_failures.with_label_values(&["enqueue"]).inc();
-                    tracing::error!(check_id = %result.check_id, target = %result.target, error = %e, "Could not enqueue a result.");
+                    tracing::error!(check_id = %result.check_id, target_name = %result.target, error = %e, "Could not enqueue a result.");
                     return false;
                 }
             }
@@ -89,17 +89,17 @@ impl Publisher {
         match delivery.await {
             Ok(Ok(delivery)) => {
                 self.metrics.published.inc();
-                tracing::debug!(check_id = %result.check_id, target = %result.target, partition = delivery.partition, offset = delivery.offset, "Result delivered.");
+                tracing::debug!(check_id = %result.check_id, target_name = %result.target, partition = delivery.partition, offset = delivery.offset, "Result delivered.");
                 true
             }
             Ok(Err((e, _))) => {
                 self.metrics.publish_failures.with_label_values(&["delivery"]).inc();
-                tracing::error!(check_id = %result.check_id, target = %result.target, error = %e, "Result delivery failed.");
+                tracing::error!(check_id = %result.check_id, target_name = %result.target, error = %e, "Result delivery failed.");
                 false
             }
             Err(_canceled) => {
                 self.metrics.publish_failures.with_label_values(&["delivery"]).inc();
-                tracing::error!(check_id = %result.check_id, target = %result.target, "Result delivery was cancelled (producer closed).");
+                tracing::error!(check_id = %result.check_id, target_name = %result.target, "Result delivery was cancelled (producer closed).");
                 false
             }
         }

@@ -96,7 +96,7 @@ impl Scheduler {
                 let skipped =
                     ((behind - slot).num_nanoseconds().unwrap_or(0) / interval.num_nanoseconds().unwrap_or(1)).max(0);
                 self.metrics.skipped_slots.inc_by(skipped as u64);
-                tracing::warn!(target = %target.name, skipped, "Checker is more than one interval late; skipping slots.");
+                tracing::warn!(target_name = %target.name, skipped, "Checker is more than one interval late; skipping slots.");
                 slot = behind;
             }
         }
