@@ -215,8 +215,12 @@ impl Loop<'_> {
                 }
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            tracing::warn!(error = %e, "Final offset commit failed; uncommitted rows will be replayed (and absorbed).");
+        match self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            // Nothing stored since the last auto-commit: nothing to commit.
+            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Final offset commit failed; uncommitted rows will be replayed (and absorbed).")
+            }
         }
         Ok(())
     }
