@@ -52,6 +52,8 @@ pub struct Ctx {
     pub cpu_rate: Option<f64>,
     /// Topics to delete at the end.
     pub topics: Vec<String>,
+    /// `/proc/loadavg` when the run started.
+    pub load_at_start: String,
 }
 
 const SCENARIOS: [&str; 8] = [
@@ -119,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
         sink_topic: None,
         cpu_rate: None,
         topics: Vec::new(),
+        load_at_start: loadavg.clone(),
     };
     let needs_db = ["precision", "startup", "sink", "profile"]
         .iter()
@@ -269,6 +272,28 @@ async fn header(ctx: &Ctx, elapsed: Duration) -> String {
         elapsed.as_secs_f64() / 60.0
     );
     s.push_str("## Machine\n\n");
+    let nice: i32 = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            t.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(16)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let load = |t: &str| t.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(
+        s,
+        "- Load average (1, 5, 15 min) at the start: {}, at the end: {}{}",
+        load(&ctx.load_at_start),
+        load(&std::fs::read_to_string("/proc/loadavg").unwrap_or_default()),
+        if nice != 0 {
+            format!(
+                "; everything measured (services, nginx, blackbox_exporter, wrk, PostgreSQL, the broker) ran at nice {nice} \
+                 (`BENCH_NICE`), so that other work on this shared machine skewed it less"
+            )
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(
         s,
         "- CPU: {model}, {cores} cores (virtual), {mem_gib:.0} GiB memory, Linux {}",
