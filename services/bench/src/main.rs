@@ -405,7 +405,8 @@ fn footer() -> String {
     "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
      BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
      BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink profile\n```\n\n\
-     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_PROFILE=0|1`, `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
+     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
+     `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
      (default 54340 / 19100, apart from the test stack). Logs, configs and `perf.data` files stay in `.tmp/bench/`.\n"
         .to_string()
 }
