@@ -45,14 +45,18 @@ impl App {
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("statistics.interval.ms", "5000"),
+            // librdkafka's default (500 ms) is how long a broker may hold an empty fetch; some
+            // brokers (tansu) answer only at that deadline even when data arrives meanwhile,
+            // which adds up to half a second to every result's latency.
+            ("fetch.wait.max.ms", "100"),
         ];
         if let Some(id) = &config.group_instance_id {
             defaults.push(("group.instance.id", id));
         }
-        let consumer: StreamConsumer<SinkContext> =
-            config.kafka.client_config(&defaults).create_with_context(SinkContext {
-                metrics: metrics.clone(),
-            })?;
+        let consumer: StreamConsumer<SinkContext> = config
+            .kafka
+            .client_config(&defaults)
+            .create_with_context(SinkContext::new(metrics.clone()))?;
         let admin_stop = CancellationToken::new();
         let (admin_addr, serve) = admin::serve(
             config.admin_addr,
@@ -200,6 +204,7 @@ impl App {
                     max_bytes: config.batch_max_bytes,
                     linger: config.batch_linger,
                 },
+                write_concurrency: config.write_concurrency,
                 metrics: metrics.clone(),
                 heartbeat: heartbeat.clone(),
             };

@@ -30,6 +30,10 @@ pub struct Config {
     pub batch_max_bytes: usize,
     /// Flush a non-empty batch after this long (`BATCH_LINGER`, default 100 ms).
     pub batch_linger: Duration,
+    /// Batches written at the same time, each in its own transaction on its own pooled
+    /// connection (`WRITE_CONCURRENCY`, default 2; below `DB_POOL_SIZE`, which also serves
+    /// readiness and partition maintenance). Offsets are still stored in consumption order.
+    pub write_concurrency: usize,
     /// Drop monthly partitions that ended longer ago than this (`RETENTION`, e.g. `400d`;
     /// `0` or unset keeps everything).
     pub retention: Option<Duration>,
@@ -51,6 +55,7 @@ struct Raw {
     batch_max_rows: Option<usize>,
     batch_max_bytes: Option<usize>,
     batch_linger: Option<String>,
+    write_concurrency: Option<usize>,
     retention: Option<String>,
     partitions_ahead: Option<u32>,
     shutdown_grace_period: Option<String>,
@@ -107,18 +112,28 @@ impl Config {
                 "400d",
             ));
         }
+        let pool_size = positive("DB_POOL_SIZE", raw.db_pool_size, 4)?;
+        let write_concurrency = positive("WRITE_CONCURRENCY", raw.write_concurrency, 2)?;
+        if write_concurrency >= pool_size {
+            return Err(ConfigError::new(
+                "WRITE_CONCURRENCY",
+                format!("must be below DB_POOL_SIZE ({pool_size}): one connection stays free for readiness"),
+                (pool_size - 1).max(1).to_string(),
+            ));
+        }
         Ok(Self {
             kafka: KafkaSettings::from_env(env)?,
             group_id: raw.kafka_group_id.unwrap_or_else(|| "healthcheck-sink".to_string()),
             group_instance_id: raw.kafka_group_instance_id,
             database_url: Secret::new(dsn.to_string()),
-            pool_size: positive("DB_POOL_SIZE", raw.db_pool_size, 4)?,
+            pool_size,
             batch_max_rows: positive("BATCH_MAX_ROWS", raw.batch_max_rows, 5000)?,
             batch_max_bytes: positive("BATCH_MAX_BYTES", raw.batch_max_bytes, 8 << 20)?,
             batch_linger: match raw.batch_linger.as_deref() {
                 Some(v) => parse_positive_duration("BATCH_LINGER", v)?,
                 None => Duration::from_millis(100),
             },
+            write_concurrency,
             retention,
             partitions_ahead: raw.partitions_ahead.unwrap_or(3),
             admin_addr: admin_addr(env)?,
@@ -146,6 +161,7 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.group_id, "healthcheck-sink");
         assert_eq!(c.retention, None);
+        assert_eq!((c.pool_size, c.write_concurrency), (4, 2));
         assert!(
             !format!("{c:?}").contains("hunter2"),
             "the DSN's password must not be Debug-printed"
@@ -175,6 +191,8 @@ mod tests {
             ("BATCH_LINGER", "x"),
             ("RETENTION", "1d"),
             ("DB_POOL_SIZE", "0"),
+            ("WRITE_CONCURRENCY", "0"),
+            ("WRITE_CONCURRENCY", "4"),
         ] {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
         }
