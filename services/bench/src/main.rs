@@ -8,7 +8,7 @@
 //! timing.
 //!
 //! Scenarios (`BENCH_ONLY` picks some): `images`, `cpu`, `capacity`, `precision` (items 3 and
-//! 6), `memory`, `startup`, `sink`, `profile`.
+//! 6), `memory`, `startup`, `sink`, `write`, `profile`.
 
 mod gen;
 mod http;
@@ -23,6 +23,7 @@ mod scenario {
     pub mod profile;
     pub mod sink;
     pub mod startup;
+    pub mod write;
 }
 
 use std::fmt::Write as _;
@@ -56,7 +57,7 @@ pub struct Ctx {
     pub load_at_start: String,
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "images",
     "cpu",
     "capacity",
@@ -64,6 +65,7 @@ const SCENARIOS: [&str; 8] = [
     "memory",
     "startup",
     "sink",
+    "write",
     "profile",
 ];
 
@@ -123,7 +125,7 @@ async fn run() -> anyhow::Result<()> {
         topics: Vec::new(),
         load_at_start: loadavg.clone(),
     };
-    let needs_db = ["precision", "startup", "sink", "profile"]
+    let needs_db = ["precision", "startup", "sink", "write", "profile"]
         .iter()
         .any(|s| ctx.b.wants(s));
     if needs_db {
@@ -147,6 +149,7 @@ async fn run() -> anyhow::Result<()> {
             "memory" => scenario::memory::run(&mut ctx).await,
             "startup" => scenario::startup::run(&mut ctx).await,
             "sink" => scenario::sink::run(&mut ctx).await,
+            "write" => scenario::write::run(&mut ctx).await,
             "profile" => scenario::profile::run(&mut ctx).await,
             _ => unreachable!(),
         };
@@ -404,7 +407,7 @@ fn method(ctx: &Ctx) -> String {
 fn footer() -> String {
     "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
      BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
-     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink profile\n```\n\n\
+     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile\n```\n\n\
      Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
      `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
      (default 54340 / 19100, apart from the test stack). Logs, configs and `perf.data` files stay in `.tmp/bench/`.\n"

@@ -520,7 +520,7 @@ pub async fn sink_run(
 
 /// Binary COPY of `rows` into a new table `table` created `LIKE probe_results <like>`;
 /// returns rows per second and the cores used (this process encodes, PostgreSQL stores).
-async fn copy(ctx: &Ctx, db: &str, table: &str, like: &str, rows: &[ProbeResult]) -> anyhow::Result<(f64, String)> {
+pub async fn copy(ctx: &Ctx, db: &str, table: &str, like: &str, rows: &[ProbeResult]) -> anyhow::Result<(f64, String)> {
     let client = ctx.pg.db(db).await?;
     client
         .batch_execute(&format!(
