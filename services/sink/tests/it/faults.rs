@@ -246,3 +246,94 @@ async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
     .await;
     sink.stop().await;
 }
+
+/// The sum of every `healthcheck_sink_write_retries_total` series, and the series themselves.
+async fn write_retries(sink: &crate::app::Running) -> (f64, Vec<String>) {
+    let (_, body) = http_get(sink.admin, "/metrics").await;
+    let series: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("healthcheck_sink_write_retries_total{"))
+        .map(str::to_string)
+        .collect();
+    let sum = series
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (sum, series)
+}
+
+/// A real restart of PostgreSQL (a private cluster: `pg_ctl stop -m fast`, a few seconds
+/// down, `pg_ctl start`) while results stream in: the server terminates the sink's sessions
+/// (57P01), refuses connections while down, and comes back with none of the old connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_stream() {
+    let pg = PrivatePostgres::start().await;
+    let bootstrap = bootstrap();
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 3).await;
+    let sink = start(vec![
+        ("DATABASE_URL", pg.url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("BATCH_MAX_ROWS", "200".to_string()),
+    ])
+    .await;
+
+    // Stop the server once the sink has written some of the first messages.
+    let before = {
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        tokio::spawn(async move { produce(&b, &t, 4000, "before").await })
+    };
+    let db = connect(&pg.url).await;
+    wait_until(Duration::from_secs(60), "the first rows", || async {
+        count(&db, "probe_results").await > 0
+    })
+    .await;
+    let rows_at_stop = count(&db, "probe_results").await;
+    pg.stop().await;
+    let down = std::time::Instant::now();
+    let (a_rows, a_dead) = before.await.unwrap();
+    eprintln!("stopped PostgreSQL at about {rows_at_stop} of {a_rows} rows");
+
+    // While it is down, more messages arrive; the sink stays alive but unready.
+    let (b_rows, b_dead) = produce(&bootstrap, &topic, 2000, "during").await;
+    wait_until(Duration::from_secs(20), "/readyz to blame PostgreSQL", || async {
+        let (status, body) = http_get(sink.admin, "/readyz").await;
+        status == 503 && body.contains("PostgreSQL")
+    })
+    .await;
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "a database restart never fails liveness"
+    );
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())).await;
+    assert_eq!(http_get(sink.admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(sink.admin, "/readyz").await.0, 503);
+    let (retries, series) = write_retries(&sink).await;
+    assert!(retries > 0.0, "no write failed while PostgreSQL was down: {series:?}");
+
+    pg.start_again().await;
+    let up = std::time::Instant::now();
+    eprintln!("PostgreSQL down for {:?}", up - down);
+    wait_until(Duration::from_secs(30), "ready again after the restart", || async {
+        http_get(sink.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    eprintln!("ready {:?} after PostgreSQL accepted connections again", up.elapsed());
+
+    let (c_rows, c_dead) = produce(&bootstrap, &topic, 1000, "after").await;
+    // What the server told the sink's sessions, shown when the assertion fails.
+    for line in pg.log().lines().filter(|l| l.contains("FATAL") || l.contains("ERROR")) {
+        eprintln!("server: {line}");
+    }
+    let db = connect(&pg.url).await;
+    assert_exactly_once(&db, a_rows + b_rows + c_rows, a_dead + b_dead + c_dead).await;
+    eprintln!(
+        "all written {:?} after the restart; {:?}",
+        up.elapsed(),
+        write_retries(&sink).await.1
+    );
+    sink.stop().await;
+}
