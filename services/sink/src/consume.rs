@@ -445,9 +445,13 @@ impl Loop<'_> {
                         return Err((batch, e));
                     }
                     let jitter = rand::thread_rng().gen_range(0.5..1.0);
+                    // After a lost connection, readiness's next successful ping ends the wait.
+                    let connection_lost =
+                        e.code == "io" || e.code == "pool" || e.code.starts_with("08") || e.code.starts_with("57P0");
                     tokio::select! {
                         () = stop.cancelled() => return Err((batch, e)),
                         () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                        () = store.reachable(), if connection_lost => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

@@ -8,11 +8,13 @@
 //! data (split the batch, dead-letter the bad rows) and fatal (stop).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use common::result::ProbeResult;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -139,6 +141,9 @@ pub fn classify(code: &SqlState) -> ErrorClass {
 pub struct Store {
     pool: Pool,
     topic: String,
+    /// Woken when [`Store::ping`] succeeds: writes waiting out a backoff after a lost
+    /// connection retry at once instead of at the end of their (up to 30 s) wait.
+    reachable: Arc<Notify>,
 }
 
 const INSERT_ROWS: &str = "
@@ -286,6 +291,7 @@ impl Store {
         Ok(Self {
             pool,
             topic: topic.to_string(),
+            reachable: Arc::default(),
         })
     }
 
@@ -310,13 +316,20 @@ impl Store {
         Ok(())
     }
 
-    /// `SELECT 1` on a pooled connection: the database half of readiness.
+    /// Resolves at the next successful [`Store::ping`].
+    pub async fn reachable(&self) {
+        self.reachable.notified().await;
+    }
+
+    /// `SELECT 1` on a pooled connection: the database half of readiness. Wakes
+    /// [`Store::reachable`] waiters when it succeeds.
     ///
     /// # Errors
     /// The pool cannot hand out a working connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
+        self.reachable.notify_waiters();
         Ok(())
     }
 

@@ -149,15 +149,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A TCP forwarder from a local port to `upstream` that a test can cut (close every
-/// connection and reset new ones) and restore: a real network outage of a real dependency.
-/// The listening socket is kept during a cut, so no other process can take the port.
+/// A TCP forwarder from a local port to `upstream` that a test can cut and restore: a real
+/// outage of a real dependency. A cut closes every connection and the listening socket, so new
+/// connections are refused, as they are by a host whose service is down. (Accepting and then
+/// closing them instead looks like a broker that does not speak the protocol, and librdkafka
+/// reacts to that differently.) Restoring binds the same port again.
 pub struct Forwarder {
     /// Where clients connect.
     pub addr: SocketAddr,
-    cut: Arc<std::sync::atomic::AtomicBool>,
+    upstream: SocketAddr,
     conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
+    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Forwarder {
@@ -167,42 +169,45 @@ impl Forwarder {
             .await
             .expect("bind forwarder");
         let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = {
-            let (cut, conns) = (cut.clone(), conns.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
-                        // Close at once, as a host whose service is down would.
-                        drop(inbound);
-                        continue;
-                    }
-                    let conn = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    let mut c = conns.lock().unwrap();
-                    c.retain(|h| !h.is_finished());
-                    c.push(conn);
-                }
-            })
-        };
+        let accept = Self::serve(listener, upstream, conns.clone());
         Self {
             addr,
-            cut,
+            upstream,
             conns,
-            accept,
+            accept: std::sync::Mutex::new(Some(accept)),
         }
     }
 
-    /// Closes every forwarded connection and resets new ones until [`Forwarder::restore`].
+    fn serve(
+        listener: TcpListener,
+        upstream: SocketAddr,
+        conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut c = conns.lock().unwrap();
+                c.retain(|h| !h.is_finished());
+                c.push(conn);
+            }
+        })
+    }
+
+    /// Closes the listening socket and every open connection.
     pub async fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        let accept = self.accept.lock().unwrap().take();
+        if let Some(accept) = accept {
+            accept.abort();
+            let _ = accept.await;
+        }
         let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
         for c in conns {
             c.abort();
@@ -210,15 +215,21 @@ impl Forwarder {
         }
     }
 
-    /// Forwards again.
+    /// Listens on the same port again.
     pub async fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("rebind the forwarder on {}: {e}", self.addr));
+        let accept = Self::serve(listener, self.upstream, self.conns.clone());
+        *self.accept.lock().unwrap() = Some(accept);
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
         }
