@@ -75,9 +75,14 @@ impl App {
             admin_stop,
             ..
         } = self;
-        if let Err(e) = config.kafka.ensure_topic().await {
-            tracing::warn!(error = %e, topic = %config.kafka.topic, "Could not create the topic; assuming it exists or will be created.");
-        }
+        // In the background: probing starts at once even when the broker is down (the producer
+        // buffers results until it is back).
+        let kafka = config.kafka.clone();
+        tokio::spawn(async move {
+            if let Err(e) = kafka.ensure_topic().await {
+                tracing::warn!(error = %e, topic = %kafka.topic, "Could not create the topic; assuming it exists or will be created.");
+            }
+        });
 
         // Readiness: the broker answers a metadata request for our topic.
         let readiness = {

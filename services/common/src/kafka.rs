@@ -136,7 +136,8 @@ impl KafkaSettings {
         cfg
     }
 
-    /// Creates the topic when `create_topic` is set and it does not exist yet.
+    /// Creates the topic when `create_topic` is set and it does not exist yet. Takes at most
+    /// about 15 s when the broker does not answer.
     ///
     /// # Errors
     /// The broker's error, except "topic already exists", which is success.
@@ -150,7 +151,11 @@ impl KafkaSettings {
             self.topic_partitions,
             TopicReplication::Fixed(self.topic_replication_factor),
         );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // Both timeouts bound the call: the broker's (`timeout_ms` of CreateTopics) and the
+        // client's (otherwise `socket.timeout.ms`, 60 s, when the broker does not answer).
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)));
         let results = admin.create_topics([&topic], &opts).await?;
         for r in results {
             match r {

@@ -34,7 +34,8 @@ impl App {
         let metrics = Metrics::new();
         let health = Health::new(Duration::from_secs(60));
         let store = Store::new(config.database_url.expose(), config.pool_size, &config.kafka.topic)
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
+            .with_method(config.write_method);
         let auto_commit_ms = "1000".to_string();
         let mut defaults: Vec<(&str, &str)> = vec![
             ("group.id", &config.group_id),
@@ -191,7 +192,9 @@ impl App {
                     }
                 })
             };
-            if let Err(e) = config.kafka.ensure_topic().await {
+            // Before subscribing (librdkafka looks for a missing subscribed topic again only at
+            // the next metadata refresh), but never holding up shutdown.
+            if let Some(Err(e)) = common::shutdown::until_cancelled(&shutdown, config.kafka.ensure_topic()).await {
                 tracing::warn!(error = %e, topic = %config.kafka.topic, "Could not create the topic; assuming it exists or will be created.");
             }
             consumer.subscribe(&[&config.kafka.topic])?;

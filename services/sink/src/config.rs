@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::store::WriteMethod;
 use common::config::{parse_duration, parse_positive_duration, ConfigError, Env, Secret};
 use common::kafka::KafkaSettings;
 use common::telemetry::LogFormat;
@@ -22,7 +23,7 @@ pub struct Config {
     pub group_instance_id: Option<String>,
     /// PostgreSQL DSN (`DATABASE_URL` or `POSTGRESQL_DSN`): URL or libpq `key=value` form.
     pub database_url: Secret<String>,
-    /// Pool size (`DB_POOL_SIZE`, default 4).
+    /// Pool size (`DB_POOL_SIZE`, default 5).
     pub pool_size: usize,
     /// Flush a batch at this many rows (`BATCH_MAX_ROWS`, default 5000).
     pub batch_max_rows: usize,
@@ -31,9 +32,12 @@ pub struct Config {
     /// Flush a non-empty batch after this long (`BATCH_LINGER`, default 100 ms).
     pub batch_linger: Duration,
     /// Batches written at the same time, each in its own transaction on its own pooled
-    /// connection (`WRITE_CONCURRENCY`, default 2; below `DB_POOL_SIZE`, which also serves
+    /// connection (`WRITE_CONCURRENCY`, default 3; below `DB_POOL_SIZE`, which also serves
     /// readiness and partition maintenance). Offsets are still stored in consumption order.
     pub write_concurrency: usize,
+    /// How rows reach the table (`WRITE_METHOD`: `copy`, the default, or `unnest` behind a
+    /// transaction-pooling PgBouncer); see [`WriteMethod`].
+    pub write_method: WriteMethod,
     /// Drop monthly partitions that ended longer ago than this (`RETENTION`, e.g. `400d`;
     /// `0` or unset keeps everything).
     pub retention: Option<Duration>,
@@ -56,6 +60,7 @@ struct Raw {
     batch_max_bytes: Option<usize>,
     batch_linger: Option<String>,
     write_concurrency: Option<usize>,
+    write_method: Option<String>,
     retention: Option<String>,
     partitions_ahead: Option<u32>,
     shutdown_grace_period: Option<String>,
@@ -112,8 +117,14 @@ impl Config {
                 "400d",
             ));
         }
-        let pool_size = positive("DB_POOL_SIZE", raw.db_pool_size, 4)?;
-        let write_concurrency = positive("WRITE_CONCURRENCY", raw.write_concurrency, 2)?;
+        let pool_size = positive("DB_POOL_SIZE", raw.db_pool_size, 5)?;
+        let write_concurrency = positive("WRITE_CONCURRENCY", raw.write_concurrency, 3)?;
+        let write_method = match raw.write_method.as_deref() {
+            None => WriteMethod::default(),
+            Some(v) => v
+                .parse()
+                .map_err(|e: String| ConfigError::new("WRITE_METHOD", e, "copy"))?,
+        };
         if write_concurrency >= pool_size {
             return Err(ConfigError::new(
                 "WRITE_CONCURRENCY",
@@ -134,6 +145,7 @@ impl Config {
                 None => Duration::from_millis(100),
             },
             write_concurrency,
+            write_method,
             retention,
             partitions_ahead: raw.partitions_ahead.unwrap_or(3),
             admin_addr: admin_addr(env)?,
@@ -161,7 +173,14 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.group_id, "healthcheck-sink");
         assert_eq!(c.retention, None);
-        assert_eq!((c.pool_size, c.write_concurrency), (4, 2));
+        assert_eq!(
+            (c.pool_size, c.write_concurrency, c.write_method),
+            (5, 3, WriteMethod::Copy)
+        );
+        assert_eq!(
+            load(&[("WRITE_METHOD", "unnest")]).unwrap().write_method,
+            WriteMethod::Unnest
+        );
         assert!(
             !format!("{c:?}").contains("hunter2"),
             "the DSN's password must not be Debug-printed"
@@ -192,7 +211,8 @@ mod tests {
             ("RETENTION", "1d"),
             ("DB_POOL_SIZE", "0"),
             ("WRITE_CONCURRENCY", "0"),
-            ("WRITE_CONCURRENCY", "4"),
+            ("WRITE_CONCURRENCY", "5"),
+            ("WRITE_METHOD", "insert"),
         ] {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
         }

@@ -133,9 +133,20 @@ pub struct BatchLimits {
     pub linger: Duration,
 }
 
-/// Messages gathered for one transaction, with the highest offset seen per partition.
+/// A message as taken from librdkafka, not decoded yet.
+struct RawMessage {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Messages gathered for one transaction, with the highest offset seen per partition. The
+/// consume loop only copies messages in (`raw`); the write task decodes them into `rows` and
+/// `dead`, so that decoding runs in parallel with consuming.
 #[derive(Default)]
 struct Batch {
+    raw: Vec<RawMessage>,
     rows: Vec<Row>,
     dead: Vec<DeadLetter>,
     bytes: usize,
@@ -145,7 +156,36 @@ struct Batch {
 
 impl Batch {
     fn len(&self) -> usize {
-        self.rows.len() + self.dead.len()
+        self.raw.len() + self.rows.len() + self.dead.len()
+    }
+
+    /// Decodes the raw messages: probe results become rows, anything else a dead letter.
+    fn decode(&mut self, topic: &str) {
+        for m in std::mem::take(&mut self.raw) {
+            let decoded = match &m.payload {
+                None => Err("empty payload (tombstone)".to_string()),
+                Some(p) => serde_json::from_slice::<ProbeResult>(p).map_err(|e| format!("not a probe result: {e}")),
+            };
+            match decoded {
+                Ok(result) => self.rows.push(Row {
+                    result,
+                    partition: m.partition,
+                    offset: m.offset,
+                }),
+                Err(error) => {
+                    tracing::warn!(partition = m.partition, offset = m.offset, error = %error, "Dead-lettering an undecodable message.");
+                    self.dead.push(DeadLetter {
+                        topic: topic.to_string(),
+                        partition: m.partition,
+                        offset: m.offset,
+                        key: m.key,
+                        payload: m.payload,
+                        error_class: "decode".into(),
+                        error,
+                    });
+                }
+            }
+        }
     }
 
     fn is_full(&self, limits: &BatchLimits) -> bool {
@@ -154,6 +194,7 @@ impl Batch {
 
     /// Removes the messages of `partitions` (bytes are left as counted: a limit, not a total).
     fn drop_partitions(&mut self, partitions: &[i32]) {
+        self.raw.retain(|m| !partitions.contains(&m.partition));
         self.rows.retain(|r| !partitions.contains(&r.partition));
         self.dead.retain(|d| !partitions.contains(&d.partition));
         self.offsets.retain(|p, _| !partitions.contains(p));
@@ -287,6 +328,10 @@ impl Loop<'_> {
                                 None => break,
                             }
                         }
+                        // librdkafka's queue is not a tokio resource, so this task would run
+                        // as long as messages are queued, starving the write tasks it spawned
+                        // (which wait in this worker's LIFO slot): let them run.
+                        tokio::task::yield_now().await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Kafka consumer error.");
@@ -382,29 +427,12 @@ impl Loop<'_> {
         let (partition, offset) = (m.partition(), m.offset());
         let payload = m.payload();
         batch.bytes += payload.map_or(0, <[u8]>::len);
-        let decoded = match payload {
-            None => Err("empty payload (tombstone)".to_string()),
-            Some(p) => serde_json::from_slice::<ProbeResult>(p).map_err(|e| format!("not a probe result: {e}")),
-        };
-        match decoded {
-            Ok(result) => batch.rows.push(Row {
-                result,
-                partition,
-                offset,
-            }),
-            Err(error) => {
-                tracing::warn!(partition, offset, error = %error, "Dead-lettering an undecodable message.");
-                batch.dead.push(DeadLetter {
-                    topic: self.topic.clone(),
-                    partition,
-                    offset,
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: payload.map(<[u8]>::to_vec),
-                    error_class: "decode".into(),
-                    error,
-                });
-            }
-        }
+        batch.raw.push(RawMessage {
+            partition,
+            offset,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+        });
         let max = batch.offsets.entry(partition).or_insert(offset);
         *max = (*max).max(offset);
         batch.opened.get_or_insert_with(Instant::now);
@@ -412,61 +440,30 @@ impl Loop<'_> {
 
     /// Writes `batch`, retrying transient failures with capped exponential backoff and jitter
     /// until they pass or `stop` is cancelled.
+    ///
+    /// The write runs as its own task, so that encoding and sending it proceed in parallel
+    /// with decoding the next batch (this loop's task) and with the other writes.
     fn flush(&self, seq: u64, batch: Batch, stop: CancellationToken) -> Flush {
-        let (store, metrics) = (self.store.clone(), self.metrics.clone());
-        Box::pin(async move { (seq, Self::write(store, metrics, batch, stop).await) })
-    }
-
-    async fn write(
-        store: Store,
-        metrics: Metrics,
-        batch: Batch,
-        stop: CancellationToken,
-    ) -> Result<(Batch, WriteOutcome), (Batch, StoreError)> {
-        let mut backoff = Duration::from_millis(100);
-        tracing::debug!(rows = batch.rows.len(), dead_letters = batch.dead.len(), last_offsets = ?batch.offsets, "Writing a batch.");
-        loop {
-            let t = Instant::now();
-            match store.write(&batch.rows, &batch.dead).await {
-                Ok(outcome) => {
-                    metrics.transaction_seconds.observe(t.elapsed().as_secs_f64());
-                    metrics.batch_rows.observe(batch.len() as f64);
-                    return Ok((batch, outcome));
-                }
-                Err(e) if e.class == ErrorClass::Transient => {
-                    let class = if e.code.len() == 5 {
-                        &e.code[..2]
-                    } else {
-                        e.code.as_str()
-                    };
-                    metrics.retries.with_label_values(&[class]).inc();
-                    tracing::warn!(code = %e.code, error = %e.message, retry_in_ms = backoff.as_millis() as u64, rows = batch.len(), "Batch write failed; retrying.");
-                    if stop.is_cancelled() {
-                        return Err((batch, e));
-                    }
-                    let jitter = rand::thread_rng().gen_range(0.5..1.0);
-                    // After a lost connection, readiness's next successful ping ends the wait.
-                    let connection_lost =
-                        e.code == "io" || e.code == "pool" || e.code.starts_with("08") || e.code.starts_with("57P0");
-                    tokio::select! {
-                        () = stop.cancelled() => return Err((batch, e)),
-                        () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
-                        () = store.reachable(), if connection_lost => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => {
-                    tracing::error!(code = %e.code, error = %e.message, "Batch write failed with a non-retryable error.");
-                    return Err((
-                        batch,
+        let (store, metrics, topic) = (self.store.clone(), self.metrics.clone(), self.topic.clone());
+        let task = tokio::spawn(write_batch(store, metrics, topic, batch, stop));
+        Box::pin(async move {
+            match task.await {
+                Ok(done) => (seq, done),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Only when the runtime shuts down; the batch is lost from memory and replayed.
+                Err(e) => (
+                    seq,
+                    Err((
+                        Batch::default(),
                         StoreError {
-                            class: ErrorClass::Fatal,
-                            ..e
+                            class: ErrorClass::Transient,
+                            code: "cancelled".into(),
+                            message: e.to_string(),
                         },
-                    ));
-                }
+                    )),
+                ),
             }
-        }
+        })
     }
 
     /// After batch `seq` committed: metrics, then store the offsets that every earlier batch's
@@ -505,6 +502,62 @@ impl Loop<'_> {
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
             Err(e) => {
                 tracing::info!(error = %e, "Offsets not stored (partition no longer assigned); the new owner replays and duplicates are absorbed.")
+            }
+        }
+    }
+}
+
+/// Writes `batch`, retrying transient failures with capped exponential backoff and jitter
+/// until they pass or `stop` is cancelled.
+async fn write_batch(
+    store: Store,
+    metrics: Metrics,
+    topic: String,
+    mut batch: Batch,
+    stop: CancellationToken,
+) -> Result<(Batch, WriteOutcome), (Batch, StoreError)> {
+    batch.decode(&topic);
+    let mut backoff = Duration::from_millis(100);
+    tracing::debug!(rows = batch.rows.len(), dead_letters = batch.dead.len(), last_offsets = ?batch.offsets, "Writing a batch.");
+    loop {
+        let t = Instant::now();
+        match store.write(&batch.rows, &batch.dead).await {
+            Ok(outcome) => {
+                metrics.transaction_seconds.observe(t.elapsed().as_secs_f64());
+                metrics.batch_rows.observe(batch.len() as f64);
+                return Ok((batch, outcome));
+            }
+            Err(e) if e.class == ErrorClass::Transient => {
+                let class = if e.code.len() == 5 {
+                    &e.code[..2]
+                } else {
+                    e.code.as_str()
+                };
+                metrics.retries.with_label_values(&[class]).inc();
+                tracing::warn!(code = %e.code, error = %e.message, retry_in_ms = backoff.as_millis() as u64, rows = batch.len(), "Batch write failed; retrying.");
+                if stop.is_cancelled() {
+                    return Err((batch, e));
+                }
+                let jitter = rand::thread_rng().gen_range(0.5..1.0);
+                // After a lost connection, readiness's next successful ping ends the wait.
+                let connection_lost =
+                    e.code == "io" || e.code == "pool" || e.code.starts_with("08") || e.code.starts_with("57P0");
+                tokio::select! {
+                    () = stop.cancelled() => return Err((batch, e)),
+                    () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                    () = store.reachable(), if connection_lost => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::error!(code = %e.code, error = %e.message, "Batch write failed with a non-retryable error.");
+                return Err((
+                    batch,
+                    StoreError {
+                        class: ErrorClass::Fatal,
+                        ..e
+                    },
+                ));
             }
         }
     }

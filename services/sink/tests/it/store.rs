@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::result::{check_id, Phases, ProbeResult, TlsInfo};
-use sink::store::{DeadLetter, Row, Store};
+use sink::store::{DeadLetter, Row, Store, WriteMethod};
 
 use crate::support::{connect, count, fresh_database};
 
@@ -289,4 +289,43 @@ async fn views_report_uptime_percentiles_and_latest() {
         hour + chrono::Duration::seconds(99)
     );
     assert_eq!(latest[1].get::<_, String>(0), "web");
+}
+
+#[tokio::test]
+async fn both_write_methods_store_identical_rows() {
+    let now = Utc::now();
+    let batch = rows(
+        (0..60)
+            .map(|i| {
+                sample(
+                    &format!("t{}", i % 7),
+                    now + chrono::Duration::seconds(i),
+                    i % 4 != 0,
+                    0.2,
+                )
+            })
+            .collect(),
+    );
+    let mut tables = Vec::new();
+    for method in [WriteMethod::Copy, WriteMethod::Unnest] {
+        let (store, db) = migrated_store().await;
+        let store = store.with_method(method);
+        let out = store.write(&batch, &[]).await.unwrap();
+        assert_eq!((out.offered, out.inserted), (60, 60), "{method:?}");
+        let again = store.write(&batch, &[]).await.unwrap();
+        assert_eq!(again.inserted, 0, "{method:?} absorbs a replay");
+        let rows: Vec<String> = db
+            .query(
+                "SELECT (to_jsonb(p) - 'inserted_at')::text FROM probe_results p ORDER BY check_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tables.push(rows);
+    }
+    assert_eq!(tables[0].len(), 60);
+    assert_eq!(tables[0], tables[1], "COPY and UNNEST store the same values");
 }
