@@ -86,9 +86,22 @@ pub fn log(msg: &str) {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // `bench mock-broker TOPIC N`: a librdkafka mock cluster holding N generated results in
+    // TOPIC, serving until killed (a diagnostic for sink runs by hand).
+    if args.get(1).map(String::as_str) == Some("mock-broker") {
+        let topic = args.get(2).context("usage: bench mock-broker TOPIC N")?;
+        let n: usize = args.get(3).context("usage: bench mock-broker TOPIC N")?.parse()?;
+        let mock = rdkafka::mocking::MockCluster::new(3)?;
+        mock.create_topic(topic, scenario::sink::mock_partitions(n), 1)?;
+        scenario::sink::prefill_generated(&mock.bootstrap_servers(), topic, n).await?;
+        println!("{}", mock.bootstrap_servers());
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
     let b = Bench::from_env()?;
     // `bench census TOPIC`: read a topic back and count its messages (a diagnostic).
-    let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("census") {
         let topic = args.get(2).context("usage: bench census TOPIC")?;
         let c = scenario::sink::census(&b, topic).await?;

@@ -95,7 +95,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
     let rows: Arc<Vec<ProbeResult>> =
         Arc::new(tokio::task::spawn_blocking(move || (0..n).map(|i| gen::result(i, base)).collect()).await?);
-    let (prefill_s, bytes, watermarks) = prefill(&b, &topic, rows.clone()).await?;
+    let (prefill_s, bytes, watermarks) = prefill(&b.broker, &topic, rows.clone()).await?;
     crate::log(&format!(
         "pre-filled {n} results in {prefill_s:.1} s; reading the topic back"
     ));
@@ -215,6 +215,70 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         ratios.push(s.rate / c);
     }
 
+    // The same rows served by librdkafka's mock cluster (`rdkafka::mocking`, in this process):
+    // a broker that is not the bottleneck, so the figure shows what the sink itself does.
+    let mut mock_rates = Vec::new();
+    let mut mock_ratios = Vec::new();
+    {
+        let mock = rdkafka::mocking::MockCluster::new(1)?;
+        let partitions = mock_partitions(n);
+        mock.create_topic(&topic, partitions, 1)?;
+        let bootstrap = mock.bootstrap_servers();
+        let (fill_s, _, _) = prefill(&bootstrap, &topic, rows.clone()).await?;
+        check_nothing_evicted(&bootstrap, &topic, partitions).await?;
+        crate::log(&format!("pre-filled the mock cluster in {fill_s:.1} s"));
+        let _ = writeln!(
+            d,
+            "\nThe same {} results pre-filled into librdkafka's mock cluster (`rdkafka::mocking`, one broker, 6 partitions, \
+             running inside the bench process, so its CPU is not in the broker column; {} partitions, because the mock keeps at most \
+             5 MB per partition and drops older messages), then consumed by the sink exactly as \
+             above (fresh database and group each repeat). The ratio divides by the raw COPY of the same repeat above.\n\n\
+             | repeat | sink rows/s | rows written / consumed / duplicates | held back (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL | cores used | ratio sink / raw COPY |\n\
+             |---|---:|---|---:|---:|---|---|---:|",
+            num(n as f64),
+            mock_partitions(n)
+        );
+        for (r, copy_rate) in copy_rates.iter().enumerate() {
+            let db = b.name(&format!("sinkm{r}"));
+            ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+            let extra = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
+            let s = sink_run(ctx, &db, &topic, &format!("{topic}_m{r}"), &extra, n, None)
+                .await
+                .with_context(|| format!("repeat {}: sink against the mock cluster", r + 1))?;
+            let client = ctx.pg.db(&db).await?;
+            let row = client
+                .query_one("SELECT count(*), count(DISTINCT check_id) FROM probe_results", &[])
+                .await?;
+            let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
+            drop(client);
+            ctx.pg.drop_db(&db).await?;
+            if count != distinct || count as usize != n {
+                bail!(
+                    "repeat {} (mock cluster): probe_results holds {count} rows ({distinct} distinct) of {n}",
+                    r + 1
+                );
+            }
+            let ratio = s.rate / copy_rate;
+            let _ = writeln!(
+                d,
+                "| {} | {} | {} / {} / {} | {:.1} | {} | {} / {} | {} | {:.2} |",
+                r + 1,
+                num(s.rate),
+                num(s.inserted as f64),
+                num(s.consumed as f64),
+                num(s.duplicates as f64),
+                s.paused_s,
+                num(s.rows_per_tx),
+                num(s.ms_per_k[0]),
+                num(s.ms_per_k[1]),
+                s.cores,
+                ratio
+            );
+            mock_rates.push(s.rate);
+            mock_ratios.push(ratio);
+        }
+    }
+
     // Batch-size variants, once each (information, not figures).
     if !b.quick {
         d.push_str(
@@ -305,6 +369,20 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ));
     figs.push(Figure::new(
         "5",
+        "sink throughput, mock-cluster broker (not the bottleneck)",
+        "rows/s",
+        mock_rates,
+        Some(Goal::AtLeast(100_000.0)),
+    ));
+    figs.push(Figure::new(
+        "5",
+        "sink (mock-cluster broker) / raw COPY",
+        "ratio",
+        mock_ratios,
+        Some(Goal::AtLeast(0.5)),
+    ));
+    figs.push(Figure::new(
+        "5",
         "results the sink never wrote (of those the broker serves)",
         "rows",
         missed,
@@ -321,11 +399,42 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Partitions for `n` results in librdkafka's mock cluster, which keeps at most 5 MB (or
+/// 100,000 messages) per partition and silently drops the oldest beyond that
+/// (`rdkafka_mock.c`): ~10,000 lz4-compressed results fit in one comfortably.
+pub fn mock_partitions(n: usize) -> i32 {
+    i32::try_from(n.div_ceil(10_000).max(6)).unwrap_or(i32::MAX)
+}
+
+/// Fails when any partition of `topic` lost messages (a low watermark above 0).
+async fn check_nothing_evicted(broker: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (broker, topic) = (broker.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker).create()?;
+        for p in 0..partitions {
+            let (lo, _) = c.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+            if lo > 0 {
+                bail!("the mock cluster dropped the first {lo} messages of partition {p}: use more partitions");
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// Pre-fills `topic` at `broker` with `n` generated results ending now.
+pub async fn prefill_generated(broker: &str, topic: &str, n: usize) -> anyhow::Result<()> {
+    let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
+    let rows = Arc::new((0..n).map(|i| gen::result(i, base)).collect::<Vec<_>>());
+    prefill(broker, topic, rows).await.map(|_| ())
+}
+
 /// Produces `rows` to `topic` as the checker would (JSON, keyed by target, timestamped with
 /// the slot); returns the seconds it took, the payload bytes and the sum of the partitions'
 /// high − low watermarks.
-async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64, i64)> {
-    let (broker, topic) = (b.broker.clone(), topic.to_string());
+async fn prefill(broker: &str, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64, i64)> {
+    let (broker, topic) = (broker.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64, i64)> {
         let counts = Arc::new(Deliveries::default());
         let config = ClientConfig::new()
@@ -333,6 +442,7 @@ async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> 
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "20")
+            .set("compression.type", "lz4")
             .set("batch.num.messages", "10000")
             .set("batch.size", "524288")
             .set("queue.buffering.max.messages", "200000")
@@ -376,7 +486,13 @@ async fn prefill(b: &setup::Bench, topic: &str, rows: Arc<Vec<ProbeResult>>) -> 
             bail!("pre-fill: {ok} delivered, {failed} failed, of {}", rows.len());
         }
         let mut stored = 0;
-        for p in 0..6 {
+        let partitions = producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        for p in 0..partitions {
             let (lo, hi) = producer.client().fetch_watermarks(&topic, p, Duration::from_secs(10))?;
             stored += hi - lo;
         }
