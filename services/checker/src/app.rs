@@ -119,6 +119,7 @@ impl App {
             metrics: metrics.clone(),
             tracker: tracker.clone(),
             instance_id: Arc::from(config.instance_id.as_str()),
+            timer: Arc::new(crate::timer::Timer::start()),
         };
         let schedules = TaskTracker::new();
         for target in config.targets {

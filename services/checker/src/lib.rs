@@ -11,4 +11,5 @@ pub mod probe;
 pub mod publish;
 pub mod schedule;
 pub mod target;
+pub mod timer;
 pub mod tls;

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::probe;
 use crate::publish::Publisher;
 use crate::target::Target;
+use crate::timer::Timer;
 
 /// The phase of `name`'s slot grid within `interval`: a stable hash of the name (the first
 /// 8 bytes of its UUIDv5), so it survives restarts and upgrades.
@@ -54,6 +55,8 @@ pub struct Scheduler {
     pub tracker: TaskTracker,
     /// Written into results.
     pub instance_id: Arc<str>,
+    /// Wakes each probe at its slot (tokio's timer alone would be up to 1 ms late).
+    pub timer: Arc<Timer>,
 }
 
 impl Scheduler {
@@ -69,7 +72,7 @@ impl Scheduler {
             let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = self.timer.sleep_until(std::time::Instant::now() + wait) => {}
             }
             let permit = tokio::select! {
                 () = stop.cancelled() => return,
