@@ -359,6 +359,21 @@ impl FieldNames for SingleNames {
     }
 }
 
+/// Compiles `pattern` once per process: targets with the same pattern share one compiled
+/// program (a `Regex` clone shares it and gets its own match cache), which is most of a
+/// target's memory when thousands of targets check for the same body text.
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().expect("lock");
+    if let Some(r) = cache.get(pattern) {
+        return Ok(r.clone());
+    }
+    let r = Regex::new(pattern)?;
+    cache.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
+
 fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Result<Target, ConfigError> {
     let err = |field: &str, problem: String, example: &str| ConfigError::new(names.field(field), problem, example);
     let auth = auth_header(&spec, names)?;
@@ -403,8 +418,7 @@ fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Resul
             "5s",
         ));
     }
-    let regex =
-        |field: &str, r: &str| Regex::new(r).map_err(|e| err(field, format!("invalid regex: {e}"), "ok|healthy"));
+    let regex = |field: &str, r: &str| compiled(r).map_err(|e| err(field, format!("invalid regex: {e}"), "ok|healthy"));
     let body_regex = spec.regex.as_deref().map(|r| regex("regex", r)).transpose()?;
     let body_regex_not = spec
         .fail_if_body_matches
