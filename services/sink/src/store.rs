@@ -196,8 +196,10 @@ SELECT * FROM UNNEST(
     $32::timestamptz[], $33::text[], $34::int4[], $35::int8[])
 ON CONFLICT DO NOTHING";
 
-/// The columns the sink writes, in [`COPY_TYPES`] order.
-const COLUMNS: &str = "check_id, scheduled_at, started_at, target_name, url, instance_id, schema_version, success, \
+/// The columns of `probe_results` the sink writes (all but `inserted_at`), in [`COPY_TYPES`]
+/// order.
+pub const COLUMNS: &str =
+    "check_id, scheduled_at, started_at, target_name, url, instance_id, schema_version, success, \
     error_kind, error, status_code, first_status_code, duration_seconds, lateness_seconds, timeout_seconds, \
     resolve_seconds, connect_seconds, tls_seconds, processing_seconds, transfer_seconds, redirects, final_url, \
     http_version, ip_address, ip_family, regex_matched, body_bytes, content_length, tls_version, tls_cipher, \
@@ -214,7 +216,7 @@ static STAGE_INSERT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// PostgreSQL types of [`COLUMNS`], for the binary COPY encoder.
-const COPY_TYPES: [Type; 35] = [
+pub const COPY_TYPES: [Type; 35] = [
     Type::UUID,
     Type::TIMESTAMPTZ,
     Type::TIMESTAMPTZ,
@@ -387,9 +389,16 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Encodes one row for [`COPY_TYPES`].
-async fn copy_row(writer: Pin<&mut BinaryCopyInWriter>, row: &Row) -> Result<(), tokio_postgres::Error> {
-    let r = &row.result;
+/// Encodes one result and its Kafka origin as a binary COPY row of [`COLUMNS`] / [`COPY_TYPES`].
+///
+/// # Errors
+/// The COPY stream failed (the connection or the server rejected the data).
+pub async fn copy_row(
+    writer: Pin<&mut BinaryCopyInWriter>,
+    r: &ProbeResult,
+    partition: i32,
+    offset: i64,
+) -> Result<(), tokio_postgres::Error> {
     let tls = r.tls.as_ref();
     let schema_version = i32::try_from(r.schema_version).unwrap_or(i32::MAX);
     let status_code = r.status_code.map(i32::from);
@@ -437,8 +446,8 @@ async fn copy_row(writer: Pin<&mut BinaryCopyInWriter>, row: &Row) -> Result<(),
         &tls_leaf_not_after,
         &tls_earliest_not_after,
         &tls_leaf_subject,
-        &row.partition,
-        &row.offset,
+        &partition,
+        &offset,
     ];
     writer.write(&values).await
 }
@@ -588,7 +597,7 @@ impl Store {
             let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
             let mut writer = std::pin::pin!(writer);
             for row in rows {
-                copy_row(writer.as_mut(), row).await?;
+                copy_row(writer.as_mut(), &row.result, row.partition, row.offset).await?;
             }
             writer.finish().await?;
             inserted = tx.execute(&stmt, &[]).await?;

@@ -14,19 +14,17 @@
 //! A `CHECKPOINT` precedes each, so neither inherits the other's dirty buffers.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::result::ProbeResult;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use tokio_postgres::types::ToSql;
 
 use crate::gen;
 use crate::procs::{CpuSnap, Who};
@@ -34,12 +32,7 @@ use crate::report::{num, Figure, Goal};
 use crate::setup;
 use crate::Ctx;
 
-/// The columns the sink inserts, in its order.
-const COLUMNS: &str = "check_id, scheduled_at, started_at, target_name, url, instance_id, schema_version, success, \
-    error_kind, error, status_code, first_status_code, duration_seconds, lateness_seconds, timeout_seconds, \
-    resolve_seconds, connect_seconds, tls_seconds, processing_seconds, transfer_seconds, redirects, final_url, \
-    http_version, ip_address, ip_family, regex_matched, body_bytes, content_length, tls_version, tls_cipher, \
-    tls_leaf_not_after, tls_earliest_not_after, tls_leaf_subject, kafka_partition, kafka_offset";
+use sink::store::COLUMNS;
 
 const INSERTED: &str = "healthcheck_sink_rows_inserted_total";
 
@@ -95,7 +88,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
     let rows: Arc<Vec<ProbeResult>> =
         Arc::new(tokio::task::spawn_blocking(move || (0..n).map(|i| gen::result(i, base)).collect()).await?);
-    let (prefill_s, bytes, watermarks) = prefill(&b.broker, &topic, rows.clone()).await?;
+    let (prefill_s, bytes, watermarks) = prefill(&b.broker, &topic, rows.clone(), None).await?;
     crate::log(&format!(
         "pre-filled {n} results in {prefill_s:.1} s; reading the topic back"
     ));
@@ -224,7 +217,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let partitions = mock_partitions(n);
         mock.create_topic(&topic, partitions, 1)?;
         let bootstrap = mock.bootstrap_servers();
-        let (fill_s, _, _) = prefill(&bootstrap, &topic, rows.clone()).await?;
+        let (fill_s, _, _) = prefill(&bootstrap, &topic, rows.clone(), Some(partitions)).await?;
         check_nothing_evicted(&bootstrap, &topic, partitions).await?;
         crate::log(&format!("pre-filled the mock cluster in {fill_s:.1} s"));
         let _ = writeln!(
@@ -401,9 +394,10 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Partitions for `n` results in librdkafka's mock cluster, which keeps at most 5 MB (or
 /// 100,000 messages) per partition and silently drops the oldest beyond that
-/// (`rdkafka_mock.c`): ~10,000 lz4-compressed results fit in one comfortably.
+/// (`rdkafka_mock.c`): about 10,000 lz4-compressed results fill one, so results are spread
+/// evenly, 5,000 per partition.
 pub fn mock_partitions(n: usize) -> i32 {
-    i32::try_from(n.div_ceil(10_000).max(6)).unwrap_or(i32::MAX)
+    i32::try_from(n.div_ceil(5_000).max(6)).unwrap_or(i32::MAX)
 }
 
 /// Fails when any partition of `topic` lost messages (a low watermark above 0).
@@ -427,13 +421,21 @@ async fn check_nothing_evicted(broker: &str, topic: &str, partitions: i32) -> an
 pub async fn prefill_generated(broker: &str, topic: &str, n: usize) -> anyhow::Result<()> {
     let base = Utc::now() - chrono::Duration::seconds((n / gen::TARGETS) as i64 + 1);
     let rows = Arc::new((0..n).map(|i| gen::result(i, base)).collect::<Vec<_>>());
-    prefill(broker, topic, rows).await.map(|_| ())
+    prefill(broker, topic, rows, Some(mock_partitions(n))).await.map(|_| ())
 }
 
 /// Produces `rows` to `topic` as the checker would (JSON, keyed by target, timestamped with
 /// the slot); returns the seconds it took, the payload bytes and the sum of the partitions'
 /// high − low watermarks.
-async fn prefill(broker: &str, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyhow::Result<(f64, u64, i64)> {
+///
+/// `spread`: put result `i` in partition `i % spread` instead of partitioning by key (for the
+/// mock cluster, whose partitions hold only 5 MB each).
+async fn prefill(
+    broker: &str,
+    topic: &str,
+    rows: Arc<Vec<ProbeResult>>,
+    spread: Option<i32>,
+) -> anyhow::Result<(f64, u64, i64)> {
     let (broker, topic) = (broker.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64, i64)> {
         let counts = Arc::new(Deliveries::default());
@@ -459,13 +461,16 @@ async fn prefill(broker: &str, topic: &str, rows: Arc<Vec<ProbeResult>>) -> anyh
         let producer: ThreadedProducer<Counter> = config.create_with_context(Counter(counts.clone()))?;
         let t0 = Instant::now();
         let mut bytes = 0u64;
-        for r in rows.iter() {
+        for (i, r) in rows.iter().enumerate() {
             let payload = serde_json::to_vec(r)?;
             bytes += payload.len() as u64;
             let mut rec = BaseRecord::to(&topic)
                 .key(r.target.as_bytes())
                 .payload(&payload)
                 .timestamp(r.scheduled_at.timestamp_millis());
+            if let Some(p) = spread {
+                rec = rec.partition((i % p as usize) as i32);
+            }
             let mut tries = 0;
             loop {
                 match producer.send(rec) {
@@ -643,75 +648,17 @@ pub async fn copy(ctx: &Ctx, db: &str, table: &str, like: &str, rows: &[ProbeRes
             "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE probe_results {like}); CHECKPOINT"
         ))
         .await?;
-    let types: Vec<_> = client
-        .prepare(&format!("SELECT {COLUMNS} FROM {table} LIMIT 0"))
-        .await?
-        .columns()
-        .iter()
-        .map(|c| c.type_().clone())
-        .collect();
     let mut list: Vec<(&'static str, Who)> = vec![("bench", Who::Pid(std::process::id()))];
     list.extend(ctx.pg.who());
     let (t0, s0) = (Instant::now(), CpuSnap::take(&list));
     let sink = client
         .copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"))
         .await?;
-    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+    // The sink's own row encoder: the same columns, types and values.
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &sink::store::COPY_TYPES);
     let mut writer = std::pin::pin!(writer);
     for (i, r) in rows.iter().enumerate() {
-        let tls = r.tls.as_ref();
-        let schema_version = r.schema_version as i32;
-        let status: Option<i32> = r.status_code.map(i32::from);
-        let first_status: Option<i32> = r.first_status_code.map(i32::from);
-        let redirects = r.redirects as i32;
-        let ip: Option<IpAddr> = r.ip_address.as_deref().and_then(|a| a.parse().ok());
-        let body_bytes = r.body_bytes.map(|v| v as i64);
-        let content_length = r.content_length.map(|v| v as i64);
-        let tls_version = tls.and_then(|t| t.version.as_ref());
-        let tls_cipher = tls.and_then(|t| t.cipher.as_ref());
-        let leaf: Option<DateTime<Utc>> = tls.and_then(|t| t.leaf_not_after);
-        let earliest: Option<DateTime<Utc>> = tls.and_then(|t| t.earliest_not_after);
-        let subject = tls.and_then(|t| t.leaf_subject.as_ref());
-        let partition = (i % 6) as i32;
-        let offset = (i / 6) as i64;
-        let values: [&(dyn ToSql + Sync); 35] = [
-            &r.check_id,
-            &r.scheduled_at,
-            &r.started_at,
-            &r.target,
-            &r.url,
-            &r.instance_id,
-            &schema_version,
-            &r.success,
-            &r.error_kind,
-            &r.error,
-            &status,
-            &first_status,
-            &r.duration_seconds,
-            &r.lateness_seconds,
-            &r.timeout_seconds,
-            &r.phases.resolve,
-            &r.phases.connect,
-            &r.phases.tls,
-            &r.phases.processing,
-            &r.phases.transfer,
-            &redirects,
-            &r.final_url,
-            &r.http_version,
-            &ip,
-            &r.ip_family,
-            &r.regex_matched,
-            &body_bytes,
-            &content_length,
-            &tls_version,
-            &tls_cipher,
-            &leaf,
-            &earliest,
-            &subject,
-            &partition,
-            &offset,
-        ];
-        writer.as_mut().write(&values).await?;
+        sink::store::copy_row(writer.as_mut(), r, (i % 6) as i32, (i / 6) as i64).await?;
     }
     let written = writer.as_mut().finish().await?;
     let (secs, s1) = (t0.elapsed().as_secs_f64(), CpuSnap::take(&list));
