@@ -222,7 +222,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         crate::log(&format!("pre-filled the mock cluster in {fill_s:.1} s"));
         let _ = writeln!(
             d,
-            "\nThe same {} results pre-filled into librdkafka's mock cluster (`rdkafka::mocking`, one broker, 6 partitions, \
+            "\nThe same {} results pre-filled into librdkafka's mock cluster (`rdkafka::mocking`, one broker, \
              running inside the bench process, so its CPU is not in the broker column; {} partitions, because the mock keeps at most \
              5 MB per partition and drops older messages), then consumed by the sink exactly as \
              above (fresh database and group each repeat). The ratio divides by the raw COPY of the same repeat above.\n\n\
