@@ -62,7 +62,8 @@ impl SinkContext {
 
     /// The partitions revoked since the last call (cheap when there are none).
     fn take_revoked(&self) -> Vec<i32> {
-        if !self.any_revoked.swap(false, Ordering::AcqRel) {
+        // A plain load on the per-message path; the swap only after a rebalance.
+        if !self.any_revoked.load(Ordering::Acquire) || !self.any_revoked.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
         std::mem::take(&mut *self.revoked.lock().expect("lock"))
