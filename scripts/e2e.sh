@@ -18,7 +18,8 @@
 # Unattended: no TTY or stdin needed, every wait is bounded, timings per step
 # are printed at the end. Env: E2E_PROJECT (default hcp-e2e-<pid>), KEEP_STACK=1,
 # SIZE_LIMIT_MB, SIZE_FAIL_MB, SKIP_BUILD=1 (use the images as they are),
-# E2E_DRILLS (default "postgres broker sink-kill sink-network"; "" for none).
+# E2E_DRILLS (default "postgres broker sink-kill sink-network"; "" for none),
+# E2E_COMPOSE (default "docker compose" when that works, else "docker-compose").
 set -Eeuo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,7 +57,9 @@ SINK_IMAGE="${SINK_IMAGE:-$(env_value SINK_IMAGE)}"
 export CHECKER_IMAGE SINK_IMAGE
 SAMPLE_TARGETS=(local-ok local-regex-miss local-http-500 local-slow local-refused)
 
-if docker compose version >/dev/null 2>&1; then
+if [[ -n "${E2E_COMPOSE:-}" ]]; then
+    read -ra COMPOSE <<<"$E2E_COMPOSE"   # e.g. E2E_COMPOSE=docker-compose to test Compose v1
+elif docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null; then
     COMPOSE=(docker-compose)
@@ -110,6 +113,12 @@ cid() { compose ps -a -q "$1" 2>/dev/null | head -n1; }
 dump_diagnostics() {
     log "---- diagnostics"
     compose ps >&2 || true
+    if [[ -s "$ARTIFACTS/events.log" ]]; then
+        printf '\n----- container exits (docker events; all events in %s/events.log) -----\n' "$ARTIFACTS" >&2
+        grep -E ' (die|oom|kill) ' "$ARTIFACTS/events.log" | while read -r ns action rest; do
+            printf '%(%H:%M:%S)T %s %s\n' "$((ns / 1000000000))" "$action" "$rest"
+        done >&2 || true
+    fi
     local service id
     for service in kafka kafka-init postgres target checker sink prometheus; do
         id=$(cid "$service")
@@ -122,6 +131,7 @@ dump_diagnostics() {
 }
 
 teardown() {
+    if [[ -n "${EVENTS_PID:-}" ]]; then kill "$EVENTS_PID" 2>/dev/null || true; fi
     if [[ "${KEEP_STACK:-0}" == 1 ]]; then
         log "KEEP_STACK=1: leaving the stack up (${COMPOSE[*]} down -v to remove it)"
         return
@@ -327,6 +337,12 @@ done
 
 step "compose up (${COMPOSE[*]})"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+# Container life-cycle events (with exit codes: a crash logs nothing itself)
+# into the artifacts, for the diagnostics.
+docker events --filter "label=com.docker.compose.project=$E2E_PROJECT" --filter type=container \
+    --format '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "com.docker.compose.service"}} exitCode={{index .Actor.Attributes "exitCode"}}' \
+    >"$ARTIFACTS/events.log" 2>/dev/null &
+EVENTS_PID=$!
 compose up -d --no-build
 
 step "all containers healthy"
@@ -386,22 +402,35 @@ drill_postgres() {
 
 drill_broker() {
     step "drill: broker stop / start"
-    local before checker_paused=0
+    local before standin=0
     if broker_is_standin; then
-        # The stand-in keeps messages in memory: anything not yet consumed is
-        # lost with the process. Quiesce the producer and let the sink drain
-        # first (the real apache/kafka image keeps its log on the volume).
+        # The stand-in keeps messages, topics and committed offsets in memory:
+        # after a restart the topic is re-created (new topic id) and starts
+        # again at offset 0. Quiesce the producer and let the sink drain
+        # first, and stop the sink with the broker: a sink that stayed up
+        # would carry its positions from the old log into the new one and
+        # skip that many of the results the checker buffered, and its
+        # librdkafka (2.12.1) can crash on the topic's new id (SIGSEGV in the
+        # metadata cache). Restarted, the sink finds no committed offset and
+        # reads the new log from the start. The real apache/kafka image keeps
+        # its log, topic ids and the group's offsets on the volume, and the
+        # checker and sink keep running.
+        standin=1
         docker pause "$(cid checker)" >/dev/null
-        checker_paused=1
         wait_until "sink drained the topic (stand-in broker)" 120 caught_up
+        docker stop -t 30 "$(cid sink)" >/dev/null
     fi
     before=$(delivered_ids | sort -u | wc -l)
     docker stop -t 20 "$(cid kafka)" >/dev/null
-    if ((checker_paused)); then docker unpause "$(cid checker)" >/dev/null; fi
+    if ((standin)); then docker unpause "$(cid checker)" >/dev/null; fi
     log "broker stopped; the checker buffers its results for 15 s"
     sleep 15
     docker start "$(cid kafka)" >/dev/null
     wait_until "broker healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid kafka)) == healthy ]]"
+    if ((standin)); then
+        docker start "$(cid sink)" >/dev/null
+        wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+    fi
     exactly_once "broker stop/start" $((before + 10))
 }
 
