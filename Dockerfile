@@ -39,7 +39,12 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0 \
     # zlib is linked statically: distroless cc has no libz.so.1
-    LIBZ_SYS_STATIC=1
+    LIBZ_SYS_STATIC=1 \
+    # every C function and object in a section of its own, so that the linker's
+    # --gc-sections drops what the services never call. The cc crate does this
+    # already; librdkafka's own build (rdkafka-sys) does not, and takes CFLAGS
+    # after its -O2: about 0.7 MB less per binary, optimisation level unchanged.
+    CFLAGS="-ffunction-sections -fdata-sections"
 
 # ---------------------------------------------------------------------------
 # skeleton: manifests + lock file + empty target files. Re-runs on every
