@@ -21,8 +21,8 @@
 #
 # Needs: root (debootstrap), docker, network access to a Debian mirror (the one
 # configured in /etc/apt/sources.list*), and for the stand-ins the host's Rust
-# toolchain (rustup) and the tansu broker 0.6.0 (~/.cargo/bin/tansu; installed
-# with cargo when missing).
+# toolchain (rustup) and the tansu broker 0.6.0 with this repository's patches
+# (~/.cargo/bin/tansu; built by `scripts/stack.sh install-broker` when missing).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -196,22 +196,27 @@ distroless_image() {
 
 # 4. apache/kafka stand-in running tansu.
 kafka_image() {
-    want "$IMG_KAFKA" || return 0
-    local tansu
-    tansu=$(command -v tansu || true)
-    [[ -z "$tansu" && -x "$HOME/.cargo/bin/tansu" ]] && tansu="$HOME/.cargo/bin/tansu"
-    if [[ -z "$tansu" ]] || ! "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-        log "tansu $TANSU_VERSION missing: cargo install (about 9 minutes on 2 cores)"
-        cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore >&2
-        tansu="$HOME/.cargo/bin/tansu"
+    # The stand-in must run the same (patched) tansu as the tests: rebuild it when
+    # the image's build differs from what scripts/stack.sh builds.
+    local build_id
+    build_id=$("$REPO_ROOT/scripts/stack.sh" broker-id)
+    if [[ "$FORCE_REBUILD" != 1 ]] && have_image "$IMG_KAFKA" &&
+        [[ "$(docker image inspect -f '{{ index .Config.Labels "io.healthcheck-pipeline.tansu-build" }}' "$IMG_KAFKA" 2>/dev/null)" != "$build_id" ]] &&
+        [[ "$(docker image inspect -f "{{ index .Config.Labels \"$LABEL_STANDIN\" }}" "$IMG_KAFKA" 2>/dev/null)" == true ]]; then
+        log "$IMG_KAFKA: built from another tansu build; rebuilding with $build_id"
+    else
+        want "$IMG_KAFKA" || return 0
     fi
+    "$REPO_ROOT/scripts/stack.sh" install-broker >&2
+    local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
     local ctx="$CACHE_DIR/ctx-kafka"
     rm -rf "$ctx"
     cp -r "$REPO_ROOT/docker/standins/kafka" "$ctx"
     mkdir -p "$ctx/rootfs/usr/local/bin"
     cp "$tansu" "$ctx/rootfs/usr/local/bin/tansu"
     strip "$ctx/rootfs/usr/local/bin/tansu" 2>/dev/null || true
-    build "$IMG_KAFKA" "$ctx" --build-arg "TANSU_VERSION=$TANSU_VERSION"
+    build "$IMG_KAFKA" "$ctx" --build-arg "TANSU_VERSION=$TANSU_VERSION" \
+        --label "io.healthcheck-pipeline.tansu-build=$build_id"
     rm -rf "$ctx"
 }
 

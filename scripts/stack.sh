@@ -2,10 +2,13 @@
 # Throwaway test stack on loopback: a PostgreSQL cluster and a tansu broker
 # (Kafka protocol, in-memory storage). Used by `make test`, `make demo` and CI.
 #
-# Usage: scripts/stack.sh install|up|down|status|env
+# Usage: scripts/stack.sh install|install-broker|broker-id|up|down|status|env
 #
 #   install  install PostgreSQL, promtool (Debian packages) and tansu 0.6.0
-#            (crates.io), each only when missing
+#            (built from crates.io sources with scripts/tansu/*.patch), each
+#            only when missing
+#   install-broker  only the broker (used by scripts/base-images.sh)
+#   broker-id       print the broker build's identity: version + patches hash
 #   up       start both services (no-op for a service already running) and
 #            wait until they accept connections
 #   down     stop both services and delete their data
@@ -17,8 +20,10 @@
 #   PG_PORT             PostgreSQL port on 127.0.0.1 (default 54329)
 #   BROKER_PORT         broker port on 127.0.0.1 (default 19092)
 #   STACK_WAIT          seconds to wait for a service to accept connections (default 60)
-#   TANSU_INSTALL_WAIT  seconds to wait for a `cargo install tansu` that another
-#                       process is already running (default 3600)
+#   TANSU_INSTALL_WAIT  seconds to wait for a tansu build that another process
+#                       is already running (default 3600)
+#   TANSU_BUILD_DIR     where tansu is built (default
+#                       ~/.cache/healthcheck-pipeline/tansu-0.6.0; kept for rebuilds)
 #   PG_BIN              directory holding initdb/pg_ctl (default: newest
 #                       /usr/lib/postgresql/*/bin)
 #
@@ -33,6 +38,11 @@ BROKER_PORT="${BROKER_PORT:-19092}"
 STACK_WAIT="${STACK_WAIT:-60}"
 TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-3600}"
 TANSU_VERSION=0.6.0
+# sha256 of the crates.io archives (as in tansu 0.6.0's Cargo.lock for tansu-storage).
+TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
+TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+TANSU_BUILD_DIR="${TANSU_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/healthcheck-pipeline/tansu-$TANSU_VERSION}"
 HOST=127.0.0.1
 DB_USER=healthcheck
 DB_PASSWORD=healthcheck
@@ -267,9 +277,17 @@ pg_status() {
 
 # -------------------------------------------------------------------- broker
 
+# The patches applied to tansu's sources (scripts/tansu/*.patch), as one hash:
+# an installed tansu built with other patches (or none) is rebuilt.
+tansu_patches_id() {
+    cat "$REPO"/scripts/tansu/*.patch | sha256sum | cut -c1-16
+}
+
 tansu_ok() {
-    command -v tansu >/dev/null 2>&1 &&
-        tansu --version 2>/dev/null | grep -qw -- "$TANSU_VERSION"
+    local bin="$CARGO_BIN/tansu"
+    [ -x "$bin" ] &&
+        "$bin" --version 2>/dev/null | grep -qw -- "$TANSU_VERSION" &&
+        [ "$(cat "$bin.patches" 2>/dev/null)" = "$(tansu_patches_id)" ]
 }
 
 # Prints the pid of our running broker, or fails.
@@ -286,7 +304,7 @@ broker_pid() {
 }
 
 broker_up() {
-    tansu_ok || die "tansu $TANSU_VERSION not found (run: scripts/stack.sh install)"
+    tansu_ok || die "tansu $TANSU_VERSION with this repository's patches not found (run: scripts/stack.sh install)"
     local pid
     if pid="$(broker_pid)"; then
         log "broker already running on $HOST:$BROKER_PORT (pid $pid)"
@@ -298,7 +316,7 @@ broker_up() {
         log "starting tansu broker on $HOST:$BROKER_PORT (in-memory storage)"
         # setsid: its own session, so a Ctrl-C meant for `make test` leaves it
         # to the trap that calls `down`. 9>&-: it must not hold the stack lock.
-        RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid tansu broker \
+        RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid "$CARGO_BIN/tansu" broker \
             --listener-url "tcp://$HOST:$BROKER_PORT" \
             --advertised-listener-url "tcp://$HOST:$BROKER_PORT" \
             --storage-engine memory://tansu/ \
@@ -359,32 +377,66 @@ broker_status() {
 
 # ------------------------------------------------------------------- install
 
+# tansu 0.6.0 from its crates.io sources with our patches applied (see
+# scripts/tansu/README.md), built in $TANSU_BUILD_DIR (kept, so a rebuild after a
+# new patch is incremental) and installed as $CARGO_BIN/tansu, with the patches'
+# hash in $CARGO_BIN/tansu.patches.
 install_tansu() {
     if tansu_ok; then
-        log "tansu $TANSU_VERSION already installed ($(command -v tansu))"
-        return
-    fi
-    # Another process may be building it right now: wait for that rather than
-    # compiling the same crate twice on a 2-core machine.
-    local waited=0
-    while pgrep -f "cargo install tansu" >/dev/null 2>&1; do
-        if [ "$waited" -ge "$TANSU_INSTALL_WAIT" ]; then
-            die "a 'cargo install tansu' has been running for over ${TANSU_INSTALL_WAIT}s; giving up"
-        fi
-        if [ $((waited % 60)) -eq 0 ]; then
-            log "waiting for a 'cargo install tansu' already running (${waited}s so far)"
-        fi
-        sleep 10
-        waited=$((waited + 10))
-    done
-    if tansu_ok; then
-        log "tansu $TANSU_VERSION installed by the other process"
+        log "tansu $TANSU_VERSION (patched) already installed ($CARGO_BIN/tansu)"
         return
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain first"
-    log "installing tansu $TANSU_VERSION from crates.io (takes about 10 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
-    tansu_ok || die "tansu $TANSU_VERSION still not found after cargo install"
+    mkdir -p "$TANSU_BUILD_DIR"
+    # Another process may be building it right now: wait for it (the lock) rather
+    # than compiling the same crates twice on a 2-core machine.
+    exec 8>"$TANSU_BUILD_DIR/.lock"
+    if ! flock -n 8; then
+        log "waiting for another tansu build in $TANSU_BUILD_DIR (up to ${TANSU_INSTALL_WAIT}s)"
+        flock -w "$TANSU_INSTALL_WAIT" 8 || die "another tansu build held $TANSU_BUILD_DIR/.lock for ${TANSU_INSTALL_WAIT}s"
+    fi
+    if tansu_ok; then
+        log "tansu $TANSU_VERSION (patched) installed by the other process"
+        exec 8>&-
+        return
+    fi
+    log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (about 13 minutes on 2 cores)"
+    local crate sum src patch id
+    id="$(tansu_patches_id)"
+    # The sources are extracted and patched again only when the patches changed
+    # (a re-extraction would make cargo rebuild the tansu crates).
+    if [ "$(cat "$TANSU_BUILD_DIR/sources.patches" 2>/dev/null)" != "$id" ]; then
+        for crate in "tansu $TANSU_SHA256" "tansu-storage $TANSU_STORAGE_SHA256"; do
+            set -- $crate
+            src="$TANSU_BUILD_DIR/$1-$TANSU_VERSION.crate"
+            if ! [ -f "$src" ] || [ "$(sha256sum "$src" | cut -d' ' -f1)" != "$2" ]; then
+                curl -fsSL --retry 3 -o "$src.part" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate" ||
+                    die "could not download $1 $TANSU_VERSION from static.crates.io"
+                sum="$(sha256sum "$src.part" | cut -d' ' -f1)"
+                [ "$sum" = "$2" ] || die "$1-$TANSU_VERSION.crate: sha256 $sum, expected $2"
+                mv "$src.part" "$src"
+            fi
+            rm -rf "${TANSU_BUILD_DIR:?}/$1-$TANSU_VERSION"
+            tar -xzf "$src" -C "$TANSU_BUILD_DIR"
+        done
+        for patch in "$REPO"/scripts/tansu/*.patch; do
+            patch -s -p1 -d "$TANSU_BUILD_DIR/tansu-storage-$TANSU_VERSION" <"$patch" || die "$patch does not apply"
+        done
+        printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+            >>"$TANSU_BUILD_DIR/tansu-$TANSU_VERSION/Cargo.toml"
+        printf '%s\n' "$id" >"$TANSU_BUILD_DIR/sources.patches"
+    fi
+    # The crate's own Cargo.lock pins every other dependency (as `cargo install
+    # --locked` would); cargo only swaps in the patched tansu-storage.
+    (cd "$TANSU_BUILD_DIR/tansu-$TANSU_VERSION" &&
+        CARGO_TARGET_DIR="$TANSU_BUILD_DIR/target" cargo build --release --features dynostore --bin tansu) ||
+        die "tansu build failed"
+    mkdir -p "$CARGO_BIN"
+    command install -m 0755 "$TANSU_BUILD_DIR/target/release/tansu" "$CARGO_BIN/tansu.new"
+    mv -f "$CARGO_BIN/tansu.new" "$CARGO_BIN/tansu"
+    printf '%s\n' "$id" >"$CARGO_BIN/tansu.patches"
+    exec 8>&-
+    tansu_ok || die "tansu $TANSU_VERSION still not usable after the build"
 }
 
 install() {
@@ -427,6 +479,8 @@ usage() {
 
 case "${1:-}" in
     install) install ;;
+    install-broker) install_tansu ;;
+    broker-id) echo "tansu-$TANSU_VERSION+$(tansu_patches_id)" ;;
     up)
         lock
         pg_up

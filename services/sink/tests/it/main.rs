@@ -2,6 +2,7 @@
 //! `make test` (`scripts/stack.sh`).
 
 mod app;
+mod broker;
 mod e2e;
 mod faults;
 mod store;
