@@ -2,30 +2,35 @@
 //!
 //! Invariants:
 //! - An offset is stored only after the transaction holding its row (or its dead letter) has
-//!   committed, and only when every batch consumed before it has committed too (the
-//!   [`Watermark`]): up to `WRITE_CONCURRENCY` batches are written at once and may commit out
-//!   of order. Auto-commit then commits stored offsets (librdkafka `enable.auto.offset.store=false`,
+//!   committed, and only when every batch consumed before it that holds messages of the same
+//!   partition has committed too (the [`Watermark`]): up to `WRITE_CONCURRENCY` batches are
+//!   written at once and may commit out of order. Auto-commit then commits stored offsets (librdkafka `enable.auto.offset.store=false`,
 //!   `enable.auto.commit=true`). After a crash the group resumes at or before the first
 //!   unwritten message: at-least-once delivery, and `ON CONFLICT DO NOTHING` on the
 //!   deterministic `check_id` turns replays into no-ops (exactly-once effect).
 //! - The loop keeps polling while batches are being written or retried, filling the next
 //!   batch. When every write slot is busy and that batch is full too, it stops taking messages
-//!   (they wait in librdkafka's bounded queue) until a write commits. It does not pause
-//!   partitions: with librdkafka 2.x against tansu, pause/resume (even followed by a seek) was
-//!   seen to skip the messages that were prefetched when the pause came. A write stuck longer
-//!   than `max.poll.interval.ms` (default 5 min) makes the group reassign the partitions; the
-//!   sink rejoins when the write completes, its offset stores for lost partitions fail, and
-//!   the replay is absorbed by `ON CONFLICT DO NOTHING`.
+//!   (they wait in librdkafka's bounded queue). If that lasts longer than [`PAUSE_AFTER`] (a
+//!   slow or unreachable database), it pauses the assigned partitions and goes on polling, so
+//!   that `max.poll.interval.ms` is never exceeded and the group does not reassign partitions
+//!   of a live sink. librdkafka drops what it had prefetched for paused partitions and fetches
+//!   again from the application's position on resume (the offset after the last message
+//!   returned to the sink), so nothing is skipped; the loop resumes as soon as the next batch
+//!   is written.
 //! - On revoke, messages of the revoked partitions that are not being written yet are dropped
-//!   (their new owner consumes them); writes in flight finish, and their offset stores for
-//!   those partitions are refused.
+//!   (their new owner consumes them), and the rebalance callback waits up to
+//!   [`REVOKE_DRAIN_TIMEOUT`] for the writes in flight that hold those partitions, then stores
+//!   their offsets, which librdkafka commits before handing the partitions over: the new owner
+//!   starts after them instead of replaying them. A write still in flight after the timeout
+//!   (database down) finishes later; its offset store is refused and the new owner's replay is
+//!   absorbed.
 //! - A message that is not a probe result is dead-lettered, never dropped and never fatal.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::Heartbeat;
@@ -48,6 +53,8 @@ pub struct SinkContext {
     /// Partitions revoked since the consume loop last looked, and whether there are any.
     revoked: Mutex<Vec<i32>>,
     any_revoked: AtomicBool,
+    /// Offset bookkeeping of the batches being written.
+    progress: Arc<Progress>,
 }
 
 impl SinkContext {
@@ -57,6 +64,7 @@ impl SinkContext {
             metrics,
             revoked: Mutex::default(),
             any_revoked: AtomicBool::new(false),
+            progress: Arc::default(),
         }
     }
 
@@ -87,7 +95,7 @@ impl ClientContext for SinkContext {
 }
 
 impl ConsumerContext for SinkContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -95,24 +103,66 @@ impl ConsumerContext for SinkContext {
             }
             Rebalance::Revoke(tpl) => {
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-                // The consume loop drops the revoked partitions' messages it has not started to
-                // write (it looks before taking the next message, which librdkafka returns only
-                // after this callback). Writes already in flight finish; their offset stores
-                // for these partitions are refused (stores are checked against the assignment)
-                // and the new owner's replay is absorbed by ON CONFLICT DO NOTHING.
                 let revoked = partitions(tpl);
+                tracing::info!(partitions = ?revoked, "Partitions revoked.");
                 for (topic, p) in &revoked {
                     let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &p.to_string()]);
                 }
-                self.revoked
-                    .lock()
-                    .expect("lock")
-                    .extend(revoked.iter().map(|(_, p)| *p));
+                let ps: Vec<i32> = revoked.iter().map(|(_, p)| *p).collect();
+                // The consume loop drops the revoked partitions' messages it has not started to
+                // write (it looks before taking the next message, which librdkafka returns only
+                // after this callback).
+                self.revoked.lock().expect("lock").extend(&ps);
                 self.any_revoked.store(true, Ordering::Release);
-                tracing::info!(partitions = ?partitions(tpl), "Partitions revoked.");
+                self.drain(consumer, tpl, &ps);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
         }
+    }
+}
+
+impl SinkContext {
+    /// Waits (at most [`REVOKE_DRAIN_TIMEOUT`]) for the writes in flight that hold messages of
+    /// the revoked partitions `ps`, then stores their offsets while the partitions are still
+    /// assigned; librdkafka commits them on unassign (`enable.auto.commit`), so the new owner
+    /// starts after them. Called from the rebalance callback, on the thread polling the
+    /// consumer, which is the consume loop's: the write tasks run on the runtime's other
+    /// workers meanwhile ([`tokio::task::block_in_place`]).
+    fn drain(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, tpl: &TopicPartitionList, ps: &[i32]) {
+        let wait = || self.progress.wait_written(ps, REVOKE_DRAIN_TIMEOUT);
+        let started = Instant::now();
+        let drained = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            // A current-thread runtime cannot run the writes while this thread waits.
+            Ok(_) => false,
+            Err(_) => wait(),
+        };
+        if !drained {
+            tracing::warn!(
+                partitions = ?ps,
+                "Revoked partitions still have writes in flight; the new owner will replay them (duplicates are absorbed)."
+            );
+        }
+        let ready = self.progress.take_ready(Some(ps));
+        let mut stores = TopicPartitionList::new();
+        for e in tpl.elements() {
+            if let Some(o) = ready.get(&e.partition()) {
+                let _ = stores.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o + 1));
+            }
+        }
+        if stores.count() > 0 {
+            match consumer.store_offsets(&stores) {
+                Ok(()) => self
+                    .metrics
+                    .last_offset_store
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not store the revoked partitions' offsets; the new owner will replay them.")
+                }
+            }
+        }
+        self.progress.lock().watermark.forget(ps);
+        tracing::debug!(partitions = ?ps, drained, waited_ms = started.elapsed().as_millis() as u64, "Revoked partitions drained.");
     }
 }
 
@@ -213,43 +263,145 @@ pub enum ConsumeError {
     Fatal(StoreError),
 }
 
-/// A batch write: its sequence number and what became of it.
-type Flush = Pin<Box<dyn Future<Output = (u64, Result<(Batch, WriteOutcome), (Batch, StoreError)>)> + Send>>;
+/// A batch write and what became of it.
+type Flush = Pin<Box<dyn Future<Output = Result<(Batch, WriteOutcome), (Batch, StoreError)>> + Send>>;
 
-/// Batches in consumption order, so that offsets are stored only up to the first batch that
-/// is not committed yet, even when later batches (written concurrently) commit first.
+/// What became of a batch, as far as its offsets are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Being written (or retried).
+    InFlight,
+    /// Committed: its offsets may be stored once every earlier batch of the partition is.
+    Committed,
+    /// Given up (shutdown, fatal error): its offsets, and every later one of the same
+    /// partitions, must never be stored.
+    Abandoned,
+}
+
+/// Per partition, the batches holding its messages in consumption order, so that an offset is
+/// stored only when every batch before it (for that partition) has committed, even when later
+/// batches, written concurrently, commit first.
 #[derive(Default)]
 struct Watermark {
-    /// (sequence number, the batch's highest offset per partition once committed).
-    open: VecDeque<(u64, Option<BTreeMap<i32, i64>>)>,
+    /// partition → (batch sequence number, the batch's highest offset in it, state).
+    partitions: BTreeMap<i32, VecDeque<(u64, i64, Write)>>,
 }
 
 impl Watermark {
-    /// Registers batch `seq` (sequence numbers increase) as being written.
-    fn open(&mut self, seq: u64) {
-        self.open.push_back((seq, None));
+    /// Registers batch `seq` (sequence numbers increase) with its highest offset per partition.
+    fn open(&mut self, seq: u64, offsets: &BTreeMap<i32, i64>) {
+        for (&p, &o) in offsets {
+            self.partitions
+                .entry(p)
+                .or_default()
+                .push_back((seq, o, Write::InFlight));
+        }
     }
 
-    /// Marks batch `seq` committed; returns the highest committed offset per partition over
-    /// the batches that are now committed with every batch before them (empty when an
-    /// earlier batch is still being written).
-    fn committed(&mut self, seq: u64, offsets: BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
-        if let Some(entry) = self.open.iter_mut().find(|(s, _)| *s == seq) {
-            entry.1 = Some(offsets);
-        }
+    /// Records what became of batch `seq`; returns, per partition, the highest offset that is
+    /// now committed together with every batch before it (empty when none moved).
+    fn finished(&mut self, seq: u64, state: Write) -> BTreeMap<i32, i64> {
         let mut ready = BTreeMap::new();
-        while let Some((_, Some(_))) = self.open.front() {
-            let (_, done) = self.open.pop_front().expect("front exists");
-            for (p, o) in done.expect("committed") {
-                let max = ready.entry(p).or_insert(o);
-                *max = (*max).max(o);
+        for (&p, queue) in &mut self.partitions {
+            if let Some(entry) = queue.iter_mut().find(|(s, _, _)| *s == seq) {
+                entry.2 = state;
+            }
+            while let Some(&(_, offset, Write::Committed)) = queue.front() {
+                queue.pop_front();
+                ready.insert(p, offset);
             }
         }
+        self.partitions.retain(|_, q| !q.is_empty());
         ready
     }
 
-    fn len(&self) -> usize {
-        self.open.len()
+    /// Whether a batch holding messages of any of `partitions` is still being written.
+    fn writing(&self, partitions: &[i32]) -> bool {
+        partitions.iter().any(|p| {
+            self.partitions
+                .get(p)
+                .is_some_and(|q| q.iter().any(|(_, _, w)| *w == Write::InFlight))
+        })
+    }
+
+    /// Forgets `partitions` (after they were revoked: a later assignment starts afresh from
+    /// the committed offset).
+    fn forget(&mut self, partitions: &[i32]) {
+        self.partitions.retain(|p, _| !partitions.contains(p));
+    }
+
+    /// Whether every registered batch has committed (nothing blocks an offset store).
+    fn is_clear(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
+/// Offset bookkeeping shared by the consume loop, its write tasks and the rebalance callback:
+/// the write tasks record their commits here themselves, so that the callback can wait for
+/// them while the loop is blocked in it.
+#[derive(Default)]
+struct Progress {
+    state: Mutex<ProgressState>,
+    /// Notified whenever a batch finishes.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    watermark: Watermark,
+    /// Offsets (of the last committed message) that may be stored and have not been yet.
+    ready: BTreeMap<i32, i64>,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self, seq: u64, offsets: &BTreeMap<i32, i64>) {
+        self.lock().watermark.open(seq, offsets);
+    }
+
+    fn finished(&self, seq: u64, state: Write) {
+        let mut s = self.lock();
+        let ready = s.watermark.finished(seq, state);
+        s.ready.extend(ready);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Takes the offsets that may be stored (all partitions, or only `only`).
+    fn take_ready(&self, only: Option<&[i32]>) -> BTreeMap<i32, i64> {
+        let mut s = self.lock();
+        match only {
+            None => std::mem::take(&mut s.ready),
+            Some(ps) => {
+                let (taken, kept) = std::mem::take(&mut s.ready)
+                    .into_iter()
+                    .partition(|(p, _)| ps.contains(p));
+                s.ready = kept;
+                taken
+            }
+        }
+    }
+
+    /// Waits until no batch holding `partitions` is being written, or `timeout` passed;
+    /// returns whether they all finished.
+    fn wait_written(&self, partitions: &[i32], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.watermark.writing(partitions) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 }
 
@@ -274,6 +426,17 @@ pub struct Loop<'a> {
 /// Messages taken from librdkafka's queue per turn of the loop without waiting.
 const BURST: usize = 512;
 
+/// How long writes may hold the loop back (messages left in librdkafka's queue) before it
+/// pauses the assigned partitions and goes on polling. Short stalls are absorbed by the queue
+/// (a pause discards what librdkafka prefetched); long ones (a database outage) must not
+/// exceed `max.poll.interval.ms`.
+pub const PAUSE_AFTER: Duration = Duration::from_secs(2);
+
+/// The longest a revoke waits for the writes in flight that hold the revoked partitions.
+/// Bounded, as the group waits for this member: a write stuck on a database outage is
+/// replayed by the new owner instead.
+pub const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Loop<'_> {
     /// Consumes until `shutdown` is cancelled, then finishes the writes in flight, writes what
     /// it holds (one attempt, so a database outage during shutdown loses nothing: those
@@ -285,11 +448,15 @@ impl Loop<'_> {
         let concurrency = self.write_concurrency.max(1);
         let mut pending = Batch::default();
         let mut inflight: FuturesUnordered<Flush> = FuturesUnordered::new();
-        let mut watermark = Watermark::default();
+        let progress = self.consumer.context().progress.clone();
         let mut next_seq = 0_u64;
         // Since when messages have been left in librdkafka's queue because every write slot
         // is busy and the next batch is full.
         let mut held_back: Option<Instant> = None;
+        // Whether the assigned partitions are paused (after PAUSE_AFTER of holding back), and
+        // whether a message arrived since (from a partition assigned after the pause).
+        let mut paused = false;
+        let mut taken_while_paused = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // One cancellation future and one linger timer for the whole loop: re-creating them on
         // every turn costs more than the rest of the turn.
@@ -302,9 +469,9 @@ impl Loop<'_> {
             tokio::select! {
                 biased;
                 () = &mut cancelled => break Ok(()),
-                Some((seq, done)) = inflight.next(), if !inflight.is_empty() => {
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
                     match done {
-                        Ok((batch, outcome)) => self.committed(&mut watermark, seq, batch, outcome),
+                        Ok((batch, outcome)) => self.committed(batch, outcome),
                         Err((_, e)) if e.class != ErrorClass::Fatal => {} // only on shutdown
                         Err((_, e)) => break Err(ConsumeError::Fatal(e)),
                     }
@@ -312,8 +479,11 @@ impl Loop<'_> {
                         self.metrics.backpressure_seconds.inc_by(since.elapsed().as_secs_f64());
                     }
                 }
-                msg = self.consumer.recv(), if !pending.is_full(&self.limits) => match msg {
+                // While paused, polling goes on (that is what keeps the group membership);
+                // only messages of partitions assigned since the pause can arrive.
+                msg = self.consumer.recv(), if paused || !pending.is_full(&self.limits) => match msg {
                     Ok(m) => {
+                        taken_while_paused |= paused;
                         self.take(&mut pending, &m);
                         // Take what else is already queued, without waiting.
                         for _ in 1..BURST {
@@ -343,6 +513,8 @@ impl Loop<'_> {
                 _ = tick.tick() => {}
             }
             self.heartbeat.beat();
+            // A revoke may have come in a poll that returned no message.
+            self.drop_revoked(&mut pending);
             match pending.opened {
                 Some(opened) if !linger_armed => {
                     linger.as_mut().reset((opened + self.limits.linger).into());
@@ -356,7 +528,7 @@ impl Loop<'_> {
             if due && inflight.len() < concurrency {
                 let seq = next_seq;
                 next_seq += 1;
-                watermark.open(seq);
+                progress.open(seq, &pending.offsets);
                 linger_armed = false;
                 inflight.push(self.flush(seq, std::mem::take(&mut pending), shutdown.clone()));
             } else if pending.is_full(&self.limits) && held_back.is_none() {
@@ -367,13 +539,26 @@ impl Loop<'_> {
                 );
                 held_back = Some(Instant::now());
             }
+            let hold = pending.is_full(&self.limits);
+            if hold && (taken_while_paused || (!paused && held_back.is_some_and(|t| t.elapsed() >= PAUSE_AFTER))) {
+                paused = self.pause();
+                taken_while_paused = false;
+            } else if paused && !hold {
+                self.resume();
+                paused = false;
+            }
         };
+        if paused {
+            // The partitions stay assigned to this consumer only until it closes; resuming
+            // keeps a later assignment of the same partitions from starting paused.
+            self.resume();
+        }
         if result.is_ok() {
             // Shutdown: finish the writes in flight (their retries stop at the first failure),
             // then write what is pending, once.
-            while let Some((seq, done)) = inflight.next().await {
+            while let Some(done) = inflight.next().await {
                 match done {
-                    Ok((batch, outcome)) => self.committed(&mut watermark, seq, batch, outcome),
+                    Ok((batch, outcome)) => self.committed(batch, outcome),
                     Err((_, e)) => {
                         tracing::warn!(error = %e, "In-flight batch not written at shutdown; it will be replayed.");
                     }
@@ -381,13 +566,13 @@ impl Loop<'_> {
             }
             // Offsets after an unwritten batch must not be stored: write the pending batch only
             // when every earlier one committed.
-            if pending.len() > 0 && watermark.len() == 0 {
+            if pending.len() > 0 && progress.lock().watermark.is_clear() {
                 let cancelled = CancellationToken::new();
                 cancelled.cancel();
-                watermark.open(next_seq);
+                progress.open(next_seq, &pending.offsets);
                 match self.flush(next_seq, pending, cancelled).await {
-                    (seq, Ok((batch, outcome))) => self.committed(&mut watermark, seq, batch, outcome),
-                    (_, Err((_, e))) => {
+                    Ok((batch, outcome)) => self.committed(batch, outcome),
+                    Err((_, e)) => {
                         tracing::warn!(error = %e, "Pending batch not written at shutdown; it will be replayed.");
                     }
                 }
@@ -408,19 +593,25 @@ impl Loop<'_> {
     /// since the last message (the rebalance callback runs inside `recv`, before the first
     /// message fetched under the new assignment is returned).
     fn take(&self, batch: &mut Batch, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let revoked = self.consumer.context().take_revoked();
-        if !revoked.is_empty() {
-            let before = batch.len();
-            batch.drop_partitions(&revoked);
-            if batch.len() < before {
-                tracing::info!(
-                    dropped = before - batch.len(),
-                    partitions = ?revoked,
-                    "Dropped unwritten messages of revoked partitions; their new owner consumes them."
-                );
-            }
-        }
+        self.drop_revoked(batch);
         self.add(batch, m);
+    }
+
+    /// Drops from `batch` the messages of partitions revoked since the last look.
+    fn drop_revoked(&self, batch: &mut Batch) {
+        let revoked = self.consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        let before = batch.len();
+        batch.drop_partitions(&revoked);
+        if batch.len() < before {
+            tracing::info!(
+                dropped = before - batch.len(),
+                partitions = ?revoked,
+                "Dropped unwritten messages of revoked partitions; their new owner consumes them."
+            );
+        }
     }
 
     fn add(&self, batch: &mut Batch, m: &rdkafka::message::BorrowedMessage<'_>) {
@@ -446,14 +637,28 @@ impl Loop<'_> {
     /// with decoding the next batch (this loop's task) and with the other writes.
     fn flush(&self, seq: u64, batch: Batch, stop: CancellationToken) -> Flush {
         let (store, metrics, topic) = (self.store.clone(), self.metrics.clone(), self.topic.clone());
-        let task = tokio::spawn(write_batch(store, metrics, topic, batch, stop));
+        let progress = self.consumer.context().progress.clone();
+        let task = tokio::spawn(async move {
+            let done = write_batch(store, metrics, topic, batch, stop).await;
+            // Recorded by the task itself: a revoke waits for it while the loop cannot run.
+            progress.finished(
+                seq,
+                if done.is_ok() {
+                    Write::Committed
+                } else {
+                    Write::Abandoned
+                },
+            );
+            done
+        });
+        let progress = self.consumer.context().progress.clone();
         Box::pin(async move {
             match task.await {
-                Ok(done) => (seq, done),
+                Ok(done) => done,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Only when the runtime shuts down; the batch is lost from memory and replayed.
-                Err(e) => (
-                    seq,
+                Err(e) => {
+                    progress.finished(seq, Write::Abandoned);
                     Err((
                         Batch::default(),
                         StoreError {
@@ -461,15 +666,15 @@ impl Loop<'_> {
                             code: "cancelled".into(),
                             message: e.to_string(),
                         },
-                    )),
-                ),
+                    ))
+                }
             }
         })
     }
 
-    /// After batch `seq` committed: metrics, then store the offsets that every earlier batch's
-    /// commit now allows (never before).
-    fn committed(&self, watermark: &mut Watermark, seq: u64, batch: Batch, outcome: WriteOutcome) {
+    /// After a batch committed: metrics, then store the offsets that the commits so far allow
+    /// (never past a batch of the same partition that is not committed).
+    fn committed(&self, batch: Batch, outcome: WriteOutcome) {
         self.metrics.inserted.inc_by(outcome.inserted);
         self.metrics
             .duplicates
@@ -488,7 +693,7 @@ impl Loop<'_> {
             dead_letters = batch.dead.len(),
             "Batch committed."
         );
-        let ready = watermark.committed(seq, batch.offsets);
+        let ready = self.consumer.context().progress.take_ready(None);
         if ready.is_empty() {
             return;
         }
@@ -504,6 +709,42 @@ impl Loop<'_> {
             Err(e) => {
                 tracing::info!(error = %e, "Offsets not stored (partition no longer assigned); the new owner replays and duplicates are absorbed.")
             }
+        }
+    }
+
+    /// Pauses every assigned partition; returns whether it did.
+    fn pause(&self) -> bool {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) if a.count() > 0 => a,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the assignment to pause it.");
+                return false;
+            }
+        };
+        match self.consumer.pause(&assignment) {
+            Ok(()) => {
+                self.metrics.partitions_paused.set(assignment.count() as i64);
+                tracing::warn!(
+                    partitions = ?partitions(&assignment),
+                    held_back_s = PAUSE_AFTER.as_secs_f64(),
+                    "Writes are behind; partitions paused (polling goes on)."
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not pause partitions.");
+                false
+            }
+        }
+    }
+
+    /// Resumes every assigned partition.
+    fn resume(&self) {
+        self.metrics.partitions_paused.set(0);
+        match self.consumer.assignment().and_then(|a| self.consumer.resume(&a)) {
+            Ok(()) => tracing::info!("Writes caught up; partitions resumed."),
+            Err(e) => tracing::warn!(error = %e, "Could not resume partitions."),
         }
     }
 }
@@ -573,22 +814,64 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_released_only_up_to_the_first_unwritten_batch() {
+    fn offsets_are_released_only_up_to_the_first_unwritten_batch_of_the_partition() {
         let mut w = Watermark::default();
-        for seq in 0..3 {
-            w.open(seq);
-        }
-        // Batch 1 commits first: nothing may be stored while batch 0 is unwritten.
-        assert!(w.committed(1, offsets(&[(0, 20), (1, 7)])).is_empty());
-        assert!(w.committed(2, offsets(&[(0, 30)])).is_empty());
+        w.open(0, &offsets(&[(0, 10), (2, 4)]));
+        w.open(1, &offsets(&[(0, 20), (1, 7)]));
+        w.open(2, &offsets(&[(0, 30)]));
+        // Batch 1 commits first: partition 1 has no earlier batch, partition 0 waits for batch 0.
+        assert_eq!(w.finished(1, Write::Committed), offsets(&[(1, 7)]));
+        assert!(w.finished(2, Write::Committed).is_empty());
+        assert!(w.writing(&[0]) && w.writing(&[2]) && !w.writing(&[1]));
         // Batch 0 commits: everything up to batch 2, the highest offset per partition.
-        assert_eq!(
-            w.committed(0, offsets(&[(0, 10), (2, 4)])),
-            offsets(&[(0, 30), (1, 7), (2, 4)])
+        assert_eq!(w.finished(0, Write::Committed), offsets(&[(0, 30), (2, 4)]));
+        assert!(w.is_clear());
+        w.open(3, &offsets(&[(2, 5)]));
+        assert_eq!(w.finished(3, Write::Committed), offsets(&[(2, 5)]));
+    }
+
+    #[test]
+    fn an_abandoned_batch_blocks_its_partitions_until_they_are_forgotten() {
+        let mut w = Watermark::default();
+        w.open(0, &offsets(&[(0, 10), (1, 3)]));
+        w.open(1, &offsets(&[(0, 20), (1, 9), (2, 1)]));
+        assert!(w.finished(0, Write::Abandoned).is_empty());
+        assert_eq!(w.finished(1, Write::Committed), offsets(&[(2, 1)]));
+        assert!(!w.writing(&[0, 1, 2]), "nothing is being written any more");
+        assert!(!w.is_clear(), "offsets past the abandoned batch must never be stored");
+        w.forget(&[0, 1]);
+        assert!(w.is_clear());
+        // A batch that finishes after its partitions were forgotten changes nothing.
+        w.open(2, &offsets(&[(3, 1)]));
+        assert!(w.finished(1, Write::Committed).is_empty());
+        assert!(w.writing(&[3]));
+    }
+
+    #[test]
+    fn a_revoke_waits_for_the_write_of_its_partitions_only() {
+        let progress = Arc::new(Progress::default());
+        progress.open(0, &offsets(&[(0, 10)]));
+        progress.open(1, &offsets(&[(1, 5)]));
+        assert!(
+            progress.wait_written(&[2], Duration::ZERO),
+            "no write holds partition 2"
         );
-        assert_eq!(w.len(), 0);
-        w.open(3);
-        assert_eq!(w.committed(3, offsets(&[(2, 5)])), offsets(&[(2, 5)]));
+        assert!(
+            !progress.wait_written(&[0], Duration::from_millis(10)),
+            "batch 0 is in flight"
+        );
+        let writer = {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                progress.finished(0, Write::Committed);
+            })
+        };
+        assert!(progress.wait_written(&[0], Duration::from_secs(10)));
+        writer.join().unwrap();
+        assert_eq!(progress.take_ready(Some(&[1])), offsets(&[]));
+        assert_eq!(progress.take_ready(Some(&[0])), offsets(&[(0, 10)]));
+        assert!(progress.take_ready(None).is_empty());
     }
 
     #[test]

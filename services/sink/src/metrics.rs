@@ -1,6 +1,8 @@
 //! The sink's Prometheus metrics, prefixed `healthcheck_sink_`.
 
-use prometheus::{Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// All sink metrics, registered in one registry.
 #[derive(Clone)]
@@ -24,6 +26,8 @@ pub struct Metrics {
     /// Seconds spent not taking messages because the next batch was full while one was being
     /// written (back-pressure from PostgreSQL).
     pub backpressure_seconds: Counter,
+    /// Partitions paused because writes are behind (0 when consuming normally).
+    pub partitions_paused: IntGauge,
     /// Consumer lag per partition, messages (librdkafka statistics `consumer_lag`).
     pub consumer_lag: IntGaugeVec,
     /// Rebalance events, by kind (`assign`, `revoke`).
@@ -101,7 +105,11 @@ impl Metrics {
             retries,
             backpressure_seconds: reg!(Counter::new(
                 "healthcheck_sink_backpressure_seconds_total",
-                "Seconds spent not taking messages because writes were behind."
+                "Seconds spent not taking messages because writes were behind (messages left in librdkafka's queue, then partitions paused)."
+            )),
+            partitions_paused: reg!(IntGauge::new(
+                "healthcheck_sink_partitions_paused",
+                "Partitions paused because writes are behind (0 when consuming normally)."
             )),
             consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new("healthcheck_sink_consumer_lag", "Consumer lag per partition, messages."),

@@ -337,3 +337,132 @@ async fn postgres_restart_mid_stream() {
     );
     sink.stop().await;
 }
+
+/// Holds `LOCK TABLE probe_results` (which blocks every insert) in an open transaction until
+/// the returned client is dropped or its transaction ends.
+async fn lock_results(url: &str) -> tokio_postgres::Client {
+    let locker = connect(url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE probe_results IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_writes_pause_partitions_without_leaving_the_group() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 2).await;
+    // A poll interval the stall below exceeds three times over.
+    let sink = start(vec![
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("BATCH_MAX_ROWS", "100".to_string()),
+        ("WRITE_CONCURRENCY", "1".to_string()),
+        ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()),
+        ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "1000".to_string()),
+        ("KAFKA_CFG_MAX_POLL_INTERVAL_MS", "6000".to_string()),
+    ])
+    .await;
+    let db = connect(&url).await;
+    let (a_rows, a_dead) = produce(&bootstrap, &topic, 500, "before").await;
+    assert_exactly_once(&db, a_rows, a_dead).await;
+    let revokes = "healthcheck_sink_rebalances_total{kind=\"revoke\"}";
+    let revokes_before = sink.metric(revokes).await;
+
+    let locker = lock_results(&url).await;
+    let (b_rows, b_dead) = produce(&bootstrap, &topic, 3000, "stalled").await;
+    wait_until(Duration::from_secs(20), "partitions paused", || async {
+        sink.metric("healthcheck_sink_partitions_paused").await > 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    assert_eq!(
+        sink.metric("healthcheck_sink_partitions_paused").await,
+        2.0,
+        "still paused while the table is locked"
+    );
+    drop(locker);
+
+    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    assert_eq!(sink.metric("healthcheck_sink_partitions_paused").await, 0.0);
+    assert_eq!(
+        sink.metric(revokes).await,
+        revokes_before,
+        "max.poll.interval.ms was exceeded: the group took the partitions away"
+    );
+    assert_eq!(
+        sink.metric("healthcheck_sink_duplicates_total").await,
+        0.0,
+        "nothing replayed"
+    );
+    assert!(sink.metric("healthcheck_sink_backpressure_seconds_total").await >= 15.0);
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_waits_for_writes_in_flight_so_the_new_owner_replays_nothing() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 4).await;
+    let group = unique("group");
+    let settings = |id: &str| {
+        vec![
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_GROUP_ID", group.clone()),
+            ("KAFKA_CFG_CLIENT_ID", id.to_string()),
+            ("BATCH_MAX_ROWS", "100".to_string()),
+        ]
+    };
+    let first = start(settings("first")).await;
+    let db = connect(&url).await;
+    let (a_rows, a_dead) = produce(&bootstrap, &topic, 400, "before").await;
+    assert_exactly_once(&db, a_rows, a_dead).await;
+
+    // Writes of the first sink are in flight (blocked) when the second one joins.
+    let locker = lock_results(&url).await;
+    let (b_rows, b_dead) = produce(&bootstrap, &topic, 1000, "in-flight").await;
+    wait_until(Duration::from_secs(20), "writes blocked on the lock", || async {
+        let blocked: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'healthcheck-sink'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        blocked > 0
+    })
+    .await;
+    let second = start(settings("second")).await;
+    wait_until(Duration::from_secs(30), "a revoke on the first sink", || async {
+        first.metric("healthcheck_sink_rebalances_total{kind=\"revoke\"}").await >= 1.0
+    })
+    .await;
+    // The revoke is now waiting for the blocked writes: let them commit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(locker);
+    wait_until(Duration::from_secs(30), "the second sink assigned", || async {
+        second
+            .metric("healthcheck_sink_rebalances_total{kind=\"assign\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let (c_rows, c_dead) = produce(&bootstrap, &topic, 400, "after").await;
+    assert_exactly_once(&db, a_rows + b_rows + c_rows, a_dead + b_dead + c_dead).await;
+    assert!(
+        second.metric("healthcheck_sink_messages_consumed_total").await > 0.0,
+        "the second sink took part"
+    );
+    let replayed = first.metric("healthcheck_sink_duplicates_total").await
+        + second.metric("healthcheck_sink_duplicates_total").await;
+    assert_eq!(replayed, 0.0, "the new owner replayed rows the first sink had written");
+    first.stop().await;
+    second.stop().await;
+}
