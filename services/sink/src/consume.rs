@@ -144,21 +144,9 @@ impl SinkContext {
             );
         }
         let ready = self.progress.take_ready(Some(ps));
-        let mut stores = TopicPartitionList::new();
-        for e in tpl.elements() {
-            if let Some(o) = ready.get(&e.partition()) {
-                let _ = stores.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o + 1));
-            }
-        }
-        if stores.count() > 0 {
-            match consumer.store_offsets(&stores) {
-                Ok(()) => self
-                    .metrics
-                    .last_offset_store
-                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Could not store the revoked partitions' offsets; the new owner will replay them.")
-                }
+        if let (Some(e), false) = (tpl.elements().first(), ready.is_empty()) {
+            if let Err(e) = store_offsets(consumer, e.topic(), &ready, &self.metrics) {
+                tracing::warn!(error = %e, "Could not store the revoked partitions' offsets; the new owner will replay them.");
             }
         }
         self.progress.lock().watermark.forget(ps);
@@ -697,18 +685,8 @@ impl Loop<'_> {
         if ready.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in &ready {
-            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(o + 1));
-        }
-        match self.consumer.store_offsets(&tpl) {
-            Ok(()) => self
-                .metrics
-                .last_offset_store
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
-            Err(e) => {
-                tracing::info!(error = %e, "Offsets not stored (partition no longer assigned); the new owner replays and duplicates are absorbed.")
-            }
+        if let Err(e) = store_offsets(self.consumer, &self.topic, &ready, &self.metrics) {
+            tracing::info!(error = %e, "Offsets not stored (partition no longer assigned); the new owner replays and duplicates are absorbed.");
         }
     }
 
@@ -747,6 +725,26 @@ impl Loop<'_> {
             Err(e) => tracing::warn!(error = %e, "Could not resume partitions."),
         }
     }
+}
+
+/// Stores, for each partition of `topic` in `ready`, the offset after its last written message
+/// (librdkafka `rd_kafka_offsets_store`: refused for partitions not assigned any more);
+/// auto-commit then commits them.
+fn store_offsets<C: Consumer<SinkContext>>(
+    consumer: &C,
+    topic: &str,
+    ready: &BTreeMap<i32, i64>,
+    metrics: &Metrics,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in ready {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o + 1))?;
+    }
+    consumer.store_offsets(&tpl)?;
+    metrics
+        .last_offset_store
+        .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    Ok(())
 }
 
 /// Writes `batch`, retrying transient failures with capped exponential backoff and jitter
