@@ -8,5 +8,6 @@ pub mod admin;
 pub mod config;
 pub mod kafka;
 pub mod result;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,51 +5,15 @@
 
 use std::process::ExitCode;
 
-use common::config::Env;
 use sink::app::App;
 use sink::config::{self, Config};
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let env = Env::from_process();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        let addr = match config::admin_addr(&env) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("sink: invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        return match runtime.block_on(common::admin::self_check(addr)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sink: unhealthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let config = match Config::from_env(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sink: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    common::telemetry::init(config.log_format);
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        common::shutdown::cancel_on_signals(shutdown.clone());
-        App::build(config).await?.run_until_stopped(shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "Sink failed.");
-            ExitCode::FAILURE
-        }
-    }
+    common::service::main(
+        "sink",
+        config::admin_addr,
+        Config::from_env,
+        |c| c.log_format,
+        |config, shutdown| async move { App::build(config).await?.run_until_stopped(shutdown).await },
+    )
 }
