@@ -529,7 +529,8 @@ impl Loop<'_> {
             }
             let hold = pending.is_full(&self.limits);
             if hold && (taken_while_paused || (!paused && held_back.is_some_and(|t| t.elapsed() >= PAUSE_AFTER))) {
-                paused = self.pause();
+                // Once anything is paused, stay "paused" until resumed, even if a re-pause fails.
+                paused |= self.pause();
                 taken_while_paused = false;
             } else if paused && !hold {
                 self.resume();
