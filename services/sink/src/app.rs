@@ -35,7 +35,8 @@ impl App {
         let health = Health::new(Duration::from_secs(60));
         let store = Store::new(config.database_url.expose(), config.pool_size, &config.kafka.topic)
             .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
-            .with_method(config.write_method);
+            .with_method(config.write_method)
+            .with_statement_timeout(config.statement_timeout);
         let auto_commit_ms = "1000".to_string();
         let mut defaults: Vec<(&str, &str)> = vec![
             ("group.id", &config.group_id),

@@ -41,8 +41,13 @@ pub struct Config {
     /// Drop monthly partitions that ended longer ago than this (`RETENTION`, e.g. `400d`;
     /// `0` or unset keeps everything).
     pub retention: Option<Duration>,
-    /// Monthly partitions created ahead (`PARTITIONS_AHEAD`, default 3).
+    /// Monthly partitions created ahead (`PARTITIONS_AHEAD`, default 3; at least 1, so that
+    /// next month's partition exists before the month starts).
     pub partitions_ahead: u32,
+    /// PostgreSQL `statement_timeout` of the sink's transactions (`DB_STATEMENT_TIMEOUT`,
+    /// default 30 s); the client gives up on an answer 5 s later. See
+    /// [`crate::store::Store::with_statement_timeout`].
+    pub statement_timeout: Duration,
     /// Admin server address (`ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
     /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
@@ -63,6 +68,7 @@ struct Raw {
     write_method: Option<String>,
     retention: Option<String>,
     partitions_ahead: Option<u32>,
+    db_statement_timeout: Option<String>,
     shutdown_grace_period: Option<String>,
     log_format: Option<String>,
 }
@@ -147,7 +153,21 @@ impl Config {
             write_concurrency,
             write_method,
             retention,
-            partitions_ahead: raw.partitions_ahead.unwrap_or(3),
+            partitions_ahead: match raw.partitions_ahead {
+                Some(0) => {
+                    return Err(ConfigError::new(
+                        "PARTITIONS_AHEAD",
+                        "must be at least 1: with 0, the first rows of every month land in the default partition",
+                        "3",
+                    ))
+                }
+                Some(n) => n,
+                None => 3,
+            },
+            statement_timeout: match raw.db_statement_timeout.as_deref() {
+                Some(v) => parse_positive_duration("DB_STATEMENT_TIMEOUT", v)?,
+                None => crate::store::DEFAULT_STATEMENT_TIMEOUT,
+            },
             admin_addr: admin_addr(env)?,
             shutdown_grace: match raw.shutdown_grace_period.as_deref() {
                 Some(v) => parse_positive_duration("SHUTDOWN_GRACE_PERIOD", v)?,
@@ -188,6 +208,11 @@ mod tests {
         let c = Config::from_env(&Env::from_pairs([("POSTGRESQL_DSN", "host=localhost user=u dbname=d")])).unwrap();
         assert_eq!(c.database_url.expose(), "host=localhost user=u dbname=d");
         assert_eq!(load(&[("RETENTION", "0")]).unwrap().retention, None);
+        assert_eq!(c.statement_timeout, Duration::from_secs(30));
+        assert_eq!(
+            load(&[("DB_STATEMENT_TIMEOUT", "5s")]).unwrap().statement_timeout,
+            Duration::from_secs(5)
+        );
         assert_eq!(
             load(&[("RETENTION", "400d")]).unwrap().retention,
             Some(Duration::from_secs(400 * 86_400))
@@ -213,6 +238,9 @@ mod tests {
             ("WRITE_CONCURRENCY", "0"),
             ("WRITE_CONCURRENCY", "5"),
             ("WRITE_METHOD", "insert"),
+            ("PARTITIONS_AHEAD", "0"),
+            ("DB_STATEMENT_TIMEOUT", "0"),
+            ("DB_STATEMENT_TIMEOUT", "soon"),
         ] {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
         }

@@ -34,7 +34,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::Heartbeat;
-use common::result::ProbeResult;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rand::Rng;
@@ -198,18 +197,18 @@ impl Batch {
         self.raw.len() + self.rows.len() + self.dead.len()
     }
 
-    /// Decodes the raw messages: probe results become rows, anything else a dead letter.
+    /// Decodes the raw messages: probe results the schema can hold become rows (with the
+    /// message's raw key and payload, kept for a dead letter should PostgreSQL refuse the
+    /// row), anything else a dead letter of class `decode` ([`crate::decode`]).
     fn decode(&mut self, topic: &str) {
         for m in std::mem::take(&mut self.raw) {
-            let decoded = match &m.payload {
-                None => Err("empty payload (tombstone)".to_string()),
-                Some(p) => serde_json::from_slice::<ProbeResult>(p).map_err(|e| format!("not a probe result: {e}")),
-            };
-            match decoded {
+            match crate::decode::decode(m.payload.as_deref()) {
                 Ok(result) => self.rows.push(Row {
                     result,
                     partition: m.partition,
                     offset: m.offset,
+                    key: m.key,
+                    payload: m.payload,
                 }),
                 Err(error) => {
                     tracing::warn!(partition = m.partition, offset = m.offset, error = %error, "Dead-lettering an undecodable message.");

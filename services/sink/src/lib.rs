@@ -1,11 +1,12 @@
 //! The sink: consumes probe results from a Kafka topic and writes each one into PostgreSQL,
 //! once.
 //!
-//! Flow: [`config`] → [`app::App`] → [`consume::Loop`] → [`store::Store`]. Only [`store`]
+//! Flow: [`config`] → [`app::App`] → [`consume::Loop`] ([`decode`]) → [`store::Store`]. Only [`store`]
 //! issues SQL.
 
 pub mod app;
 pub mod config;
 pub mod consume;
+pub mod decode;
 pub mod metrics;
 pub mod store;

@@ -5,9 +5,26 @@
 //! staging table and `INSERT ... SELECT ... ON CONFLICT DO NOTHING` from it (or, with
 //! [`WriteMethod::Unnest`], one `INSERT ... SELECT FROM UNNEST(...)`; neither has a
 //! bind-parameter limit, and replays are absorbed), and its dead letters with `ON CONFLICT DO
-//! NOTHING` on (topic, partition, offset). Errors are classified by SQLSTATE (PostgreSQL docs,
-//! Appendix A "Error Codes") into transient (retry), data (split the batch, dead-letter the
-//! bad rows) and fatal (stop).
+//! NOTHING` on (topic, partition, offset).
+//!
+//! When a batch fails, the error is transient (a lost connection, a serialization failure:
+//! SQLSTATE classes 08, 40, 53, 57, 58; the caller retries the batch) or it is not. An error
+//! that is not transient may depend on the data (a value out of range, a check constraint, an
+//! index row over the B-tree limit, a statement timeout of an oversized batch) or not (a
+//! missing table or permission), whatever its SQLSTATE: the same write with a known-good
+//! canary row instead of the batch, in a transaction rolled back, tells them apart. If the
+//! canary fails too, the error does not depend on the rows and is fatal (the sink stops). If
+//! it passes, the batch is split in halves until the rows at fault are isolated; each becomes
+//! a dead letter of class `data` holding the message's raw key and payload, and the rest is
+//! written. A dead letter PostgreSQL refuses is stored with its error text shortened, then,
+//! if still refused, without its key and payload (see [`Store::write`]), so nothing a producer
+//! can put in the topic stops consumption.
+//!
+//! Every transaction runs with `SET LOCAL statement_timeout` ([`Store::with_statement_timeout`],
+//! server side); the client gives up on a statement PostgreSQL has not answered
+//! [`ANSWER_MARGIN`] after that (a host gone without a reset), drops the connection and
+//! reports a transient error `timeout`. TCP keepalives and `TCP_USER_TIMEOUT` close dead
+//! connections in seconds (see [`Store::new`]).
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -37,6 +54,12 @@ pub struct Row {
     pub partition: i32,
     /// Kafka offset.
     pub offset: i64,
+    /// The message's key, raw (kept for the dead letter should PostgreSQL refuse the row).
+    pub key: Option<Vec<u8>>,
+    /// The message's payload, raw, as the dead letter keeps it. `None` for a row built in
+    /// memory rather than read from a message (tests, bench): its dead letter then holds the
+    /// result serialized again and the target name as key.
+    pub payload: Option<Vec<u8>>,
 }
 
 /// A message that could not be stored, with its origin and the reason.
@@ -52,7 +75,9 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// Message payload, raw.
     pub payload: Option<Vec<u8>>,
-    /// `decode` (not a probe result) or `data` (PostgreSQL rejected the row: SQLSTATE class 22/23).
+    /// `decode` (not a probe result, or one holding a value the schema cannot hold:
+    /// [`crate::decode`]) or `data` (PostgreSQL refused the row for its own data, whatever
+    /// the SQLSTATE, while a canary row passed).
     pub error_class: String,
     /// The error text.
     pub error: String,
@@ -69,19 +94,41 @@ pub struct WriteOutcome {
     pub dead_letters: u64,
     /// Rows moved to dead letters because PostgreSQL rejected them.
     pub rejected_rows: u64,
+    /// Dead letters skipped because PostgreSQL refused even their bare form (no key, no
+    /// payload, short error) while a canary passed; their messages stay in the topic until its
+    /// retention. Not expected to happen: logged at error level.
+    pub skipped_dead_letters: u64,
     /// Transactions committed.
     pub transactions: u64,
+}
+
+impl std::ops::Add for WriteOutcome {
+    type Output = Self;
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            offered: self.offered + o.offered,
+            inserted: self.inserted + o.inserted,
+            dead_letters: self.dead_letters + o.dead_letters,
+            rejected_rows: self.rejected_rows + o.rejected_rows,
+            skipped_dead_letters: self.skipped_dead_letters + o.skipped_dead_letters,
+            transactions: self.transactions + o.transactions,
+        }
+    }
 }
 
 /// How to react to a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Try again later: connection loss (08), serialization failure (40001), deadlock (40P01),
-    /// insufficient resources (53), operator intervention (57), pool timeouts, I/O.
+    /// insufficient resources (53), operator intervention (57), pool timeouts, I/O, no answer.
     Transient,
-    /// The data is wrong: data exception (22), integrity constraint violation (23).
+    /// Most likely the data: data exception (22), integrity constraint violation (23).
+    /// [`Store::write`] still checks with a canary before blaming the rows.
     Data,
-    /// Configuration or schema is wrong (missing table, column, permission): stop.
+    /// Any other SQLSTATE (a missing table or permission, a program limit). From
+    /// [`Store::write`] only when a canary write fails too: the error does not depend on the
+    /// rows, nothing can be written until an operator acts, so stop.
     Fatal,
 }
 
@@ -95,6 +142,25 @@ pub struct StoreError {
     pub code: String,
     /// Description with the cause chain.
     pub message: String,
+}
+
+impl StoreError {
+    /// Whether the failure may come from the rows written: any error that is not transient,
+    /// and a statement timeout (57014), which an oversized batch can cause.
+    fn may_depend_on_rows(&self) -> bool {
+        self.class != ErrorClass::Transient || self.code == SqlState::QUERY_CANCELED.code()
+    }
+
+    /// PostgreSQL did not answer within `within`.
+    fn unanswered(within: Duration) -> Self {
+        Self {
+            class: ErrorClass::Transient,
+            code: "timeout".into(),
+            message: format!(
+                "PostgreSQL did not answer within {within:?}; the connection is presumed dead and dropped"
+            ),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -168,12 +234,47 @@ impl std::str::FromStr for WriteMethod {
     }
 }
 
+/// Idle time before the first TCP keepalive probe (`keepalives_idle`, libpq's name).
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(5);
+/// Time between unanswered keepalive probes (`keepalives_interval`).
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered keepalive probes before the connection is closed (`keepalives_count`).
+pub const KEEPALIVES_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel closes the connection
+/// (`TCP_USER_TIMEOUT`, RFC 5482; Linux; libpq's `tcp_user_timeout`).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default server-side `statement_timeout` of the sink's transactions.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the statement timeout the client stops waiting for an answer.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+/// How long readiness waits for `SELECT 1`.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// `lock_timeout` of partition maintenance: how long its DDL may wait for a lock (and so hold
+/// up the inserts and queries queued behind it) before giving up until the next run.
+pub const PARTITION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest error text of a `data` dead letter, in bytes.
+const MAX_ERROR_BYTES: usize = 4096;
+/// The error text of a dead letter PostgreSQL refused as first written, in bytes.
+const SHORT_ERROR_BYTES: usize = 512;
+
+/// Part of a batch: rows and dead letters.
+type Part<'a> = (&'a [Row], &'a [DeadLetter]);
+
+/// How a write transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Commit,
+    /// A canary: written, then rolled back.
+    Rollback,
+}
+
 /// The PostgreSQL side of the sink.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     topic: String,
     method: WriteMethod,
+    statement_timeout: Duration,
     /// Woken when [`Store::ping`] succeeds: writes waiting out a backoff after a lost
     /// connection retry at once instead of at the end of their (up to 30 s) wait.
     reachable: Arc<Notify>,
@@ -343,6 +444,7 @@ impl<'a> Columns<'a> {
             result: r,
             partition,
             offset,
+            ..
         } in rows
         {
             let tls = r.tls.as_ref();
@@ -464,6 +566,14 @@ impl Store {
             pg.application_name("healthcheck-sink");
         }
         pg.connect_timeout(Duration::from_secs(5));
+        // A host that vanishes without a reset (a network black hole) is noticed in seconds,
+        // not after the kernel's retransmissions (about 15 minutes): keepalives when the
+        // connection is idle, TCP_USER_TIMEOUT when sent data stays unacknowledged.
+        pg.keepalives(true)
+            .keepalives_idle(KEEPALIVES_IDLE)
+            .keepalives_interval(KEEPALIVES_INTERVAL)
+            .keepalives_retries(KEEPALIVES_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         let mgr = Manager::from_config(
             pg,
             NoTls,
@@ -483,6 +593,7 @@ impl Store {
             pool,
             topic: topic.to_string(),
             method: WriteMethod::default(),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             reachable: Arc::default(),
         })
     }
@@ -491,6 +602,44 @@ impl Store {
     #[must_use]
     pub fn with_method(self, method: WriteMethod) -> Self {
         Self { method, ..self }
+    }
+
+    /// The same store with `statement_timeout` (PostgreSQL's setting, `SET LOCAL` in every
+    /// transaction; default [`DEFAULT_STATEMENT_TIMEOUT`]). The client waits
+    /// [`ANSWER_MARGIN`] longer for each answer before dropping the connection.
+    #[must_use]
+    pub fn with_statement_timeout(self, statement_timeout: Duration) -> Self {
+        Self {
+            statement_timeout,
+            ..self
+        }
+    }
+
+    /// How long the client waits for PostgreSQL to answer a statement.
+    fn answer_within(&self) -> Duration {
+        self.statement_timeout + ANSWER_MARGIN
+    }
+
+    /// `fut`, given up after [`Store::answer_within`].
+    async fn timed<T, E: Into<StoreError>>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.answer_within(), fut).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(StoreError::unanswered(self.answer_within())),
+        }
+    }
+
+    /// Drops a connection that did not answer, and the idle ones (they most likely lead to
+    /// the same unreachable host): the next write opens a new one.
+    fn discard(&self, client: deadpool_postgres::Client) {
+        drop(deadpool_postgres::Object::take(client));
+        let dropped = self.pool.retain(|_, _| false).removed.len();
+        tracing::warn!(
+            idle_dropped = dropped,
+            "Dropped a PostgreSQL connection that did not answer."
+        );
     }
 
     /// Applies the embedded migrations (refinery), serialized across replicas by an advisory lock.
@@ -526,86 +675,234 @@ impl Store {
     /// The pool cannot hand out a working connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        client.simple_query("SELECT 1").await?;
+        match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                self.discard(client);
+                return Err(StoreError::unanswered(PING_TIMEOUT));
+            }
+        };
         self.reachable.notify_waiters();
         Ok(())
     }
 
-    /// Writes `rows` and `dead` in one transaction. When PostgreSQL rejects the data (SQLSTATE
-    /// class 22 or 23), the batch is split in halves until the rejected rows are isolated; those
-    /// become dead letters of class `data` and the rest is written.
+    /// Writes `rows` and `dead` in one transaction, or, when PostgreSQL refuses the batch for
+    /// its data, in several, with the rows at fault as dead letters:
+    /// - a transient error (other than a statement timeout) is returned for the caller to retry;
+    /// - any other error (and a statement timeout) is checked with a canary: the same write
+    ///   path with a known-good row (and/or dead letter) in a transaction rolled back. If the
+    ///   canary fails too, the error does not depend on the rows: returned as
+    ///   [`ErrorClass::Fatal`] (or transient, when the canary's error is);
+    /// - otherwise the batch is split (rows apart from dead letters, then in halves) until the
+    ///   rows at fault are alone; each becomes a dead letter of class `data` with the
+    ///   message's raw key and payload and the SQLSTATE and message as error;
+    /// - a dead letter refused alone is stored with its error text shortened, then, if refused
+    ///   again, without its key and payload (the error says so; the message stays in the
+    ///   topic until its retention). That bare form is the canary's own shape, so refusing it
+    ///   after a canary passed is not expected: it is then skipped, logged at error level and
+    ///   counted in [`WriteOutcome::skipped_dead_letters`], rather than stop consumption.
     ///
     /// # Errors
-    /// A transient or fatal [`StoreError`]; nothing of the failed transaction is kept.
+    /// A transient or fatal [`StoreError`]; nothing of the failed transaction is kept (parts
+    /// committed before are absorbed when the caller retries the whole batch).
     pub async fn write(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<WriteOutcome, StoreError> {
-        match self.write_tx(rows, dead).await {
-            Err(e) if e.class == ErrorClass::Data && !rows.is_empty() => {
-                if rows.len() == 1 {
-                    let r = &rows[0];
-                    let letter = DeadLetter {
-                        topic: self.topic.clone(),
-                        partition: r.partition,
-                        offset: r.offset,
-                        key: Some(r.result.target.as_bytes().to_vec()),
-                        payload: serde_json::to_vec(&r.result).ok(),
-                        error_class: "data".into(),
-                        error: format!("SQLSTATE {}: {}", e.code, e.message),
-                    };
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "PostgreSQL rejected a row; dead-lettering it.");
-                    let mut all = dead.to_vec();
-                    all.push(letter);
-                    let mut out = Box::pin(self.write(&[], &all)).await?;
-                    out.offered = 1;
-                    out.rejected_rows = 1;
-                    return Ok(out);
-                }
-                let (a, b) = rows.split_at(rows.len() / 2);
-                let first = Box::pin(self.write(a, dead)).await?;
-                let second = Box::pin(self.write(b, &[])).await?;
-                Ok(WriteOutcome {
-                    offered: first.offered + second.offered,
-                    inserted: first.inserted + second.inserted,
-                    dead_letters: first.dead_letters + second.dead_letters,
-                    rejected_rows: first.rejected_rows + second.rejected_rows,
-                    transactions: first.transactions + second.transactions,
+        let e = match self.write_tx(rows, dead, Finish::Commit).await {
+            Ok(out) => return Ok(out),
+            Err(e) if !e.may_depend_on_rows() => return Err(e),
+            Err(e) => e,
+        };
+        self.canary(!rows.is_empty(), !dead.is_empty()).await?;
+        let (first, second): (Part<'_>, Part<'_>) = match (rows, dead) {
+            ([], []) => {
+                return Err(StoreError {
+                    class: ErrorClass::Fatal,
+                    ..e
                 })
             }
-            other => other,
+            ([row], []) => return self.reject_row(row, &e).await,
+            ([], [letter]) => return self.reject_dead_letter(letter, &e).await,
+            ([_, ..], [_, ..]) => ((rows, &[]), (&[], dead)),
+            (_, []) => {
+                let (a, b) = rows.split_at(rows.len() / 2);
+                ((a, &[]), (b, &[]))
+            }
+            _ => {
+                let (a, b) = dead.split_at(dead.len() / 2);
+                ((&[], a), (&[], b))
+            }
+        };
+        tracing::debug!(code = %e.code, rows = rows.len(), dead_letters = dead.len(), "PostgreSQL refused a batch for its data; splitting it.");
+        let a = Box::pin(self.write(first.0, first.1)).await?;
+        let b = Box::pin(self.write(second.0, second.1)).await?;
+        Ok(a + b)
+    }
+
+    /// Writes a canary row (when `row`) and a canary dead letter (when `dead_letter`), as a
+    /// batch would be written, and rolls back.
+    ///
+    /// # Errors
+    /// The canary's error: transient as classified, anything else as [`ErrorClass::Fatal`].
+    async fn canary(&self, row: bool, dead_letter: bool) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let rows: Vec<Row> = row
+            .then(|| Row {
+                result: canary_result(now),
+                partition: -1,
+                offset: -1,
+                key: None,
+                payload: None,
+            })
+            .into_iter()
+            .collect();
+        let dead: Vec<DeadLetter> = dead_letter
+            .then(|| DeadLetter {
+                topic: self.topic.clone(),
+                partition: -1,
+                offset: -1,
+                key: None,
+                payload: None,
+                error_class: "canary".into(),
+                error: "canary".into(),
+            })
+            .into_iter()
+            .collect();
+        match self.write_tx(&rows, &dead, Finish::Rollback).await {
+            Ok(_) => Ok(()),
+            Err(c) if c.class == ErrorClass::Transient => Err(c),
+            Err(c) => Err(StoreError {
+                class: ErrorClass::Fatal,
+                message: format!(
+                    "{} (a canary write fails too: the error does not depend on the rows)",
+                    c.message
+                ),
+                ..c
+            }),
         }
     }
 
-    async fn write_tx(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<WriteOutcome, StoreError> {
+    /// Dead-letters a row PostgreSQL refused alone while a canary passed.
+    async fn reject_row(&self, row: &Row, e: &StoreError) -> Result<WriteOutcome, StoreError> {
+        tracing::warn!(partition = row.partition, offset = row.offset, code = %e.code, error = %e.message, "PostgreSQL refused a row; dead-lettering it.");
+        let (key, payload) = match &row.payload {
+            Some(p) => (row.key.clone(), p.clone()),
+            None => (
+                Some(row.result.target.as_bytes().to_vec()),
+                serde_json::to_vec(&row.result).unwrap_or_default(),
+            ),
+        };
+        let letter = DeadLetter {
+            topic: self.topic.clone(),
+            partition: row.partition,
+            offset: row.offset,
+            key,
+            payload: Some(payload),
+            error_class: "data".into(),
+            error: shorten(&format!("SQLSTATE {}: {}", e.code, e.message), MAX_ERROR_BYTES),
+        };
+        let out = Box::pin(self.write(&[], &[letter])).await?;
+        Ok(WriteOutcome {
+            offered: 1,
+            rejected_rows: 1,
+            ..out
+        })
+    }
+
+    /// Stores a dead letter PostgreSQL refused alone while a canary passed: with its error
+    /// text shortened, then without its key and payload, then not at all (see [`Store::write`]).
+    async fn reject_dead_letter(&self, d: &DeadLetter, e: &StoreError) -> Result<WriteOutcome, StoreError> {
+        tracing::warn!(partition = d.partition, offset = d.offset, code = %e.code, error = %e.message, "PostgreSQL refused a dead letter; storing it with its error text shortened.");
+        let mut letter = DeadLetter {
+            error: format!(
+                "{} (error text shortened: PostgreSQL refused this dead letter, SQLSTATE {})",
+                shorten(&d.error, SHORT_ERROR_BYTES),
+                e.code
+            ),
+            ..d.clone()
+        };
+        let e = match self.write_tx(&[], std::slice::from_ref(&letter), Finish::Commit).await {
+            Ok(out) => return Ok(out),
+            Err(e) if !e.may_depend_on_rows() => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(partition = d.partition, offset = d.offset, code = %e.code, error = %e.message, "PostgreSQL refused a dead letter again; storing it without key and payload.");
+        letter.error = format!(
+            "{} (key and payload of {} bytes not stored: PostgreSQL refused this dead letter, SQLSTATE {}; \
+             the message stays at its topic, partition and offset until the topic's retention)",
+            shorten(&d.error, SHORT_ERROR_BYTES),
+            d.payload.as_ref().map_or(0, Vec::len),
+            e.code
+        );
+        letter.key = None;
+        letter.payload = None;
+        match self.write_tx(&[], std::slice::from_ref(&letter), Finish::Commit).await {
+            Ok(out) => Ok(out),
+            Err(e) if !e.may_depend_on_rows() => Err(e),
+            Err(e) => {
+                tracing::error!(topic = %d.topic, partition = d.partition, offset = d.offset, code = %e.code, error = %e.message, "PostgreSQL refuses even the bare dead letter while a canary passes; skipping it (the message stays in the topic until its retention).");
+                Ok(WriteOutcome {
+                    skipped_dead_letters: 1,
+                    ..WriteOutcome::default()
+                })
+            }
+        }
+    }
+
+    /// One transaction: the rows, then the dead letters; committed or, for a canary, rolled
+    /// back. A connection that does not answer in time is dropped.
+    async fn write_tx(&self, rows: &[Row], dead: &[DeadLetter], finish: Finish) -> Result<WriteOutcome, StoreError> {
         let mut client = self.pool.get().await?;
+        let result = self.write_on(&mut client, rows, dead, finish).await;
+        if result.as_ref().is_err_and(|e| e.code == "timeout") {
+            self.discard(client);
+        }
+        result
+    }
+
+    async fn write_on(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        rows: &[Row],
+        dead: &[DeadLetter],
+        finish: Finish,
+    ) -> Result<WriteOutcome, StoreError> {
         // Prepared outside the transaction: a missing staging table (a new session) fails
         // the PREPARE alone, not the transaction.
         let stage_insert = if self.method == WriteMethod::Copy && !rows.is_empty() {
-            match client.prepare_cached(&STAGE_INSERT).await {
+            match self.timed(client.prepare_cached(&STAGE_INSERT)).await {
                 Ok(stmt) => Some(stmt),
-                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                    client.batch_execute(CREATE_STAGE).await?;
-                    Some(client.prepare_cached(&STAGE_INSERT).await?)
+                Err(e) if e.code == SqlState::UNDEFINED_TABLE.code() => {
+                    self.timed(client.batch_execute(CREATE_STAGE)).await?;
+                    Some(self.timed(client.prepare_cached(&STAGE_INSERT)).await?)
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         } else {
             None
         };
-        let tx = client.transaction().await?;
+        let tx = self.timed(client.transaction()).await?;
+        self.timed(tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            self.statement_timeout.as_millis()
+        )))
+        .await?;
         let mut inserted = 0;
         if let Some(stmt) = stage_insert {
-            let sink = tx.copy_in(&*STAGE_COPY).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-            let mut writer = std::pin::pin!(writer);
-            for row in rows {
-                copy_row(writer.as_mut(), &row.result, row.partition, row.offset).await?;
-            }
-            writer.finish().await?;
-            inserted = tx.execute(&stmt, &[]).await?;
+            self.timed(async {
+                let sink = tx.copy_in(&*STAGE_COPY).await?;
+                let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+                let mut writer = std::pin::pin!(writer);
+                for row in rows {
+                    copy_row(writer.as_mut(), &row.result, row.partition, row.offset).await?;
+                }
+                writer.finish().await
+            })
+            .await?;
+            inserted = self.timed(tx.execute(&stmt, &[])).await?;
         } else if !rows.is_empty() {
             let c = Columns::from_rows(rows);
-            let stmt = tx.prepare_cached(INSERT_ROWS).await?;
-            inserted = tx
-                .execute(
+            let stmt = self.timed(tx.prepare_cached(INSERT_ROWS)).await?;
+            inserted = self
+                .timed(tx.execute(
                     &stmt,
                     &[
                         &c.check_id,
@@ -644,7 +941,7 @@ impl Store {
                         &c.partition,
                         &c.offset,
                     ],
-                )
+                ))
                 .await?;
         }
         let mut dead_inserted = 0;
@@ -657,27 +954,43 @@ impl Store {
             let class: Vec<&str> = dead.iter().map(|d| d.error_class.as_str()).collect();
             // PostgreSQL text cannot hold NUL; the error text is ours to shorten.
             let error: Vec<String> = dead.iter().map(|d| d.error.replace('\0', "")).collect();
-            let stmt = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
-            dead_inserted = tx
-                .execute(&stmt, &[&topic, &partition, &offset, &key, &payload, &class, &error])
+            let stmt = self.timed(tx.prepare_cached(INSERT_DEAD_LETTERS)).await?;
+            dead_inserted = self
+                .timed(tx.execute(&stmt, &[&topic, &partition, &offset, &key, &payload, &class, &error]))
                 .await?;
         }
-        tx.commit().await?;
+        match finish {
+            Finish::Commit => self.timed(tx.commit()).await?,
+            Finish::Rollback => self.timed(tx.rollback()).await?,
+        }
         Ok(WriteOutcome {
             offered: rows.len() as u64,
             inserted,
             dead_letters: dead_inserted,
             rejected_rows: 0,
-            transactions: 1,
+            skipped_dead_letters: 0,
+            transactions: u64::from(finish == Finish::Commit),
         })
     }
 
     /// Creates the monthly partitions from last month to `months_ahead` months ahead, and drops
-    /// monthly partitions that ended before `now - retention` (`None`: keep everything).
-    /// Dropping a partition removes its rows without the bloat of `DELETE`.
+    /// monthly partitions that ended before `now - retention` (`None`: keep everything), with
+    /// the rows of `probe_results_default` older than that. Dropping a partition removes its
+    /// rows without the bloat of `DELETE`.
+    ///
+    /// A new month's rows that landed in `probe_results_default` (its partition did not exist
+    /// yet) move into the new partition in the same transaction: the table is created apart,
+    /// filled from the default partition, then attached (`ATTACH PARTITION`, PostgreSQL docs
+    /// "ALTER TABLE": it takes `SHARE UPDATE EXCLUSIVE` on `probe_results`, which inserts and
+    /// queries do not wait for, and `ACCESS EXCLUSIVE` on the default partition). Bounds are
+    /// UTC month starts whatever the server's `TimeZone`. The DDL runs with `lock_timeout`
+    /// [`PARTITION_LOCK_TIMEOUT`], so a long query holding a lock it needs makes it give up
+    /// (until the next run) instead of queueing every insert behind its lock request. One
+    /// replica maintains at a time (an advisory lock; the others skip the run).
     ///
     /// # Errors
-    /// A database error; an existing overlapping partition is logged, not an error.
+    /// A database error; a partition that could not be created or dropped is reported after
+    /// the others were done and committed.
     pub async fn maintain_partitions(
         &self,
         now: DateTime<Utc>,
@@ -685,59 +998,172 @@ impl Store {
         retention: Option<Duration>,
     ) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let tx = self.timed(client.transaction()).await?;
+        self.timed(tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+            PARTITION_LOCK_TIMEOUT.as_millis(),
+            self.statement_timeout.as_millis()
+        )))
+        .await?;
         // One maintainer at a time across replicas; released at commit.
-        tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).await?;
+        let locked: bool = self
+            .timed(tx.query_one("SELECT pg_try_advisory_xact_lock(7355609)", &[]))
+            .await?
+            .get(0);
+        if !locked {
+            tracing::debug!("Another sink maintains the partitions now; skipping this run.");
+            return Ok(());
+        }
+        let mut failed: Option<StoreError> = None;
         let first = month_start(now.year(), now.month()) - chrono::Months::new(1);
         for i in 0..=months_ahead + 1 {
             let from = first + chrono::Months::new(i);
             let to = from + chrono::Months::new(1);
             let name = partition_name(from);
-            let exists: bool = tx
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            let exists: bool = self
+                .timed(tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]))
                 .await?
                 .get(0);
             if exists {
                 continue;
             }
-            let sql = format!(
-                "CREATE TABLE {name} PARTITION OF probe_results FOR VALUES FROM ('{}') TO ('{}')",
-                from.format("%Y-%m-%d"),
-                to.format("%Y-%m-%d")
-            );
-            tx.batch_execute("SAVEPOINT p").await?;
-            match tx.batch_execute(&sql).await {
-                Ok(()) => tracing::info!(partition = %name, "Created partition."),
+            self.timed(tx.batch_execute("SAVEPOINT p")).await?;
+            match self.create_partition(&tx, &name, from, to).await {
+                Ok(moved) => tracing::info!(partition = %name, moved_from_default = moved, "Created partition."),
                 Err(e) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT p").await?;
-                    tracing::warn!(partition = %name, error = %common::telemetry::chain(&e), "Could not create partition (rows for this month may sit in probe_results_default).");
+                    self.timed(tx.batch_execute("ROLLBACK TO SAVEPOINT p")).await?;
+                    tracing::warn!(partition = %name, code = %e.code, error = %e.message, "Could not create partition; trying again at the next run.");
+                    failed.get_or_insert(e);
                 }
             }
         }
         if let Some(retention) = retention {
             let cutoff = now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-            let parts = tx
-                .query(
+            let parts = self
+                .timed(tx.query(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                      WHERE i.inhparent = 'probe_results'::regclass AND c.relname ~ '^probe_results_y[0-9]{4}m[0-9]{2}$'",
                     &[],
-                )
+                ))
                 .await?;
             for row in parts {
                 let name: String = row.get(0);
                 let Some(start) = parse_partition_name(&name) else {
                     continue;
                 };
-                let end = start + chrono::Months::new(1);
-                if end <= cutoff {
-                    tx.batch_execute(&format!("DROP TABLE {name}")).await?;
-                    tracing::info!(partition = %name, "Dropped partition past retention.");
+                if start + chrono::Months::new(1) > cutoff {
+                    continue;
+                }
+                self.timed(tx.batch_execute("SAVEPOINT p")).await?;
+                match self.timed(tx.batch_execute(&format!("DROP TABLE {name}"))).await {
+                    Ok(()) => tracing::info!(partition = %name, "Dropped partition past retention."),
+                    Err(e) => {
+                        self.timed(tx.batch_execute("ROLLBACK TO SAVEPOINT p")).await?;
+                        tracing::warn!(partition = %name, code = %e.code, error = %e.message, "Could not drop partition; trying again at the next run.");
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            // Rows of months whose partitions are dropped, held by the default partition.
+            let before = month_start(cutoff.year(), cutoff.month());
+            match self
+                .timed(tx.execute("DELETE FROM probe_results_default WHERE scheduled_at < $1", &[&before]))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "Deleted default-partition rows past retention."),
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
         }
-        tx.commit().await?;
-        Ok(())
+        self.timed(tx.commit()).await?;
+        failed.map_or(Ok(()), Err)
     }
+
+    /// Creates partition `name` for `[from, to)`, moves that range's rows out of the default
+    /// partition into it and attaches it; returns how many rows moved.
+    async fn create_partition(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        // The default partition is locked first, so that no row of the range lands in it
+        // between the move and the attach (which would then fail its check).
+        self.timed(tx.batch_execute(&format!(
+            "CREATE TABLE {name} (LIKE probe_results INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+             LOCK TABLE probe_results_default IN ACCESS EXCLUSIVE MODE"
+        )))
+        .await?;
+        let moved = self
+            .timed(tx.execute(
+                &format!(
+                    "WITH moved AS (DELETE FROM probe_results_default WHERE scheduled_at >= $1 AND scheduled_at < $2 \
+                     RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+                ),
+                &[&from, &to],
+            ))
+            .await?;
+        self.timed(tx.batch_execute(&format!(
+            "ALTER TABLE probe_results ATTACH PARTITION {name} FOR VALUES FROM ('{}') TO ('{}')",
+            utc_literal(from),
+            utc_literal(to)
+        )))
+        .await?;
+        Ok(moved)
+    }
+}
+
+/// A `timestamptz` literal of `t` with an explicit UTC offset, read the same whatever the
+/// session's `TimeZone`.
+fn utc_literal(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S+00").to_string()
+}
+
+/// The canary of [`Store::write`]: a plain, successful result at `now` under a name no
+/// target has (the write is rolled back anyway).
+fn canary_result(now: DateTime<Utc>) -> ProbeResult {
+    ProbeResult {
+        schema_version: common::result::SCHEMA_VERSION,
+        check_id: Uuid::new_v4(),
+        instance_id: "healthcheck-sink".into(),
+        target: "healthcheck-sink canary".into(),
+        url: "http://canary.invalid/".into(),
+        scheduled_at: now,
+        started_at: now,
+        lateness_seconds: 0.0,
+        timeout_seconds: 1.0,
+        duration_seconds: 0.001,
+        success: true,
+        error_kind: None,
+        error: None,
+        status_code: Some(200),
+        first_status_code: Some(200),
+        redirects: 0,
+        final_url: None,
+        http_version: Some("HTTP/1.1".into()),
+        ip_address: Some("127.0.0.1".into()),
+        ip_family: Some("ipv4".into()),
+        regex_matched: None,
+        body_bytes: Some(2),
+        content_length: Some(2),
+        phases: common::result::Phases::default(),
+        tls: None,
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn month_start(year: i32, month: u32) -> DateTime<Utc> {

@@ -42,6 +42,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 result: r.clone(),
                 partition: (i % 6) as i32,
                 offset: (i / 6) as i64,
+                key: None,
+                payload: None,
             })
             .collect(),
     );

@@ -57,9 +57,11 @@ fn rows(results: Vec<ProbeResult>) -> Vec<Row> {
         .into_iter()
         .enumerate()
         .map(|(i, result)| Row {
-            result,
             partition: 0,
             offset: i as i64,
+            key: Some(result.target.as_bytes().to_vec()),
+            payload: Some(serde_json::to_vec(&result).unwrap()),
+            result,
         })
         .collect()
 }
