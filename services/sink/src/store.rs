@@ -151,6 +151,11 @@ impl StoreError {
         self.class != ErrorClass::Transient || self.code == SqlState::QUERY_CANCELED.code()
     }
 
+    /// `lock_timeout` expired (55P03).
+    fn is_lock_timeout(&self) -> bool {
+        self.code == SqlState::LOCK_NOT_AVAILABLE.code()
+    }
+
     /// PostgreSQL did not answer within `within`.
     fn unanswered(within: Duration) -> Self {
         Self {
@@ -1027,6 +1032,10 @@ impl Store {
             if exists {
                 continue;
             }
+            if failed.as_ref().is_some_and(StoreError::is_lock_timeout) {
+                // Each attempt would hold up what queues behind it again: next run.
+                break;
+            }
             self.timed(tx.batch_execute("SAVEPOINT p")).await?;
             match self.create_partition(&tx, &name, from, to).await {
                 Ok(moved) => tracing::info!(partition = %name, moved_from_default = moved, "Created partition."),
@@ -1051,7 +1060,7 @@ impl Store {
                 let Some(start) = parse_partition_name(&name) else {
                     continue;
                 };
-                if start + chrono::Months::new(1) > cutoff {
+                if start + chrono::Months::new(1) > cutoff || failed.as_ref().is_some_and(StoreError::is_lock_timeout) {
                     continue;
                 }
                 self.timed(tx.batch_execute("SAVEPOINT p")).await?;

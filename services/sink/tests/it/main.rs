@@ -2,8 +2,10 @@
 //! `make test` (`scripts/stack.sh`).
 
 mod app;
+mod blackhole;
 mod broker;
 mod e2e;
 mod faults;
+mod poison;
 mod store;
 mod support;

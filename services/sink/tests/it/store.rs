@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use common::result::{check_id, Phases, ProbeResult, TlsInfo};
-use sink::store::{DeadLetter, Row, Store, WriteMethod};
+use sink::store::{DeadLetter, ErrorClass, Row, Store, WriteMethod};
 
 use crate::support::{connect, count, fresh_database};
 
@@ -330,4 +330,374 @@ async fn both_write_methods_store_identical_rows() {
     }
     assert_eq!(tables[0].len(), 60);
     assert_eq!(tables[0], tables[1], "COPY and UNNEST store the same values");
+}
+
+/// `n` characters that compress badly (a B-tree index stores long keys compressed).
+fn incompressible(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+        .collect()
+}
+
+async fn dead_letters(db: &tokio_postgres::Client) -> Vec<(i64, String, String, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    db.query(
+        "SELECT kafka_offset, error_class, error, message_key, payload FROM dead_letters ORDER BY kafka_offset",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+    .collect()
+}
+
+/// Whatever the SQLSTATE, a row PostgreSQL refuses for its own data becomes a dead letter
+/// holding the message's raw key and payload, and the rest of the batch is written: an index
+/// row over the B-tree limit (54000, a class that was fatal), a timestamp outside
+/// PostgreSQL's range (22008), a check constraint of the operator's (23514).
+#[tokio::test]
+async fn rows_postgres_refuses_for_their_data_are_dead_lettered_whatever_the_sqlstate() {
+    for method in [WriteMethod::Copy, WriteMethod::Unnest] {
+        let (store, db) = migrated_store().await;
+        let store = store.with_method(method);
+        db.batch_execute("ALTER TABLE probe_results ADD CONSTRAINT no_forbidden CHECK (target_name <> 'forbidden')")
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let mut batch = rows((0..20).map(|i| sample(&format!("ok{i}"), now, true, 0.1)).collect());
+        let far_past = Utc.with_ymd_and_hms(-5000, 1, 1, 0, 0, 0).unwrap();
+        for (offset, result) in [
+            (3, sample(&incompressible(4000), now, true, 0.1)),
+            (11, sample("ancient", far_past, true, 0.1)),
+            (17, sample("forbidden", now, true, 0.1)),
+        ] {
+            batch[offset as usize] = Row {
+                result,
+                partition: 0,
+                offset,
+                key: Some(format!("key-{offset}").into_bytes()),
+                // Raw bytes as they were in the topic (re-serialising would not give them back).
+                payload: Some(format!("raw payload {offset}").into_bytes()),
+            };
+        }
+
+        let out = store
+            .write(&batch, &[])
+            .await
+            .expect("refused rows never fail the batch");
+        assert_eq!(
+            (out.offered, out.inserted, out.rejected_rows),
+            (20, 17, 3),
+            "{method:?}"
+        );
+        assert_eq!(count(&db, "probe_results").await, 17);
+        let dead = dead_letters(&db).await;
+        let summary: Vec<_> = dead
+            .iter()
+            .map(|(o, c, _, k, p)| (*o, c.clone(), k.clone(), p.clone()))
+            .collect();
+        let want: Vec<_> = [3i64, 11, 17]
+            .map(|o| {
+                (
+                    o,
+                    "data".to_string(),
+                    Some(format!("key-{o}").into_bytes()),
+                    Some(format!("raw payload {o}").into_bytes()),
+                )
+            })
+            .into();
+        assert_eq!(summary, want, "{method:?}");
+        for ((_, _, error, _, _), code) in dead.iter().zip(["54000", "22008", "23514"]) {
+            assert!(error.starts_with(&format!("SQLSTATE {code}")), "{method:?}: {error}");
+        }
+        // A replay changes nothing.
+        store.write(&batch, &[]).await.unwrap();
+        assert_eq!(count(&db, "probe_results").await, 17);
+        assert_eq!(count(&db, "dead_letters").await, 3);
+    }
+}
+
+/// An error every row would meet (here a NOT NULL column without default that the sink does
+/// not know, SQLSTATE 23502, a "data" class) is fatal: it does not depend on the rows, so
+/// nothing is dead-lettered and nothing is written.
+#[tokio::test]
+async fn an_error_every_row_meets_is_fatal_and_dead_letters_nothing() {
+    let (store, db) = migrated_store().await;
+    db.batch_execute("ALTER TABLE probe_results ADD COLUMN region text NOT NULL")
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let batch = rows((0..8).map(|i| sample(&format!("t{i}"), now, true, 0.1)).collect());
+    let e = store
+        .write(&batch, &[])
+        .await
+        .expect_err("a schema mismatch must stop the sink");
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "23502"), "{e}");
+    assert_eq!(count(&db, "probe_results").await, 0);
+    assert_eq!(count(&db, "dead_letters").await, 0);
+
+    // The same with only dead letters: a permission taken away.
+    let url = fresh_database().await;
+    let store = Store::new(&url, 2, "topic").unwrap();
+    store.migrate().await.unwrap();
+    let db = connect(&url).await;
+    db.batch_execute("ALTER TABLE dead_letters ADD COLUMN reviewer text NOT NULL")
+        .await
+        .unwrap();
+    let letter = DeadLetter {
+        topic: "topic".into(),
+        partition: 0,
+        offset: 1,
+        key: None,
+        payload: Some(b"x".to_vec()),
+        error_class: "decode".into(),
+        error: "not a probe result".into(),
+    };
+    let e = store.write(&[], &[letter]).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Fatal, "{e}");
+}
+
+/// A batch of dead letters PostgreSQL refuses does not stop consumption either: each is
+/// stored as is when it can be, else with its error text shortened, else without key and
+/// payload (the error says so).
+#[tokio::test]
+async fn dead_letters_postgres_refuses_are_stored_shortened_then_bare() {
+    let (store, db) = migrated_store().await;
+    db.batch_execute(
+        "ALTER TABLE dead_letters ADD CONSTRAINT short_error CHECK (octet_length(error) <= 800), \
+         ADD CONSTRAINT small_payload CHECK (payload IS NULL OR octet_length(payload) <= 100)",
+    )
+    .await
+    .unwrap();
+    let letter = |offset: i64, error: String, payload: usize| DeadLetter {
+        topic: "topic".into(),
+        partition: 2,
+        offset,
+        key: Some(b"k".to_vec()),
+        payload: Some(vec![b'p'; payload]),
+        error_class: "decode".into(),
+        error,
+    };
+    let dead = [
+        letter(1, "fits".into(), 10),
+        letter(2, format!("long {}", "e".repeat(2000)), 10),
+        letter(3, "large payload".into(), 500),
+        letter(4, "fits too".into(), 10),
+    ];
+
+    let out = store.write(&[], &dead).await.expect("dead letters never stop the sink");
+    assert_eq!(out.dead_letters, 4);
+    let stored = dead_letters(&db).await;
+    assert_eq!(stored.len(), 4);
+    assert_eq!(
+        (stored[0].2.as_str(), stored[0].4.as_ref().map(Vec::len)),
+        ("fits", Some(10))
+    );
+    assert_eq!(
+        (stored[3].2.as_str(), stored[3].4.as_ref().map(Vec::len)),
+        ("fits too", Some(10))
+    );
+    let (_, class, error, key, payload) = &stored[1];
+    assert_eq!(
+        (class.as_str(), key.as_deref(), payload.as_ref().map(Vec::len)),
+        ("decode", Some(&b"k"[..]), Some(10))
+    );
+    assert!(
+        error.starts_with("long eee") && error.contains("shortened") && error.len() <= 800,
+        "{error}"
+    );
+    let (_, _, error, key, payload) = &stored[2];
+    assert_eq!((key, payload), (&None, &None));
+    assert!(
+        error.starts_with("large payload") && error.contains("500 bytes not stored"),
+        "{error}"
+    );
+}
+
+/// A statement timeout (57014) is not retried forever with the same batch: it is split like
+/// any error that may come from the rows, and a row that alone exceeds the timeout becomes a
+/// dead letter.
+#[tokio::test]
+async fn a_statement_timeout_splits_the_batch_instead_of_retrying_it() {
+    let (store, db) = migrated_store().await;
+    let store = store.with_statement_timeout(Duration::from_secs(1));
+    db.batch_execute(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.target_name = 'slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_row BEFORE INSERT ON probe_results FOR EACH ROW EXECUTE FUNCTION slow_row()",
+    )
+    .await
+    .unwrap();
+    let now = Utc::now();
+    let mut results: Vec<ProbeResult> = (0..15).map(|i| sample(&format!("t{i}"), now, true, 0.1)).collect();
+    results[9] = sample("slow", now, true, 0.1);
+    let out = store
+        .write(&rows(results), &[])
+        .await
+        .expect("split, not retried as a whole");
+    assert_eq!((out.inserted, out.rejected_rows), (14, 1));
+    let dead = dead_letters(&db).await;
+    assert_eq!((dead.len(), dead[0].0, dead[0].1.as_str()), (1, 9, "data"));
+    assert!(dead[0].2.starts_with("SQLSTATE 57014"), "{}", dead[0].2);
+}
+
+/// Where a row is stored: its partition's name.
+async fn partition_of(db: &tokio_postgres::Client, check_id: uuid::Uuid) -> String {
+    db.query_one(
+        "SELECT tableoid::regclass::text FROM probe_results WHERE check_id = $1",
+        &[&check_id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Rows that landed in the default partition (their month had no partition yet) move into
+/// the month's partition when it is created, instead of keeping it from being created; rows
+/// of the default partition past retention are deleted with the partitions.
+#[tokio::test]
+async fn default_partition_rows_move_into_their_new_month() {
+    let url = fresh_database().await;
+    let store = Store::new(&url, 2, "topic").unwrap();
+    store.migrate().await.unwrap();
+    let db = connect(&url).await;
+    let now = Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap();
+    store.maintain_partitions(now, 1, None).await.unwrap();
+    let later = sample("later", Utc.with_ymd_and_hms(2026, 8, 20, 12, 0, 0).unwrap(), true, 0.1);
+    let ancient = sample("ancient", Utc.with_ymd_and_hms(2019, 5, 1, 0, 0, 0).unwrap(), true, 0.1);
+    let current = sample("current", now, true, 0.1);
+    store
+        .write(&rows(vec![later.clone(), ancient.clone(), current.clone()]), &[])
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "probe_results_default").await, 2);
+
+    store.maintain_partitions(now, 6, None).await.unwrap();
+    assert_eq!(partition_of(&db, later.check_id).await, "probe_results_y2026m08");
+    assert_eq!(partition_of(&db, current.check_id).await, "probe_results_y2026m03");
+    assert_eq!(
+        count(&db, "probe_results_default").await,
+        1,
+        "the 2019 row has no partition"
+    );
+    let indexes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'probe_results_y2026m08'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        indexes, 2,
+        "the attached partition has the primary key and the target index"
+    );
+    // New rows of that month go to its partition.
+    let next = sample("later", Utc.with_ymd_and_hms(2026, 8, 21, 0, 0, 0).unwrap(), true, 0.1);
+    store.write(&rows(vec![next.clone()]), &[]).await.unwrap();
+    assert_eq!(partition_of(&db, next.check_id).await, "probe_results_y2026m08");
+
+    store
+        .maintain_partitions(now, 6, Some(Duration::from_secs(400 * 86_400)))
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "probe_results_default").await, 0, "retention covers it too");
+    assert_eq!(count(&db, "probe_results").await, 3);
+}
+
+/// Partition bounds are UTC month starts whatever the database's `TimeZone`.
+#[tokio::test]
+async fn partition_bounds_are_utc_whatever_the_server_time_zone() {
+    for zone in ["Pacific/Kiritimati", "America/Los_Angeles"] {
+        let url = fresh_database().await;
+        let db = connect(&url).await;
+        let name = url.rsplit('/').next().unwrap();
+        db.batch_execute(&format!("ALTER DATABASE {name} SET TimeZone = '{zone}'"))
+            .await
+            .unwrap();
+        let store = Store::new(&url, 2, "topic").unwrap();
+        store.migrate().await.unwrap();
+        store
+            .maintain_partitions(Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 0).unwrap(), 1, None)
+            .await
+            .unwrap();
+        let last_of_january = sample("t", Utc.with_ymd_and_hms(2026, 1, 31, 23, 30, 0).unwrap(), true, 0.1);
+        let first_of_february = sample("t", Utc.with_ymd_and_hms(2026, 2, 1, 0, 30, 0).unwrap(), true, 0.1);
+        store
+            .write(&rows(vec![last_of_january.clone(), first_of_february.clone()]), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            partition_of(&db, last_of_january.check_id).await,
+            "probe_results_y2026m01",
+            "{zone}"
+        );
+        assert_eq!(
+            partition_of(&db, first_of_february.check_id).await,
+            "probe_results_y2026m02",
+            "{zone}"
+        );
+    }
+}
+
+/// Partition DDL waiting for a lock held by a long query gives up after its `lock_timeout`
+/// instead of queueing every insert behind its lock request, and succeeds at the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_maintenance_never_stalls_inserts_behind_a_long_query() {
+    let (store, db) = migrated_store().await;
+    let now = Utc::now();
+    // A long report on the views: it holds ACCESS SHARE on every partition until it ends.
+    let report = connect(&db_url(&store, &db).await).await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM target_uptime_daily")
+        .await
+        .unwrap();
+    let maintenance = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .maintain_partitions(now, 6, Some(Duration::from_secs(40 * 86_400)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let batch = rows(vec![sample("during", now, true, 0.1)]);
+    let write = tokio::time::timeout(Duration::from_secs(20), store.write(&batch, &[])).await;
+    assert_eq!(
+        write
+            .expect("an insert waited behind the partition DDL")
+            .unwrap()
+            .inserted,
+        1
+    );
+    let e = tokio::time::timeout(Duration::from_secs(30), maintenance)
+        .await
+        .expect("the DDL gave up")
+        .unwrap()
+        .expect_err("the report holds the lock the DDL needs");
+    assert_eq!(e.code, "55P03", "{e}");
+    report.batch_execute("COMMIT").await.unwrap();
+    store.maintain_partitions(now, 6, None).await.unwrap();
+    let name = sink::store::partition_name(
+        Utc.from_utc_datetime(&now.date_naive().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap())
+            + chrono::Months::new(6),
+    );
+    assert_eq!(
+        db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .unwrap()
+            .get::<_, bool>(0),
+        true,
+        "{name}"
+    );
+}
+
+/// The URL of the database `db` is connected to (the tests keep the URL in `fresh_database`).
+async fn db_url(_store: &Store, db: &tokio_postgres::Client) -> String {
+    let name: String = db.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let admin = crate::support::database_url();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
 }

@@ -154,12 +154,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// connections are refused, as they are by a host whose service is down. (Accepting and then
 /// closing them instead looks like a broker that does not speak the protocol, and librdkafka
 /// reacts to that differently.) Restoring binds the same port again.
+///
+/// A black hole ([`Forwarder::black_hole`]) instead stops forwarding bytes in both directions
+/// and closes nothing: connections stay open and new ones are accepted, but no answer comes,
+/// as from a host that vanished from the network without a reset. What was sent meanwhile is
+/// held and forwarded, in order, after [`Forwarder::resume`]. (The kernel still acknowledges
+/// the bytes on loopback, so this is noticed by application timeouts, not by TCP's.)
 pub struct Forwarder {
     /// Where clients connect.
     pub addr: SocketAddr,
     upstream: SocketAddr,
     conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// `true` while black-holed.
+    hole: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Forwarder {
@@ -170,12 +178,14 @@ impl Forwarder {
             .expect("bind forwarder");
         let addr = listener.local_addr().unwrap();
         let conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = Self::serve(listener, upstream, conns.clone());
+        let hole = Arc::new(tokio::sync::watch::channel(false).0);
+        let accept = Self::serve(listener, upstream, conns.clone(), hole.clone());
         Self {
             addr,
             upstream,
             conns,
             accept: std::sync::Mutex::new(Some(accept)),
+            hole,
         }
     }
 
@@ -183,15 +193,25 @@ impl Forwarder {
         listener: TcpListener,
         upstream: SocketAddr,
         conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+        hole: Arc<tokio::sync::watch::Sender<bool>>,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
+                let hole = hole.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if hole.subscribe().wait_for(|holed| !*holed).await.is_err() {
+                        return;
+                    }
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(
+                            pump(in_read, out_write, hole.subscribe()),
+                            pump(out_read, in_write, hole.subscribe())
+                        );
                     }
                 });
                 let mut c = conns.lock().unwrap();
@@ -220,9 +240,41 @@ impl Forwarder {
         let listener = TcpListener::bind(self.addr)
             .await
             .unwrap_or_else(|e| panic!("rebind the forwarder on {}: {e}", self.addr));
-        let accept = Self::serve(listener, self.upstream, self.conns.clone());
+        let accept = Self::serve(listener, self.upstream, self.conns.clone(), self.hole.clone());
         *self.accept.lock().unwrap() = Some(accept);
     }
+
+    /// Stops forwarding without closing anything (see the type's doc).
+    pub fn black_hole(&self) {
+        self.hole.send_replace(true);
+    }
+
+    /// Forwards again, the held bytes first.
+    pub fn resume(&self) {
+        self.hole.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to` until either closes, holding the bytes while `hole` is `true`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hole: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if hole.wait_for(|holed| !*holed).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    // Not even the close goes through a black hole.
+    let _ = hole.wait_for(|holed| !*holed).await;
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Forwarder {
