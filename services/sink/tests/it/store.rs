@@ -521,8 +521,17 @@ async fn dead_letters_postgres_refuses_are_stored_shortened_then_bare() {
 /// dead letter.
 #[tokio::test]
 async fn a_statement_timeout_splits_the_batch_instead_of_retrying_it() {
-    let (store, db) = migrated_store().await;
-    let store = store.with_statement_timeout(Duration::from_secs(1));
+    let url = fresh_database().await;
+    let db = connect(&url).await;
+    // The database's own setting too, the same for every session.
+    let name = url.rsplit('/').next().unwrap();
+    db.batch_execute(&format!("ALTER DATABASE {name} SET statement_timeout = '1s'"))
+        .await
+        .unwrap();
+    let store = Store::new(&url, 2, "topic")
+        .unwrap()
+        .with_statement_timeout(Duration::from_secs(1));
+    store.migrate().await.unwrap();
     db.batch_execute(
         "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF NEW.target_name = 'slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
@@ -646,10 +655,14 @@ async fn partition_bounds_are_utc_whatever_the_server_time_zone() {
 /// instead of queueing every insert behind its lock request, and succeeds at the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_maintenance_never_stalls_inserts_behind_a_long_query() {
-    let (store, db) = migrated_store().await;
+    let url = fresh_database().await;
+    let store = Store::new(&url, 2, "topic").unwrap();
+    store.migrate().await.unwrap();
     let now = Utc::now();
+    store.maintain_partitions(now, 2, None).await.unwrap();
+    let db = connect(&url).await;
     // A long report on the views: it holds ACCESS SHARE on every partition until it ends.
-    let report = connect(&db_url(&store, &db).await).await;
+    let report = connect(&url).await;
     report
         .batch_execute("BEGIN; SELECT count(*) FROM target_uptime_daily")
         .await
@@ -684,20 +697,10 @@ async fn partition_maintenance_never_stalls_inserts_behind_a_long_query() {
         Utc.from_utc_datetime(&now.date_naive().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap())
             + chrono::Months::new(6),
     );
-    assert_eq!(
-        db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .unwrap()
-            .get::<_, bool>(0),
-        true,
-        "{name}"
-    );
-}
-
-/// The URL of the database `db` is connected to (the tests keep the URL in `fresh_database`).
-async fn db_url(_store: &Store, db: &tokio_postgres::Client) -> String {
-    let name: String = db.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
-    let admin = crate::support::database_url();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+    let created: bool = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(created, "{name}");
 }
