@@ -1221,6 +1221,19 @@ mod tests {
     }
 
     #[test]
+    fn shortened_text_ends_at_a_character_boundary() {
+        assert_eq!(shorten("short", 10), "short");
+        let cut = shorten(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cut.trim_end_matches('…'), "éééé");
+    }
+
+    #[test]
+    fn bounds_are_utc_literals() {
+        assert_eq!(utc_literal(month_start(2026, 2)), "2026-02-01 00:00:00+00");
+    }
+
+    #[test]
     fn partition_names_round_trip() {
         let m = month_start(2026, 1);
         assert_eq!(partition_name(m), "probe_results_y2026m01");
