@@ -2,10 +2,11 @@
 //! once.
 //!
 //! Flow: [`config`] → [`app::App`] → [`consume::Loop`] → [`store::Store`]. Only [`store`]
-//! issues SQL.
+//! issues SQL; [`pg_tls`] turns `DATABASE_URL`'s `sslmode` into its TLS connector.
 
 pub mod app;
 pub mod config;
 pub mod consume;
 pub mod metrics;
+pub mod pg_tls;
 pub mod store;

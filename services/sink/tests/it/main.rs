@@ -5,5 +5,7 @@ mod app;
 mod broker;
 mod e2e;
 mod faults;
+mod pg_tls;
 mod store;
 mod support;
+mod tls_support;

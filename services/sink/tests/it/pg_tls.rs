@@ -1,0 +1,243 @@
+//! `DATABASE_URL`'s `sslmode`, `sslrootcert`, `sslcert` and `sslkey` against real PostgreSQL
+//! clusters: one with `ssl = on` whose `pg_hba.conf` refuses every TCP connection without TLS
+//! and authenticates one role by client certificate, and one without TLS. Each connection is
+//! made with the sink's own connector ([`sink::pg_tls::connect_config`]; `Store::new` uses
+//! the same), and what the server saw is read back from `pg_stat_ssl`.
+
+use std::process::{Command, Stdio};
+
+use sink::pg_tls::connect_config;
+use sink::store::Store;
+use tokio_postgres::error::SqlState;
+
+use crate::support::*;
+use crate::tls_support::*;
+
+/// What the server knows about this session's TLS: (`ssl`, `client_dn`), from `pg_stat_ssl`.
+type SessionTls = (bool, Option<String>);
+
+/// Connects with the sink's connector for `dsn`; the session's TLS as the server sees it.
+async fn session(dsn: &str) -> Result<SessionTls, tokio_postgres::Error> {
+    let c = connect_config(dsn).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+    let (client, conn) = c.config.connect(c.tls).await?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn refused(dsn: &str) -> tokio_postgres::Error {
+    match session(dsn).await {
+        Ok(s) => panic!("{dsn}: connected ({s:?}) but should have been refused"),
+        Err(e) => e,
+    }
+}
+
+/// The cluster with TLS: a server certificate for `localhost` and `127.0.0.1` from `ca`,
+/// client certificates from `ca` checked (`ssl_ca_file`), plain TCP refused, and role
+/// `certuser` authenticated by its certificate's common name.
+async fn tls_cluster(ca: &TestCa) -> PrivatePostgres {
+    let server = ca.server("server", &["localhost", "127.0.0.1"]);
+    let pg = PrivatePostgres::start_with(PgSetup {
+        files: vec![
+            ("server.crt".into(), server.cert_pem.clone().into_bytes()),
+            ("server.key".into(), server.key_pem.clone().into_bytes()),
+            ("root.crt".into(), ca.ca_pem().into_bytes()),
+        ],
+        conf: [
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+            "ssl_ca_file = 'root.crt'",
+        ]
+        .map(String::from)
+        .to_vec(),
+        hba: [
+            "hostssl all certuser 127.0.0.1/32 cert",
+            "hostnossl all all 127.0.0.1/32 reject",
+        ]
+        .map(String::from)
+        .to_vec(),
+    })
+    .await;
+    connect(&pg.socket_dsn("healthcheck"))
+        .await
+        .batch_execute("CREATE ROLE certuser LOGIN SUPERUSER")
+        .await
+        .expect("create role certuser");
+    pg
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_against_a_tls_only_server() {
+    let ca = TestCa::new("pg test CA");
+    let other_ca = TestCa::new("another CA");
+    let pg = tls_cluster(&ca).await;
+    let port = pg_addr(&pg.url).port();
+    let root = path(&ca.ca_path()).to_string();
+    let other_root = path(&other_ca.ca_path()).to_string();
+    let url = |query: &str| format!("postgres://healthcheck@127.0.0.1:{port}/healthcheck?{query}");
+    let kv = |rest: &str| format!("port={port} user=healthcheck dbname=healthcheck {rest}");
+    let encrypted: SessionTls = (true, None);
+
+    // verify-full: the chain and the name, by IP address (URL form) and by DNS name (key=value).
+    assert_eq!(
+        session(&url(&format!("sslmode=verify-full&sslrootcert={root}")))
+            .await
+            .unwrap(),
+        encrypted
+    );
+    assert_eq!(
+        session(&kv(&format!("host=localhost sslmode=verify-full sslrootcert='{root}'")))
+            .await
+            .unwrap(),
+        encrypted
+    );
+    // A name the certificate does not hold (hostaddr is where to connect, host what to verify).
+    let wrong_name = kv(&format!(
+        "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-full sslrootcert={root}"
+    ));
+    let e = refused(&wrong_name).await;
+    assert_eq!(e.code(), None, "a TLS failure, not a server error: {e}");
+    assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
+
+    // verify-ca: the chain only, so the wrong name passes; another CA does not.
+    assert_eq!(
+        session(&kv(&format!(
+            "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-ca sslrootcert={root}"
+        )))
+        .await
+        .unwrap(),
+        encrypted
+    );
+    let e = refused(&url(&format!("sslmode=verify-ca&sslrootcert={other_root}"))).await;
+    assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}");
+
+    // require: encrypted, nothing checked; with sslrootcert it checks the chain (libpq's rule).
+    assert_eq!(session(&url("sslmode=require")).await.unwrap(), encrypted);
+    let e = refused(&url(&format!("sslmode=require&sslrootcert={other_root}"))).await;
+    assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}");
+
+    // prefer, and no sslmode at all (libpq's default is prefer): encrypted when offered.
+    assert_eq!(session(&url("sslmode=prefer")).await.unwrap(), encrypted);
+    assert_eq!(session(&pg.url).await.unwrap(), encrypted);
+
+    // disable: plain TCP, which this server's pg_hba.conf rejects.
+    let e = refused(&url("sslmode=disable")).await;
+    assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_is_presented_when_the_server_demands_one() {
+    let ca = TestCa::new("pg test CA");
+    let other_ca = TestCa::new("another CA");
+    let pg = tls_cluster(&ca).await;
+    let port = pg_addr(&pg.url).port();
+    let root = path(&ca.ca_path()).to_string();
+    let client = ca.client("certuser", "certuser");
+    let stranger = other_ca.client("certuser", "certuser");
+    let dsn = |cert: &Issued| {
+        format!(
+            "postgres://certuser@localhost:{port}/healthcheck?sslmode=verify-full&sslrootcert={root}&sslcert={}&sslkey={}",
+            path(&cert.cert_path),
+            path(&cert.key_path)
+        )
+    };
+
+    assert_eq!(
+        session(&dsn(&client)).await.unwrap(),
+        (true, Some("/CN=certuser".to_string()))
+    );
+    // Without a certificate the server refuses the role (pg_hba `cert`).
+    let e = refused(&format!(
+        "postgres://certuser@localhost:{port}/healthcheck?sslmode=verify-full&sslrootcert={root}"
+    ))
+    .await;
+    assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e}");
+    // A certificate from a CA the server does not trust fails the handshake.
+    let e = refused(&dsn(&stranger)).await;
+    assert_eq!(e.code(), None, "{e}");
+
+    // The sink's pool (Store::new, as App::build calls it) migrates over that connection.
+    let store = Store::new(&dsn(&client), 2, "topic").expect("store");
+    store.migrate().await.expect("migrate over mutual TLS");
+    let admin = connect(&pg.socket_dsn("healthcheck")).await;
+    let sessions: Vec<(bool, Option<String>)> = admin
+        .query(
+            "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'healthcheck-sink'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(!sessions.is_empty(), "the sink holds a pooled connection");
+    assert!(
+        sessions.iter().all(|s| *s == (true, Some("/CN=certuser".to_string()))),
+        "{sessions:?}"
+    );
+    // The migrations ran: the table exists (count is -1 when the query fails).
+    assert_eq!(count(&admin, "probe_results").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_against_a_server_without_tls() {
+    let ca = TestCa::new("pg test CA");
+    let pg = PrivatePostgres::start().await;
+    let port = pg_addr(&pg.url).port();
+    let url = |query: &str| format!("postgres://healthcheck@127.0.0.1:{port}/healthcheck?{query}");
+    let plain: SessionTls = (false, None);
+
+    assert_eq!(session(&url("sslmode=disable")).await.unwrap(), plain);
+    // prefer (and the default) fall back to plain TCP when the server has no TLS.
+    assert_eq!(session(&url("sslmode=prefer")).await.unwrap(), plain);
+    assert_eq!(session(&pg.url).await.unwrap(), plain);
+    // Every mode from require on insists on TLS.
+    for query in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-ca&sslrootcert={}", path(&ca.ca_path())),
+        format!("sslmode=verify-full&sslrootcert={}", path(&ca.ca_path())),
+    ] {
+        let e = refused(&url(&query)).await;
+        assert_eq!(e.code(), None, "{query}: {e}");
+    }
+}
+
+/// A bad TLS parameter stops the sink binary at start-up: exit 2, naming `DATABASE_URL`,
+/// without the password.
+#[test]
+fn bad_tls_parameters_exit_2_naming_database_url() {
+    let ca = TestCa::new("pg test CA");
+    let missing = ca.dir().join("missing.pem");
+    for query in [
+        "sslmode=verify-fulll".to_string(),
+        "sslmode=verify-full".to_string(),
+        format!("sslmode=verify-ca&sslrootcert={}", path(&missing)),
+        format!("sslmode=require&sslcert={}", path(&ca.ca_path())),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sink"))
+            .env_clear()
+            .env(
+                "DATABASE_URL",
+                format!("postgres://sink:hunter2@127.0.0.1:1/healthcheck?{query}"),
+            )
+            .env("LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sink");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{query}: {stderr}");
+        assert!(stderr.contains("DATABASE_URL"), "{query}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{query}: {stderr}");
+    }
+}
