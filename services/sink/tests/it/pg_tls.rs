@@ -1,41 +1,58 @@
 //! `DATABASE_URL`'s `sslmode`, `sslrootcert`, `sslcert` and `sslkey` against real PostgreSQL
 //! clusters: one with `ssl = on` whose `pg_hba.conf` refuses every TCP connection without TLS
-//! and authenticates one role by client certificate, and one without TLS. Each connection is
-//! made with the sink's own connector ([`sink::pg_tls::connect_config`]; `Store::new` uses
-//! the same), and what the server saw is read back from `pg_stat_ssl`.
+//! and authenticates one role by client certificate, and one without TLS. Every connection is
+//! the sink's own (`Store::new`, as `App::build` calls it, then `Store::ping`), and what the
+//! server saw is read back from `pg_stat_ssl` over the cluster's Unix socket.
 
 use std::process::{Command, Stdio};
 
-use sink::pg_tls::connect_config;
-use sink::store::Store;
-use tokio_postgres::error::SqlState;
+use sink::store::{Store, StoreError};
 
 use crate::support::*;
 use crate::tls_support::*;
 
-/// What the server knows about this session's TLS: (`ssl`, `client_dn`), from `pg_stat_ssl`.
+/// What the server knows about the sink's session: (`ssl`, `client_dn`), from `pg_stat_ssl`.
 type SessionTls = (bool, Option<String>);
 
-/// Connects with the sink's connector for `dsn`; the session's TLS as the server sees it.
-async fn session(dsn: &str) -> Result<SessionTls, tokio_postgres::Error> {
-    let c = connect_config(dsn).unwrap_or_else(|e| panic!("{dsn}: {e}"));
-    let (client, conn) = c.config.connect(c.tls).await?;
-    tokio::spawn(conn);
-    let row = client
-        .query_one(
-            "SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
+/// Opens a pooled connection of a [`Store`] for `dsn` (URL or `key=value`) on `pg`; the
+/// session's TLS as the server sees it, or why the connection failed.
+///
+/// # Panics
+/// `Store::new` refuses `dsn` (a configuration error, not a refused connection).
+async fn session(pg: &PrivatePostgres, dsn: &str) -> Result<SessionTls, StoreError> {
+    // A unique application_name finds the session in pg_stat_activity.
+    let app = unique("tls");
+    let dsn = if dsn.starts_with("postgres") {
+        format!(
+            "{dsn}{}application_name={app}",
+            if dsn.contains('?') { '&' } else { '?' }
         )
-        .await?;
+    } else {
+        format!("{dsn} application_name={app}")
+    };
+    let store = Store::new(&dsn, 1, "topic").unwrap_or_else(|e| panic!("{dsn}: {e}"));
+    store.ping().await?;
+    let row = connect(&pg.socket_dsn("postgres"))
+        .await
+        .query_one(
+            "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("the sink's session in pg_stat_ssl");
     Ok((row.get(0), row.get(1)))
 }
 
-async fn refused(dsn: &str) -> tokio_postgres::Error {
-    match session(dsn).await {
+async fn refused(pg: &PrivatePostgres, dsn: &str) -> StoreError {
+    match session(pg, dsn).await {
         Ok(s) => panic!("{dsn}: connected ({s:?}) but should have been refused"),
         Err(e) => e,
     }
 }
+
+/// SQLSTATE 28000 invalid_authorization_specification: `pg_hba.conf` rejected the connection.
+const HBA_REJECTED: &str = "28000";
 
 /// The cluster with TLS: a server certificate for `localhost` and `127.0.0.1` from `ca`,
 /// client certificates from `ca` checked (`ssl_ca_file`), plain TCP refused, and role
@@ -90,49 +107,55 @@ async fn sslmode_against_a_tls_only_server() {
 
     // verify-full: the chain and the name, by IP address (URL form) and by DNS name (key=value).
     assert_eq!(
-        session(&url(&format!("sslmode=verify-full&sslrootcert={root}")))
+        session(&pg, &url(&format!("sslmode=verify-full&sslrootcert={root}")))
             .await
             .unwrap(),
         encrypted
     );
     assert_eq!(
-        session(&kv(&format!("host=localhost sslmode=verify-full sslrootcert='{root}'")))
-            .await
-            .unwrap(),
+        session(
+            &pg,
+            &kv(&format!("host=localhost sslmode=verify-full sslrootcert='{root}'"))
+        )
+        .await
+        .unwrap(),
         encrypted
     );
     // A name the certificate does not hold (hostaddr is where to connect, host what to verify).
     let wrong_name = kv(&format!(
         "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-full sslrootcert={root}"
     ));
-    let e = refused(&wrong_name).await;
-    assert_eq!(e.code(), None, "a TLS failure, not a server error: {e}");
-    assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
+    let e = refused(&pg, &wrong_name).await;
+    assert_eq!(e.code, "io", "a TLS failure, not a server error: {e}");
+    assert!(e.message.contains("not valid for name"), "{e}");
 
     // verify-ca: the chain only, so the wrong name passes; another CA does not.
     assert_eq!(
-        session(&kv(&format!(
-            "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-ca sslrootcert={root}"
-        )))
+        session(
+            &pg,
+            &kv(&format!(
+                "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-ca sslrootcert={root}"
+            ))
+        )
         .await
         .unwrap(),
         encrypted
     );
-    let e = refused(&url(&format!("sslmode=verify-ca&sslrootcert={other_root}"))).await;
-    assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}");
+    let e = refused(&pg, &url(&format!("sslmode=verify-ca&sslrootcert={other_root}"))).await;
+    assert!(e.message.contains("UnknownIssuer"), "{e}");
 
     // require: encrypted, nothing checked; with sslrootcert it checks the chain (libpq's rule).
-    assert_eq!(session(&url("sslmode=require")).await.unwrap(), encrypted);
-    let e = refused(&url(&format!("sslmode=require&sslrootcert={other_root}"))).await;
-    assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}");
+    assert_eq!(session(&pg, &url("sslmode=require")).await.unwrap(), encrypted);
+    let e = refused(&pg, &url(&format!("sslmode=require&sslrootcert={other_root}"))).await;
+    assert!(e.message.contains("UnknownIssuer"), "{e}");
 
     // prefer, and no sslmode at all (libpq's default is prefer): encrypted when offered.
-    assert_eq!(session(&url("sslmode=prefer")).await.unwrap(), encrypted);
-    assert_eq!(session(&pg.url).await.unwrap(), encrypted);
+    assert_eq!(session(&pg, &url("sslmode=prefer")).await.unwrap(), encrypted);
+    assert_eq!(session(&pg, &pg.url).await.unwrap(), encrypted);
 
     // disable: plain TCP, which this server's pg_hba.conf rejects.
-    let e = refused(&url("sslmode=disable")).await;
-    assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e}");
+    let e = refused(&pg, &url("sslmode=disable")).await;
+    assert_eq!(e.code, HBA_REJECTED, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,40 +176,25 @@ async fn client_certificate_is_presented_when_the_server_demands_one() {
     };
 
     assert_eq!(
-        session(&dsn(&client)).await.unwrap(),
+        session(&pg, &dsn(&client)).await.unwrap(),
         (true, Some("/CN=certuser".to_string()))
     );
     // Without a certificate the server refuses the role (pg_hba `cert`).
-    let e = refused(&format!(
-        "postgres://certuser@localhost:{port}/healthcheck?sslmode=verify-full&sslrootcert={root}"
-    ))
+    let e = refused(
+        &pg,
+        &format!("postgres://certuser@localhost:{port}/healthcheck?sslmode=verify-full&sslrootcert={root}"),
+    )
     .await;
-    assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e}");
+    assert_eq!(e.code, HBA_REJECTED, "{e}");
     // A certificate from a CA the server does not trust fails the handshake.
-    let e = refused(&dsn(&stranger)).await;
-    assert_eq!(e.code(), None, "{e}");
+    let e = refused(&pg, &dsn(&stranger)).await;
+    assert_eq!(e.code, "io", "{e}");
 
-    // The sink's pool (Store::new, as App::build calls it) migrates over that connection.
+    // The sink's migrations run over that connection.
     let store = Store::new(&dsn(&client), 2, "topic").expect("store");
     store.migrate().await.expect("migrate over mutual TLS");
     let admin = connect(&pg.socket_dsn("healthcheck")).await;
-    let sessions: Vec<(bool, Option<String>)> = admin
-        .query(
-            "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-             WHERE a.application_name = 'healthcheck-sink'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert!(!sessions.is_empty(), "the sink holds a pooled connection");
-    assert!(
-        sessions.iter().all(|s| *s == (true, Some("/CN=certuser".to_string()))),
-        "{sessions:?}"
-    );
-    // The migrations ran: the table exists (count is -1 when the query fails).
+    // The table exists (count is -1 when the query fails).
     assert_eq!(count(&admin, "probe_results").await, 0);
 }
 
@@ -198,18 +206,18 @@ async fn sslmode_against_a_server_without_tls() {
     let url = |query: &str| format!("postgres://healthcheck@127.0.0.1:{port}/healthcheck?{query}");
     let plain: SessionTls = (false, None);
 
-    assert_eq!(session(&url("sslmode=disable")).await.unwrap(), plain);
+    assert_eq!(session(&pg, &url("sslmode=disable")).await.unwrap(), plain);
     // prefer (and the default) fall back to plain TCP when the server has no TLS.
-    assert_eq!(session(&url("sslmode=prefer")).await.unwrap(), plain);
-    assert_eq!(session(&pg.url).await.unwrap(), plain);
+    assert_eq!(session(&pg, &url("sslmode=prefer")).await.unwrap(), plain);
+    assert_eq!(session(&pg, &pg.url).await.unwrap(), plain);
     // Every mode from require on insists on TLS.
     for query in [
         "sslmode=require".to_string(),
         format!("sslmode=verify-ca&sslrootcert={}", path(&ca.ca_path())),
         format!("sslmode=verify-full&sslrootcert={}", path(&ca.ca_path())),
     ] {
-        let e = refused(&url(&query)).await;
-        assert_eq!(e.code(), None, "{query}: {e}");
+        let e = refused(&pg, &url(&query)).await;
+        assert_eq!(e.code, "io", "{query}: {e}");
     }
 }
 
