@@ -5,6 +5,7 @@ mod app;
 mod broker;
 mod e2e;
 mod faults;
+mod kafka_tls;
 mod pg_tls;
 mod store;
 mod support;
