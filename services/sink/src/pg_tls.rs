@@ -410,7 +410,7 @@ pub fn split_tls_params(dsn: &str) -> Result<(String, TlsParams), DsnError> {
 fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, DsnError> {
     let mut out = Vec::new();
     let mut it = s.chars().peekable();
-    let syntax = |m: &str| DsnError::Syntax(m.to_string());
+    let syntax = |m: &'static str| DsnError::Syntax(m.to_string());
     loop {
         while it.next_if(|c| c.is_whitespace()).is_some() {}
         let mut key = String::new();
@@ -425,7 +425,10 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, DsnError> {
         }
         while it.next_if(|c| c.is_whitespace()).is_some() {}
         if it.next() != Some('=') {
-            return Err(syntax(&format!("expected `=` after `{key}`")));
+            // Not echoing the key: it may be part of an unquoted password with a space.
+            return Err(syntax(
+                "expected `=` after a key (a value holding spaces must be single-quoted)",
+            ));
         }
         while it.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -447,7 +450,7 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, DsnError> {
                 }
             }
             if value.is_empty() {
-                return Err(syntax(&format!("`{key}` has no value")));
+                return Err(syntax("a key has no value"));
             }
         }
         out.push((key, value));
@@ -558,6 +561,11 @@ mod tests {
         ));
         assert!(matches!(err("postgres://u:hunter2@h:notaport/db"), DsnError::Syntax(_)));
         assert!(matches!(err("host=h password=hunter2 sslcrl=/x"), DsnError::Syntax(_)));
+        // An unquoted password with a space: the rest of it is read as a key, never shown.
+        assert!(matches!(
+            err("host=h password=abc hunter2 dbname=d"),
+            DsnError::Syntax(_)
+        ));
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "not a certificate").unwrap();

@@ -55,8 +55,9 @@ async fn refused(pg: &PrivatePostgres, dsn: &str) -> StoreError {
 const HBA_REJECTED: &str = "28000";
 
 /// The cluster with TLS: a server certificate for `localhost` and `127.0.0.1` from `ca`,
-/// client certificates from `ca` checked (`ssl_ca_file`), plain TCP refused, and role
-/// `certuser` authenticated by its certificate's common name.
+/// client certificates from `ca` checked (`ssl_ca_file`), plain TCP refused, role
+/// `certuser` authenticated by its certificate's common name and role `scramuser` by
+/// password (SCRAM-SHA-256), as managed services do.
 async fn tls_cluster(ca: &TestCa) -> PrivatePostgres {
     let server = ca.server("server", &["localhost", "127.0.0.1"]);
     let pg = PrivatePostgres::start_with(PgSetup {
@@ -75,6 +76,7 @@ async fn tls_cluster(ca: &TestCa) -> PrivatePostgres {
         .to_vec(),
         hba: [
             "hostssl all certuser 127.0.0.1/32 cert",
+            "hostssl all scramuser 127.0.0.1/32 scram-sha-256",
             "hostnossl all all 127.0.0.1/32 reject",
         ]
         .map(String::from)
@@ -83,7 +85,11 @@ async fn tls_cluster(ca: &TestCa) -> PrivatePostgres {
     .await;
     connect(&pg.socket_dsn("healthcheck"))
         .await
-        .batch_execute("CREATE ROLE certuser LOGIN SUPERUSER")
+        .batch_execute(
+            "CREATE ROLE certuser LOGIN SUPERUSER;
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE scramuser LOGIN PASSWORD 'scram-secret'",
+        )
         .await
         .expect("create role certuser");
     pg
@@ -148,6 +154,18 @@ async fn sslmode_against_a_tls_only_server() {
     assert_eq!(session(&pg, &url("sslmode=require")).await.unwrap(), encrypted);
     let e = refused(&pg, &url(&format!("sslmode=require&sslrootcert={other_root}"))).await;
     assert!(e.message.contains("UnknownIssuer"), "{e}");
+
+    // A password over TLS, as managed services ask for: SCRAM-SHA-256-PLUS, bound to the
+    // server's certificate (channel binding tls-server-end-point, RFC 5929).
+    assert_eq!(
+        session(
+            &pg,
+            &format!("postgres://scramuser:scram-secret@127.0.0.1:{port}/healthcheck?sslmode=require&channel_binding=require")
+        )
+        .await
+        .unwrap(),
+        encrypted
+    );
 
     // prefer, and no sslmode at all (libpq's default is prefer): encrypted when offered.
     assert_eq!(session(&pg, &url("sslmode=prefer")).await.unwrap(), encrypted);
