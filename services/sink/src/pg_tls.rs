@@ -18,7 +18,8 @@
 //!
 //! `sslrootcert=system` trusts the operating system's roots and, as in libpq 16+, allows only
 //! `verify-full` (and makes it the default). `sslcert` and `sslkey` (PEM) are the client
-//! certificate, presented when the server asks for one. Over Unix-domain sockets TLS is never
+//! certificate, presented when the server asks for one. With `hostaddr` and no `host` there is
+//! no name to verify: `verify-full` is refused (as libpq does), the other modes send none. Over Unix-domain sockets TLS is never
 //! used (libpq does not request it there). Differences from libpq: `sslmode=allow` is
 //! rejected; there are no default files under `~/.postgresql/` and no `PGSSL*` environment
 //! variables (tokio-postgres reads none); host names are matched against subjectAltName only
@@ -155,11 +156,26 @@ pub fn connect_config(dsn: &str) -> Result<PgConnect, DsnError> {
         None if system_roots => SslMode::VerifyFull,
         None => SslMode::Prefer,
     };
-    if system_roots && mode != SslMode::VerifyFull && mode != SslMode::Disable {
+    if system_roots && mode != SslMode::VerifyFull {
         return Err(DsnError::Unsupported(format!(
             "sslrootcert=system needs sslmode=verify-full (a weaker sslmode would trust any server the system roots vouch for under any name), not {}",
             params.sslmode.as_deref().unwrap_or_default()
         )));
+    }
+    if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+        // tokio-postgres takes the TLS server name from `host` only; without one the handshake
+        // has no name at all. libpq refuses verify-full there ("host name must be specified for
+        // a verified SSL connection"); the other modes do not check the name, so the address
+        // stands in for it.
+        if mode == SslMode::VerifyFull {
+            return Err(DsnError::Unsupported(
+                "sslmode=verify-full needs host (the name to verify), not only hostaddr".into(),
+            ));
+        }
+        let addrs: Vec<String> = config.get_hostaddrs().iter().map(ToString::to_string).collect();
+        for a in addrs {
+            config.host(a);
+        }
     }
     let tls = if mode == SslMode::Disable {
         // libpq ignores the files when TLS is off.
@@ -519,6 +535,18 @@ mod tests {
             mode("host=h sslmode=disable sslrootcert=/nonexistent"),
             (SslMode::Disable, PgSslMode::Disable)
         );
+        // Only hostaddr: the address is the (unchecked) TLS server name.
+        let c = connect_config("hostaddr=10.1.2.3 sslmode=verify-ca sslrootcert=system");
+        assert!(
+            matches!(c, Err(DsnError::Unsupported(_))),
+            "system roots need verify-full"
+        );
+        let c = connect_config("hostaddr=10.1.2.3 sslmode=require").unwrap();
+        assert_eq!(c.config.get_hosts(), [Host::Tcp("10.1.2.3".into())]);
+        assert!(matches!(
+            connect_config("hostaddr=10.1.2.3 sslmode=verify-full sslrootcert=/etc/ca.pem"),
+            Err(DsnError::Unsupported(_))
+        ));
         // Over a Unix-domain socket, TLS is never requested.
         assert_eq!(
             mode("host=/run/postgresql sslmode=require"),

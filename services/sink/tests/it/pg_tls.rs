@@ -167,6 +167,12 @@ async fn sslmode_against_a_tls_only_server() {
         encrypted
     );
 
+    // Only hostaddr: no name to send or check, which require does not need.
+    assert_eq!(
+        session(&pg, &kv("hostaddr=127.0.0.1 sslmode=require")).await.unwrap(),
+        encrypted
+    );
+
     // prefer, and no sslmode at all (libpq's default is prefer): encrypted when offered.
     assert_eq!(session(&pg, &url("sslmode=prefer")).await.unwrap(), encrypted);
     assert_eq!(session(&pg, &pg.url).await.unwrap(), encrypted);
