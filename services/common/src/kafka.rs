@@ -102,10 +102,11 @@ impl KafkaSettings {
                 DEFAULT_TOPIC,
             ));
         }
-        let properties = env
+        let properties: BTreeMap<String, String> = env
             .with_prefix("KAFKA_CFG_")
             .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v.to_string()))
             .collect();
+        check_files(&properties)?;
         let create_topic = match env.get("KAFKA_CREATE_TOPIC") {
             None => true,
             Some(v) => parse_bool("KAFKA_CREATE_TOPIC", v)?,
@@ -214,6 +215,28 @@ pub fn topic_partitions<C: rdkafka::client::ClientContext>(
     Ok(t.partitions().len())
 }
 
+/// librdkafka opens the files of its `*.location` properties (`ssl.ca.location`,
+/// `ssl.certificate.location`, `ssl.key.location`, `ssl.crl.location`,
+/// `ssl.keystore.location`, ...) only when a client is created, and then reports, e.g.,
+/// `ssl.certificate.location failed: error:0A080002:SSL routines::system lib`, which names
+/// neither the variable nor the file. Checks now that each can be opened (a file or, for
+/// `ssl.ca.location`, a directory; its special value `probe` is left to librdkafka).
+fn check_files(properties: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, path) in properties {
+        if !name.ends_with(".location") || (name == "ssl.ca.location" && path == "probe") {
+            continue;
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(ConfigError::new(
+                format!("KAFKA_CFG_{}", name.to_ascii_uppercase().replace('.', "_")),
+                format!("{path:?} cannot be read ({e})"),
+                "/etc/kafka/tls/client.pem",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -254,6 +277,23 @@ mod tests {
         assert_eq!(cfg.get("acks"), Some("1"));
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn unreadable_tls_files_name_their_variable() {
+        let dir = std::env::temp_dir();
+        let missing = dir.join("kafka-tls-test-missing.pem");
+        let e = KafkaSettings::from_env(&Env::from_pairs([
+            ("KAFKA_CFG_SECURITY_PROTOCOL", "ssl".to_string()),
+            ("KAFKA_CFG_SSL_CA_LOCATION", dir.display().to_string()),
+            ("KAFKA_CFG_SSL_KEY_LOCATION", missing.display().to_string()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "KAFKA_CFG_SSL_KEY_LOCATION");
+        // A CA directory and librdkafka's `probe` are accepted.
+        for ca in [dir.display().to_string(), "probe".to_string()] {
+            KafkaSettings::from_env(&Env::from_pairs([("KAFKA_CFG_SSL_CA_LOCATION", ca)])).unwrap();
+        }
     }
 
     #[test]

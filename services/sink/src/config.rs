@@ -99,13 +99,10 @@ impl Config {
         let (dsn_var, dsn) = env
             .get_any(&["DATABASE_URL", "POSTGRESQL_DSN"])
             .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set", example_dsn))?;
-        // Parse now so a typo fails at start-up; the error never echoes the DSN (it holds the password).
-        if let Err(e) = dsn.parse::<tokio_postgres::Config>() {
-            return Err(ConfigError::new(
-                dsn_var,
-                format!("not a PostgreSQL connection string ({e})"),
-                example_dsn,
-            ));
+        // Parse now, TLS files included, so a typo fails at start-up; the error never echoes
+        // the DSN (it holds the password).
+        if let Err(e) = crate::pg_tls::connect_config(dsn) {
+            return Err(ConfigError::new(dsn_var, e.to_string(), example_dsn));
         }
         let positive = |var: &str, v: Option<usize>, default: usize| match v {
             Some(0) => Err(ConfigError::new(var, "must be positive", default.to_string())),

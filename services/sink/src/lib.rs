@@ -2,11 +2,12 @@
 //! once.
 //!
 //! Flow: [`config`] → [`app::App`] → [`consume::Loop`] ([`decode`]) → [`store::Store`]. Only [`store`]
-//! issues SQL.
+//! issues SQL; [`pg_tls`] turns `DATABASE_URL`'s `sslmode` into its TLS connector.
 
 pub mod app;
 pub mod config;
 pub mod consume;
 pub mod decode;
 pub mod metrics;
+pub mod pg_tls;
 pub mod store;

@@ -38,7 +38,6 @@ use tokio::sync::Notify;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 mod embedded {
@@ -563,10 +562,12 @@ impl Store {
     /// Creates the connection pool (connections are opened lazily).
     ///
     /// # Errors
-    /// The DSN does not parse (URL or libpq `key=value` form, PostgreSQL docs §34.1.1).
+    /// The DSN does not parse (URL or libpq `key=value` form, PostgreSQL docs §34.1.1), or its
+    /// TLS parameters are invalid or name unusable files ([`crate::pg_tls::connect_config`]).
     pub fn new(dsn: &str, pool_size: usize, topic: &str) -> Result<Self, String> {
-        let pg: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
-        let mut pg = pg;
+        let crate::pg_tls::PgConnect {
+            config: mut pg, tls, ..
+        } = crate::pg_tls::connect_config(dsn).map_err(|e| e.to_string())?;
         if pg.get_application_name().is_none() {
             pg.application_name("healthcheck-sink");
         }
@@ -581,7 +582,7 @@ impl Store {
             .tcp_user_timeout(TCP_USER_TIMEOUT);
         let mgr = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

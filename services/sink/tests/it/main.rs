@@ -7,5 +7,8 @@ mod broker;
 mod e2e;
 mod faults;
 mod poison;
+mod kafka_tls;
+mod pg_tls;
 mod store;
 mod support;
+mod tls_support;

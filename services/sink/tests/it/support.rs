@@ -301,21 +301,7 @@ impl PrivateBroker {
     pub async fn start() -> Self {
         let broker_port = free_port();
         let front_port = free_port();
-        let tansu = which_tansu();
-        let child = Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{broker_port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{front_port}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
+        let child = spawn_tansu(broker_port, &format!("127.0.0.1:{front_port}"));
         let upstream: SocketAddr = format!("127.0.0.1:{broker_port}").parse().unwrap();
         wait_until(Duration::from_secs(20), "the private broker to listen", || async move {
             TcpStream::connect(upstream).await.is_ok()
@@ -336,6 +322,25 @@ impl Drop for PrivateBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts tansu (in memory) listening on `127.0.0.1:<port>` and advertising `advertised`
+/// (`host:port`), where a test's forwarder or TLS terminator will listen.
+pub fn spawn_tansu(port: u16, advertised: &str) -> Child {
+    Command::new(which_tansu())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://{advertised}"),
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu")
 }
 
 fn which_tansu() -> String {
@@ -383,6 +388,18 @@ pub async fn http_target(body: &'static str) -> SocketAddr {
     addr
 }
 
+/// What [`PrivatePostgres::start_with`] adds to a fresh cluster.
+#[derive(Debug, Default)]
+pub struct PgSetup {
+    /// `(file name, contents)` written into the data directory (mode 0600, owned by the
+    /// server's user), where relative paths in `postgresql.conf` point: certificates and keys.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Lines appended to `postgresql.conf`, e.g. `ssl = on`.
+    pub conf: Vec<String>,
+    /// `pg_hba.conf` lines that come before initdb's, e.g. `hostssl all all 127.0.0.1/32 cert`.
+    pub hba: Vec<String>,
+}
+
 /// A private PostgreSQL cluster (`initdb` into a temporary directory, `pg_ctl` on a free
 /// loopback port) for a test that stops and restarts the server, which the shared test
 /// PostgreSQL must never be. Trust authentication, a Unix socket inside the directory, small
@@ -396,6 +413,7 @@ pub struct PrivatePostgres {
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    socket_dir: PathBuf,
     /// Deletes the directory when dropped, after `Drop::drop` stopped the server.
     _dir: tempfile::TempDir,
 }
@@ -408,6 +426,14 @@ impl PrivatePostgres {
     /// `/usr/lib/postgresql/*/bin`, as in `scripts/stack.sh`), or `initdb`/`pg_ctl` fail
     /// (the message holds their output and the server log).
     pub async fn start() -> Self {
+        Self::start_with(PgSetup::default()).await
+    }
+
+    /// As [`PrivatePostgres::start`], with `setup`'s files in the data directory, its lines
+    /// appended to `postgresql.conf` and its `pg_hba.conf` lines put before initdb's (trust
+    /// for every local and loopback connection), so they take precedence. The database is
+    /// created over the Unix socket, which no added `host*` line affects.
+    pub async fn start_with(setup: PgSetup) -> Self {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("sink-private-pg-")
@@ -436,14 +462,34 @@ impl PrivatePostgres {
             .arg(&data)
             .args(["-U", "healthcheck", "--auth=trust", "-E", "UTF8", "--no-locale"]);
         run(initdb, "initdb", None).await;
+        for (name, contents) in &setup.files {
+            let path = data.join(name);
+            std::fs::write(&path, contents).expect("write a setup file");
+            // PostgreSQL refuses a key file others can read.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if is_root() {
+                let ok = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&path)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown postgres: {}", path.display());
+            }
+        }
+        if !setup.hba.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            std::fs::write(&hba, format!("{}\n{old}", setup.hba.join("\n"))).expect("write pg_hba.conf");
+        }
         let conf = format!(
             "\n# Private test cluster (sink tests, support.rs).\n\
              listen_addresses = '127.0.0.1'\n\
              port = {port}\n\
              unix_socket_directories = '{}'\n\
              shared_buffers = 16MB\n\
-             max_connections = 30\n",
-            sock.display()
+             max_connections = 30\n{}\n",
+            sock.display(),
+            setup.conf.join("\n"),
         );
         let mut conf_file = std::fs::OpenOptions::new()
             .append(true)
@@ -455,10 +501,11 @@ impl PrivatePostgres {
             bin,
             data,
             log,
+            socket_dir: sock.clone(),
             _dir: dir,
         };
         pg.start_again().await;
-        connect(&format!("postgres://healthcheck@127.0.0.1:{port}/postgres"))
+        connect(&pg.socket_dsn("postgres"))
             .await
             .batch_execute("CREATE DATABASE healthcheck OWNER healthcheck")
             .await
@@ -482,6 +529,16 @@ impl PrivatePostgres {
         // them open, and the server log says more anyway.
         start.stdout(Stdio::null()).stderr(Stdio::null());
         run(start, "pg_ctl start", Some(&self.log)).await;
+    }
+
+    /// A `key=value` DSN of `dbname` as the `healthcheck` superuser over the Unix socket: no
+    /// TLS, and no `host*` line of `pg_hba.conf` applies.
+    pub fn socket_dsn(&self, dbname: &str) -> String {
+        let port = pg_addr(&self.url).port();
+        format!(
+            "host={} port={port} user=healthcheck dbname={dbname}",
+            self.socket_dir.display()
+        )
     }
 
     /// The server log (`pg_ctl -l`) so far.
