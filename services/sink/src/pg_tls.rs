@@ -19,8 +19,9 @@
 //! `sslrootcert=system` trusts the operating system's roots and, as in libpq 16+, allows only
 //! `verify-full` (and makes it the default). `sslcert` and `sslkey` (PEM) are the client
 //! certificate, presented when the server asks for one. With `hostaddr` and no `host` there is
-//! no name to verify: `verify-full` is refused (as libpq does), the other modes send none. Over Unix-domain sockets TLS is never
-//! used (libpq does not request it there). Differences from libpq: `sslmode=allow` is
+//! no name to verify: `verify-full` is refused (as libpq does), the other modes send none.
+//! Over Unix-domain sockets TLS is never used (libpq does not request it there).
+//! Differences from libpq: `sslmode=allow` is
 //! rejected; there are no default files under `~/.postgresql/` and no `PGSSL*` environment
 //! variables (tokio-postgres reads none); host names are matched against subjectAltName only
 //! (webpki), never the common name; `prefer` does not retry without TLS after a failed
