@@ -503,13 +503,18 @@ impl Loop<'_> {
             self.heartbeat.beat();
             // A revoke may have come in a poll that returned no message.
             self.drop_revoked(&mut pending);
+            // The linger timer is armed only while a write slot is free: a timer past its
+            // deadline completes at once every time it is polled, so one left armed while
+            // every slot is busy would turn this loop into a busy loop until a write finishes
+            // (and a finishing write wakes the loop anyway).
+            let slot_free = inflight.len() < concurrency;
             match pending.opened {
-                Some(opened) if !linger_armed => {
+                Some(opened) if slot_free && !linger_armed => {
                     linger.as_mut().reset((opened + self.limits.linger).into());
                     linger_armed = true;
                 }
-                None => linger_armed = false,
-                Some(_) => {}
+                Some(_) if slot_free => {}
+                _ => linger_armed = false,
             }
             let due =
                 pending.is_full(&self.limits) || pending.opened.is_some_and(|t| t.elapsed() >= self.limits.linger);

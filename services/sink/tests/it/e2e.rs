@@ -1,59 +1,10 @@
 //! Both binaries as processes against the real broker, PostgreSQL and loopback targets.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
-fn bin(name: &str) -> PathBuf {
-    let sink = PathBuf::from(env!("CARGO_BIN_EXE_sink"));
-    let p = sink.with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} not built: run the tests for the whole workspace (make test)",
-        p.display()
-    );
-    p
-}
-
-/// A child process that is killed when the test ends, even when it panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-fn spawn(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Proc {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(bin(name))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
