@@ -8,4 +8,5 @@ pub mod app;
 pub mod config;
 pub mod consume;
 pub mod metrics;
+pub mod stall;
 pub mod store;

@@ -379,7 +379,7 @@ async fn postgres_restart_mid_stream() {
 
 /// Holds `LOCK TABLE probe_results` (which blocks every insert) in an open transaction until
 /// the returned client is dropped or its transaction ends.
-async fn lock_results(url: &str) -> tokio_postgres::Client {
+pub async fn lock_results(url: &str) -> tokio_postgres::Client {
     let locker = connect(url).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE probe_results IN SHARE ROW EXCLUSIVE MODE")
