@@ -631,3 +631,53 @@ pub async fn send_spread(
     );
     delivered
 }
+
+/// Everything `topic` holds, read back with a consumer outside any group (every partition
+/// assigned from its low to its high watermark): (partition, offset, payload), in partition
+/// and offset order.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>)> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader consumer");
+        let timeout = Duration::from_secs(10);
+        let md = c.fetch_metadata(Some(&topic), timeout).expect("metadata");
+        let mut ends = std::collections::BTreeMap::new();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            let (low, high) = c.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks");
+            if high > low {
+                ends.insert(p.id(), high);
+                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(low))
+                    .unwrap();
+            }
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ends.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} back timed out; still to read: {ends:?}"
+            );
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.expect("read the topic");
+            out.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+            if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                ends.remove(&m.partition());
+            }
+        }
+        out.sort_by_key(|(p, o, _)| (*p, *o));
+        out
+    })
+    .await
+    .unwrap()
+}
