@@ -79,7 +79,11 @@ impl Config {
             return Err(ConfigError::new("PROBE_CONCURRENCY", "must be positive", "512"));
         }
         Ok(Self {
-            kafka: KafkaSettings::from_env(env)?,
+            kafka: {
+                let kafka = KafkaSettings::from_env(env)?;
+                kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
+                kafka
+            },
             targets: load_targets(env, &defaults)?,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(common::config::hostname),

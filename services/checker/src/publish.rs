@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use common::kafka::KafkaSettings;
+use common::kafka::{KafkaSettings, Protected};
 use common::result::ProbeResult;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -24,6 +24,22 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("compression.type", "lz4"),
     ("message.timeout.ms", "300000"),
     ("client.id", "healthcheck-checker"),
+];
+
+/// The producer properties the checker's guarantees rest on, with the reason: `KAFKA_CFG_*`
+/// may not change them (see [`KafkaSettings::check_properties`]). librdkafka itself refuses
+/// `max.in.flight` above 5 with idempotence.
+pub const PROTECTED: &[Protected] = &[
+    Protected {
+        name: "enable.idempotence",
+        aliases: &[],
+        why: "retries neither duplicate nor reorder results within a partition",
+    },
+    Protected {
+        name: "acks",
+        aliases: &["request.required.acks"],
+        why: "a result counts as delivered only once every in-sync replica has it",
+    },
 ];
 
 /// A Kafka producer of probe results.

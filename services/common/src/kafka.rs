@@ -4,7 +4,9 @@
 //! and any librdkafka property spelled `KAFKA_CFG_<PROPERTY>`, where the property name is
 //! upper-cased with `.` written as `_`: `KAFKA_CFG_SECURITY_PROTOCOL=ssl` sets
 //! `security.protocol=ssl` (property list: librdkafka's CONFIGURATION.md). That is how TLS client
-//! certificates and SASL are configured without code changes.
+//! certificates and SASL are configured without code changes. A service names the properties
+//! its guarantees rest on ([`KafkaSettings::check_properties`]); a `KAFKA_CFG_*` variable that
+//! would change one of them, or that librdkafka rejects, is a configuration error naming it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +22,18 @@ use crate::config::{ConfigError, Env};
 /// Default topic for probe results.
 pub const DEFAULT_TOPIC: &str = "healthcheck-results";
 
+/// A librdkafka property a service's guarantees rest on: `KAFKA_CFG_*` may restate its
+/// default but not change it ([`KafkaSettings::check_properties`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Protected {
+    /// The property's name in librdkafka's CONFIGURATION.md.
+    pub name: &'static str,
+    /// Other names librdkafka accepts for it (CONFIGURATION.md: "Alias for ...").
+    pub aliases: &'static [&'static str],
+    /// What depends on it, for the error message.
+    pub why: &'static str,
+}
+
 /// Kafka connection settings.
 #[derive(Clone)]
 pub struct KafkaSettings {
@@ -27,7 +41,8 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// The topic probe results are published to and consumed from.
     pub topic: String,
-    /// Extra librdkafka properties from `KAFKA_CFG_*`, applied last (they override defaults).
+    /// Extra librdkafka properties from `KAFKA_CFG_*`, applied last (they override defaults,
+    /// except the protected ones: see [`KafkaSettings::check_properties`]).
     pub properties: BTreeMap<String, String>,
     /// Create the topic at start-up when missing (`KAFKA_CREATE_TOPIC`, default true).
     pub create_topic: bool,
@@ -121,6 +136,64 @@ impl KafkaSettings {
             topic_partitions,
             topic_replication_factor,
         })
+    }
+
+    /// Checks the `KAFKA_CFG_*` properties against a service's librdkafka `defaults`: each
+    /// must be a property librdkafka knows with a value it accepts, and none may change a
+    /// [`Protected`] property (each must be in `defaults`) from its default. Values are
+    /// compared as librdkafka reads them back (`rd_kafka_conf_get`), so equivalent spellings
+    /// (`1` and `true`, `all` and `-1`, `smallest` and `earliest`) are alike: restating a
+    /// protected default is allowed.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the `KAFKA_CFG_*` variable.
+    ///
+    /// # Panics
+    /// When `defaults` are invalid or lack a protected name (a programming error).
+    pub fn check_properties(&self, defaults: &[(&str, &str)], protected: &[Protected]) -> Result<(), ConfigError> {
+        // librdkafka's reading of `value` for `key`, as property `name` (its canonical name).
+        let read = |key: &str, value: &str, name: &str| -> Result<Option<String>, rdkafka::error::KafkaError> {
+            Ok(ClientConfig::new()
+                .set(key, value)
+                .create_native_config()?
+                .get(name)
+                .ok())
+        };
+        for (k, v) in &self.properties {
+            let var = format!("KAFKA_CFG_{}", k.to_ascii_uppercase().replace('.', "_"));
+            let user = |name: &str| {
+                read(k, v, name).map_err(|e| {
+                    let problem = match e {
+                        rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) if !is_secret_property(k) => desc,
+                        _ => format!("librdkafka rejects {k} or its value"),
+                    };
+                    ConfigError::new(&var, problem, "<a value from librdkafka's CONFIGURATION.md>")
+                })
+            };
+            user(k)?;
+            for p in protected
+                .iter()
+                .filter(|p| p.name == k || p.aliases.contains(&k.as_str()))
+            {
+                let default = defaults
+                    .iter()
+                    .find(|(d, _)| *d == p.name)
+                    .map(|(_, v)| *v)
+                    .unwrap_or_else(|| panic!("protected property {} is not in the defaults", p.name));
+                let required = read(p.name, default, p.name).expect("valid service defaults");
+                if user(p.name)? != required {
+                    return Err(ConfigError::new(
+                        &var,
+                        format!(
+                            "may not change {} (fixed at {default}: {}); remove the variable",
+                            p.name, p.why
+                        ),
+                        default,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A librdkafka client configuration: `bootstrap.servers`, then `defaults` (the service's
@@ -277,6 +350,72 @@ mod tests {
         assert_eq!(cfg.get("acks"), Some("1"));
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    const DEFAULTS: &[(&str, &str)] = &[
+        ("enable.auto.offset.store", "false"),
+        ("acks", "all"),
+        ("auto.offset.reset", "earliest"),
+        ("linger.ms", "5"),
+    ];
+    const PROTECTED: &[Protected] = &[
+        Protected {
+            name: "enable.auto.offset.store",
+            aliases: &[],
+            why: "stored after commit",
+        },
+        Protected {
+            name: "acks",
+            aliases: &["request.required.acks"],
+            why: "durable",
+        },
+        Protected {
+            name: "auto.offset.reset",
+            aliases: &[],
+            why: "a new group reads everything",
+        },
+    ];
+
+    fn check(pairs: &[(&'static str, &'static str)]) -> Result<(), ConfigError> {
+        KafkaSettings::from_env(&Env::from_pairs(pairs.iter().copied()))
+            .unwrap()
+            .check_properties(DEFAULTS, PROTECTED)
+    }
+
+    #[test]
+    fn protected_properties_cannot_be_changed() {
+        for (var, value) in [
+            ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "true"),
+            ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "1"),
+            ("KAFKA_CFG_ACKS", "1"),
+            // An alias of acks.
+            ("KAFKA_CFG_REQUEST_REQUIRED_ACKS", "0"),
+            // A topic-level property, set at the global level.
+            ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest"),
+        ] {
+            let e = check(&[(var, value)]).expect_err(&format!("{var}={value}"));
+            assert_eq!(e.var, var, "{e}");
+            assert!(e.problem.contains("may not change"), "{e}");
+        }
+        // Restating a default in any spelling librdkafka reads the same is fine; other
+        // properties pass through.
+        for (var, value) in [
+            ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "false"),
+            ("KAFKA_CFG_ACKS", "-1"),
+            ("KAFKA_CFG_AUTO_OFFSET_RESET", "smallest"),
+            ("KAFKA_CFG_LINGER_MS", "50"),
+            ("KAFKA_CFG_SECURITY_PROTOCOL", "ssl"),
+        ] {
+            check(&[(var, value)]).unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+        }
+    }
+
+    #[test]
+    fn properties_librdkafka_rejects_name_their_variable() {
+        let e = check(&[("KAFKA_CFG_NO_SUCH_PROPERTY", "1")]).unwrap_err();
+        assert_eq!(e.var, "KAFKA_CFG_NO_SUCH_PROPERTY");
+        let e = check(&[("KAFKA_CFG_LINGER_MS", "soon")]).unwrap_err();
+        assert_eq!(e.var, "KAFKA_CFG_LINGER_MS");
     }
 
     #[test]

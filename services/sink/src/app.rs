@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::admin::{self, Health};
 use common::kafka;
@@ -10,8 +10,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consume::{BatchLimits, Loop, SinkContext};
+use crate::consume::{BatchLimits, Loop, SinkContext, CONSUMER_DEFAULTS};
 use crate::metrics::Metrics;
+use crate::stall::{self, StallDetector};
 use crate::store::{ErrorClass, Store};
 
 /// The sink, built and listening, not yet consuming.
@@ -37,21 +38,8 @@ impl App {
             .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
             .with_method(config.write_method)
             .with_statement_timeout(config.statement_timeout);
-        let auto_commit_ms = "1000".to_string();
-        let mut defaults: Vec<(&str, &str)> = vec![
-            ("group.id", &config.group_id),
-            ("client.id", "healthcheck-sink"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", &auto_commit_ms),
-            ("auto.offset.reset", "earliest"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
-            ("statistics.interval.ms", "5000"),
-            // librdkafka's default (500 ms) is how long a broker may hold an empty fetch; some
-            // brokers (tansu) answer only at that deadline even when data arrives meanwhile,
-            // which adds up to half a second to every result's latency.
-            ("fetch.wait.max.ms", "100"),
-        ];
+        let mut defaults: Vec<(&str, &str)> = vec![("group.id", &config.group_id)];
+        defaults.extend_from_slice(CONSUMER_DEFAULTS);
         if let Some(id) = &config.group_instance_id {
             defaults.push(("group.instance.id", id));
         }
@@ -107,16 +95,19 @@ impl App {
         let heartbeat = health.heartbeat("consumer");
         let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
 
-        // Readiness: PostgreSQL answers on a pooled connection and the broker knows the topic.
+        // Readiness: PostgreSQL answers on a pooled connection, the broker knows the topic,
+        // and the partitions this sink answers for make progress (see `stall`).
         let readiness = {
-            let (store, consumer, health, topic, fatal, stop) = (
+            let (store, consumer, health, topic, fatal, stop, metrics) = (
                 store.clone(),
                 consumer.clone(),
                 health.clone(),
                 config.kafka.topic.clone(),
                 fatal.clone(),
                 shutdown.clone(),
+                metrics.clone(),
             );
+            let mut detector = StallDetector::new(&topic, config.stall_timeout, Instant::now());
             let hb = health.heartbeat("readiness");
             tokio::spawn(async move {
                 loop {
@@ -125,12 +116,31 @@ impl App {
                     let kafka_state =
                         kafka::check_metadata(move || kafka::topic_partitions(c.client(), &t, Duration::from_secs(3)))
                             .await;
+                    let observation = match &kafka_state {
+                        Ok(()) => {
+                            let (c, t) = (consumer.clone(), topic.clone());
+                            tokio::task::spawn_blocking(move || stall::observe(&*c, &t, Duration::from_secs(3)))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r)
+                        }
+                        Err(e) => Err(e.clone()),
+                    };
+                    let now = Instant::now();
+                    let verdict = detector.observe(now, observation.as_ref().map_err(String::as_str));
+                    tracing::debug!(?observation, ?verdict, "Progress observed.");
+                    metrics
+                        .last_progress
+                        .set(stall::unix_seconds(verdict.last_progress, now));
+                    if observation.is_ok() {
+                        metrics.partitions_assigned.set(verdict.assigned as i64);
+                    }
                     let db_state = store.ping().await;
                     let state = match (fatal.lock().expect("lock").clone(), kafka_state, db_state) {
                         (Some(f), _, _) => Err(format!("stopped: {f}")),
                         (None, Err(k), _) => Err(format!("Kafka: {k}")),
                         (None, _, Err(d)) => Err(format!("PostgreSQL: {}", d.message)),
-                        (None, Ok(()), Ok(())) => Ok(()),
+                        (None, Ok(()), Ok(())) => verdict.state.map_err(|s| format!("stalled: {s}")),
                     };
                     health.set_ready(state);
                     hb.beat();

@@ -50,6 +50,10 @@ pub struct Config {
     pub statement_timeout: Duration,
     /// Admin server address (`ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
+    /// Not ready when a partition this sink answers for (its own, or every partition when it
+    /// owns none) has had messages waiting and no committed progress for this long
+    /// (`STALL_TIMEOUT`, default 60 s); see [`crate::stall`].
+    pub stall_timeout: Duration,
     /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
     pub shutdown_grace: Duration,
     /// Log format (`LOG_FORMAT`).
@@ -70,6 +74,7 @@ struct Raw {
     partitions_ahead: Option<u32>,
     db_statement_timeout: Option<String>,
     shutdown_grace_period: Option<String>,
+    stall_timeout: Option<String>,
     log_format: Option<String>,
 }
 
@@ -135,8 +140,10 @@ impl Config {
                 (pool_size - 1).max(1).to_string(),
             ));
         }
+        let kafka = KafkaSettings::from_env(env)?;
+        kafka.check_properties(crate::consume::CONSUMER_DEFAULTS, crate::consume::PROTECTED)?;
         Ok(Self {
-            kafka: KafkaSettings::from_env(env)?,
+            kafka,
             group_id: raw.kafka_group_id.unwrap_or_else(|| "healthcheck-sink".to_string()),
             group_instance_id: raw.kafka_group_instance_id,
             database_url: Secret::new(dsn.to_string()),
@@ -169,6 +176,10 @@ impl Config {
             shutdown_grace: match raw.shutdown_grace_period.as_deref() {
                 Some(v) => parse_positive_duration("SHUTDOWN_GRACE_PERIOD", v)?,
                 None => Duration::from_secs(25),
+            },
+            stall_timeout: match raw.stall_timeout.as_deref() {
+                Some(v) => parse_positive_duration("STALL_TIMEOUT", v)?,
+                None => Duration::from_secs(60),
             },
             log_format: LogFormat::parse(raw.log_format.as_deref())?,
         })
@@ -238,6 +249,11 @@ mod tests {
             ("PARTITIONS_AHEAD", "0"),
             ("DB_STATEMENT_TIMEOUT", "0"),
             ("DB_STATEMENT_TIMEOUT", "soon"),
+            ("STALL_TIMEOUT", "0s"),
+            ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "true"),
+            ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "false"),
+            ("KAFKA_CFG_ISOLATION_LEVEL", "read_uncommitted"),
+            ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest"),
         ] {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
         }

@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::Heartbeat;
+use common::kafka::Protected;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rand::Rng;
@@ -410,6 +411,48 @@ pub struct Loop<'a> {
     pub heartbeat: Heartbeat,
 }
 
+/// The consumer's librdkafka properties (besides `group.id`, `group.instance.id` and
+/// `bootstrap.servers`); `KAFKA_CFG_*` may override any but [`PROTECTED`].
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("client.id", "healthcheck-sink"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.auto.commit", "true"),
+    ("auto.commit.interval.ms", "1000"),
+    ("auto.offset.reset", "earliest"),
+    ("isolation.level", "read_committed"),
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("statistics.interval.ms", "5000"),
+    // librdkafka's default (500 ms) is how long a broker may hold an empty fetch; some
+    // brokers (tansu) answer only at that deadline even when data arrives meanwhile,
+    // which adds up to half a second to every result's latency.
+    ("fetch.wait.max.ms", "100"),
+];
+
+/// The consumer properties the sink's guarantees rest on, with the reason: `KAFKA_CFG_*`
+/// may not change them (see [`common::kafka::KafkaSettings::check_properties`]).
+pub const PROTECTED: &[Protected] = &[
+    Protected {
+        name: "enable.auto.offset.store",
+        aliases: &[],
+        why: "an offset is stored only after the transaction holding its row committed",
+    },
+    Protected {
+        name: "enable.auto.commit",
+        aliases: &[],
+        why: "stored offsets are committed by auto-commit, and on revoke before the partitions move",
+    },
+    Protected {
+        name: "auto.offset.reset",
+        aliases: &[],
+        why: "a new group, or one whose offsets expired, must read what the topic holds, not skip it",
+    },
+    Protected {
+        name: "isolation.level",
+        aliases: &[],
+        why: "messages of aborted transactions must never become rows",
+    },
+];
+
 /// Messages taken from librdkafka's queue per turn of the loop without waiting.
 const BURST: usize = 512;
 
@@ -502,13 +545,18 @@ impl Loop<'_> {
             self.heartbeat.beat();
             // A revoke may have come in a poll that returned no message.
             self.drop_revoked(&mut pending);
+            // The linger timer is armed only while a write slot is free: a timer past its
+            // deadline completes at once every time it is polled, so one left armed while
+            // every slot is busy would turn this loop into a busy loop until a write finishes
+            // (and a finishing write wakes the loop anyway).
+            let slot_free = inflight.len() < concurrency;
             match pending.opened {
-                Some(opened) if !linger_armed => {
+                Some(opened) if slot_free && !linger_armed => {
                     linger.as_mut().reset((opened + self.limits.linger).into());
                     linger_armed = true;
                 }
-                None => linger_armed = false,
-                Some(_) => {}
+                Some(_) if slot_free => {}
+                _ => linger_armed = false,
             }
             let due =
                 pending.is_full(&self.limits) || pending.opened.is_some_and(|t| t.elapsed() >= self.limits.linger);

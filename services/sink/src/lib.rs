@@ -10,4 +10,5 @@ pub mod consume;
 pub mod decode;
 pub mod metrics;
 pub mod pg_tls;
+pub mod stall;
 pub mod store;

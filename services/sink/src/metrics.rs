@@ -34,6 +34,12 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// Unix time of the last successful offset store.
     pub last_offset_store: Gauge,
+    /// Unix time when the partitions this sink answers for last made progress (see
+    /// [`crate::stall`]): `time() - healthcheck_sink_last_progress_timestamp_seconds` is how
+    /// long they have had messages waiting and no commit (about 0 when none waits).
+    pub last_progress: Gauge,
+    /// Partitions of the topic assigned to this sink (readiness's last look).
+    pub partitions_assigned: IntGauge,
 }
 
 impl Metrics {
@@ -119,6 +125,14 @@ impl Metrics {
             last_offset_store: reg!(Gauge::new(
                 "healthcheck_sink_last_offset_store_timestamp_seconds",
                 "Unix time of the last successful offset store."
+            )),
+            last_progress: reg!(Gauge::new(
+                "healthcheck_sink_last_progress_timestamp_seconds",
+                "Unix time when the partitions this sink answers for (its own, or all when it owns none) last made progress: a commit, or nothing waiting."
+            )),
+            partitions_assigned: reg!(IntGauge::new(
+                "healthcheck_sink_partitions_assigned",
+                "Partitions of the topic assigned to this sink."
             )),
             registry,
         }

@@ -8,6 +8,7 @@ use sink::app::App;
 use sink::config::Config;
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::{assert_exactly_once, lock_results, produce};
 use crate::store::sample;
 use crate::support::*;
 
@@ -196,5 +197,174 @@ async fn readiness_follows_dependencies_and_writes_resume_after_an_outage() {
         async move { count(db, "probe_results").await == 2 }
     })
     .await;
+    sink.stop().await;
+}
+
+/// `time() - healthcheck_sink_last_progress_timestamp_seconds`: seconds without progress.
+async fn seconds_without_progress(sink: &Running) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    now - sink.metric("healthcheck_sink_last_progress_timestamp_seconds").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_writes_are_stuck_while_messages_wait_is_not_ready() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 2).await;
+    let sink = start(vec![
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("STALL_TIMEOUT", "4s".to_string()),
+    ])
+    .await;
+    let db = connect(&url).await;
+    let first = produce(&bootstrap, &topic, 2, 20, "first").await;
+    assert_exactly_once(&db, &first).await;
+    wait_until(Duration::from_secs(30), "ready", || async {
+        http_get(sink.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(seconds_without_progress(&sink).await < 10.0);
+    assert_eq!(sink.metric("healthcheck_sink_partitions_assigned").await, 2.0);
+
+    // Both dependencies answer (PostgreSQL pings, the broker knows the topic), but no write
+    // can commit while messages keep arriving.
+    let locker = lock_results(&url).await;
+    let stuck = produce(&bootstrap, &topic, 2, 20, "stuck").await;
+    wait_until(Duration::from_secs(30), "unready, with the reason", || async {
+        let (status, body) = http_get(sink.admin, "/readyz").await;
+        status == 503 && body.contains("stalled: no progress") && body.contains("messages waiting")
+    })
+    .await;
+    let stalled_for = seconds_without_progress(&sink).await;
+    assert!(stalled_for >= 4.0, "the metric shows the stall: {stalled_for}s");
+    assert_eq!(
+        http_get(sink.admin, "/healthz").await.0,
+        200,
+        "a stall is not a liveness failure"
+    );
+
+    drop(locker);
+    assert_exactly_once(&db, &(first + stuck)).await;
+    wait_until(Duration::from_secs(30), "ready again once writes commit", || async {
+        http_get(sink.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(seconds_without_progress(&sink).await < 10.0);
+    sink.stop().await;
+}
+
+/// A plain consumer in the group that takes partitions and never commits: the member that
+/// owns the partitions and makes no progress, whatever the reason. Dropping it closes it
+/// (it leaves the group).
+struct Holder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    assigned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Holder {
+    fn start(bootstrap: &str, topic: &str, group: &str) -> Self {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let assigned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("client.id", "holder")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("holder consumer");
+        consumer.subscribe(&[topic]).unwrap();
+        let thread = {
+            let (stop, assigned) = (stop.clone(), assigned.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                    assigned.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                consumer.unsubscribe();
+                let _ = consumer.poll(Duration::from_millis(500));
+            })
+        };
+        Self {
+            stop,
+            assigned,
+            thread: Some(thread),
+        }
+    }
+
+    fn assigned(&self) -> usize {
+        self.assigned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_owns_no_partition_while_messages_pile_up_is_not_ready() {
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let (topic, group) = (unique("results"), unique("group"));
+    create_topic(&bootstrap, &topic, 1).await;
+    let holder = Holder::start(&bootstrap, &topic, &group);
+    wait_until(Duration::from_secs(30), "the holder owns the partition", || async {
+        holder.assigned() == 1
+    })
+    .await;
+    let sink = start(vec![
+        ("DATABASE_URL", url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", group.clone()),
+        ("STALL_TIMEOUT", "4s".to_string()),
+    ])
+    .await;
+    // Nothing waits: a member without partitions is ready.
+    wait_until(Duration::from_secs(30), "ready", || async {
+        http_get(sink.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        holder.assigned(),
+        1,
+        "the sticky assignment left the partition with the holder"
+    );
+
+    let produced = produce(&bootstrap, &topic, 1, 20, "waiting").await;
+    wait_until(Duration::from_secs(30), "unready, with the reason", || async {
+        let (status, body) = http_get(sink.admin, "/readyz").await;
+        status == 503 && body.contains("owns no partition") && body.contains("messages waiting")
+    })
+    .await;
+    assert_eq!(sink.metric("healthcheck_sink_partitions_assigned").await, 0.0);
+    assert!(seconds_without_progress(&sink).await >= 4.0);
+
+    // The holder leaves: the sink takes the partition over, writes everything, is ready.
+    drop(holder);
+    let db = connect(&url).await;
+    assert_exactly_once(&db, &produced).await;
+    wait_until(
+        Duration::from_secs(30),
+        "ready once the group makes progress",
+        || async { http_get(sink.admin, "/readyz").await.0 == 200 },
+    )
+    .await;
+    assert_eq!(sink.metric("healthcheck_sink_partitions_assigned").await, 1.0);
     sink.stop().await;
 }

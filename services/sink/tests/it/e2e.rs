@@ -1,59 +1,10 @@
 //! Both binaries as processes against the real broker, PostgreSQL and loopback targets.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
-fn bin(name: &str) -> PathBuf {
-    let sink = PathBuf::from(env!("CARGO_BIN_EXE_sink"));
-    let p = sink.with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} not built: run the tests for the whole workspace (make test)",
-        p.display()
-    );
-    p
-}
-
-/// A child process that is killed when the test ends, even when it panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-fn spawn(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Proc {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(bin(name))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
@@ -114,7 +65,7 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
             ("KAFKA_TOPIC", topic.clone()),
             ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
             ("LOG_FORMAT", "json".to_string()),
-            ("RUST_LOG", "info,checker=debug".to_string()),
+            ("RUST_LOG", "info".to_string()),
             ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
         ]
     };
@@ -169,22 +120,26 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
         0,
         "checker exits 0 on SIGTERM"
     );
-    let log = std::fs::read_to_string(&checker_log).unwrap();
-    let delivered: HashSet<String> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "Result delivered.")
-        .map(|v| v["check_id"].as_str().unwrap().to_string())
+    // What the topic holds: every result the checker published, each once per message.
+    let messages = read_topic(&bootstrap, &topic).await;
+    let in_topic: HashSet<String> = messages
+        .iter()
+        .map(|(p, o, payload)| {
+            let r: common::result::ProbeResult = serde_json::from_slice(payload.as_deref().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("message {p}/{o} is not a probe result: {e}"));
+            r.check_id.to_string()
+        })
         .collect();
+    assert_eq!(in_topic.len(), messages.len(), "the checker published a slot twice");
     assert!(
-        delivered.len() >= 4 * 12,
+        in_topic.len() >= 4 * 12,
         "about 4 targets × 4 per second × 6.5 s expected, got {}",
-        delivered.len()
+        in_topic.len()
     );
 
     let db = connect(&url).await;
-    let n = delivered.len() as i64;
-    wait_until(Duration::from_secs(60), "every delivered result in PostgreSQL", || {
+    let n = in_topic.len() as i64;
+    wait_until(Duration::from_secs(60), "every published result in PostgreSQL", || {
         let db = &db;
         async move { count(db, "probe_results").await >= n }
     })
@@ -201,9 +156,10 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
         .await
         .unwrap();
     let stored: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    assert_eq!(stored.len(), rows.len(), "no check_id twice");
-    let missing: Vec<&String> = delivered.difference(&stored).collect();
-    assert!(missing.is_empty(), "delivered but not stored: {missing:?}");
+    let missing: Vec<&String> = in_topic.difference(&stored).collect();
+    assert!(missing.is_empty(), "in the topic but not stored: {missing:?}");
+    let extra: Vec<&String> = stored.difference(&in_topic).collect();
+    assert!(extra.is_empty(), "stored but not in the topic: {extra:?}");
     assert_eq!(count(&db, "dead_letters").await, 0);
 
     let mut by_target: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
@@ -284,7 +240,44 @@ fn invalid_environment_exits_2_naming_the_variable() {
             ],
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
+        (
+            "checker",
+            &[
+                ("TARGET", "http://127.0.0.1:1/"),
+                ("KAFKA_CFG_ENABLE_IDEMPOTENCE", "false"),
+            ],
+            "KAFKA_CFG_ENABLE_IDEMPOTENCE",
+        ),
+        (
+            "checker",
+            &[("TARGET", "http://127.0.0.1:1/"), ("KAFKA_CFG_ACKS", "1")],
+            "KAFKA_CFG_ACKS",
+        ),
         ("sink", &[], "DATABASE_URL"),
+        (
+            "sink",
+            &[
+                ("DATABASE_URL", "postgres://u@h/d"),
+                ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "true"),
+            ],
+            "KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE",
+        ),
+        (
+            "sink",
+            &[
+                ("DATABASE_URL", "postgres://u@h/d"),
+                ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "false"),
+            ],
+            "KAFKA_CFG_ENABLE_AUTO_COMMIT",
+        ),
+        (
+            "sink",
+            &[
+                ("DATABASE_URL", "postgres://u@h/d"),
+                ("KAFKA_CFG_NO_SUCH_PROPERTY", "1"),
+            ],
+            "KAFKA_CFG_NO_SUCH_PROPERTY",
+        ),
         (
             "sink",
             &[("DATABASE_URL", "postgres://u:hunter2@h:99999999/d")],

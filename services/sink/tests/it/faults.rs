@@ -1,6 +1,7 @@
 //! Fault drills against the sink app: each ends with "every message in the topic is a row or
 //! a dead letter, exactly once".
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,9 +10,27 @@ use crate::app::start;
 use crate::store::sample;
 use crate::support::*;
 
-/// Produces `n` distinct results (and every 100th message a poison one) to `topic`; returns
-/// (results, poison messages).
-async fn produce(bootstrap: &str, topic: &str, n: usize, tag: &str) -> (i64, i64) {
+/// What a drill produced, as the topic holds it: each result's (partition, offset, check id)
+/// and each poison message's (partition, offset).
+#[derive(Debug, Default, Clone)]
+pub struct Produced {
+    pub rows: BTreeSet<(i32, i64, uuid::Uuid)>,
+    pub poison: BTreeSet<(i32, i64)>,
+}
+
+impl std::ops::Add for Produced {
+    type Output = Produced;
+    fn add(mut self, other: Produced) -> Produced {
+        self.rows.extend(other.rows);
+        self.poison.extend(other.poison);
+        self
+    }
+}
+
+/// Produces `n` distinct results (and every 100th message a poison one) to `topic`, spread
+/// over all its `partitions` (message `i` to partition `i % partitions`, keyed by its target
+/// as the checker keys them); returns what was delivered where.
+pub async fn produce(bootstrap: &str, topic: &str, partitions: i32, n: usize, tag: &str) -> Produced {
     // Deliveries must outlive the longest outage drill.
     let p: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -20,40 +39,41 @@ async fn produce(bootstrap: &str, topic: &str, n: usize, tag: &str) -> (i64, i64
         .create()
         .unwrap();
     let now = Utc::now();
-    let mut poison = 0;
-    let mut sends = Vec::with_capacity(n);
-    for i in 0..n {
-        let payload = if i % 100 == 99 {
-            poison += 1;
-            b"\x00\x01 definitely not json".to_vec()
-        } else {
-            let r = sample(
-                &format!("{tag}-{}", i % 50),
-                now + chrono::Duration::milliseconds(i as i64),
-                i % 5 != 0,
-                0.05,
-            );
-            serde_json::to_vec(&r).unwrap()
+    let mut ids = Vec::with_capacity(n);
+    let payloads = (0..n)
+        .map(|i| {
+            let target = format!("{tag}-{}", i % 50);
+            if i % 100 == 99 {
+                ids.push(None);
+                (target, b"\x00\x01 definitely not json".to_vec())
+            } else {
+                let r = sample(
+                    &target,
+                    now + chrono::Duration::milliseconds(i as i64),
+                    i % 5 != 0,
+                    0.05,
+                );
+                ids.push(Some(r.check_id));
+                (target, serde_json::to_vec(&r).unwrap())
+            }
+        })
+        .collect();
+    let delivered = send_spread(&p, topic, partitions, payloads).await;
+    let mut produced = Produced::default();
+    for ((partition, offset), id) in delivered.into_iter().zip(ids) {
+        match id {
+            Some(id) => produced.rows.insert((partition, offset, id)),
+            None => produced.poison.insert((partition, offset)),
         };
-        let p = p.clone();
-        let topic = topic.to_string();
-        sends.push(tokio::spawn(async move {
-            p.send(
-                rdkafka::producer::FutureRecord::to(&topic).key("k").payload(&payload),
-                Duration::from_secs(120),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("delivered");
-        }));
     }
-    for s in sends {
-        s.await.unwrap();
-    }
-    (n as i64 - poison, poison)
+    produced
 }
 
-async fn assert_exactly_once(db: &tokio_postgres::Client, rows: i64, dead: i64) {
+/// Every message `produced` is in PostgreSQL exactly once: each result is the row of its
+/// (partition, offset), each poison message the dead letter of its (partition, offset), and
+/// nothing else is there (also 2 s later).
+pub async fn assert_exactly_once(db: &tokio_postgres::Client, produced: &Produced) {
+    let (rows, dead) = (produced.rows.len() as i64, produced.poison.len() as i64);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (r, d) = (count(db, "probe_results").await, count(db, "dead_letters").await);
@@ -66,16 +86,34 @@ async fn assert_exactly_once(db: &tokio_postgres::Client, rows: i64, dead: i64) 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Nothing more arrives later, and nothing is there twice.
+    // Nothing more arrives later.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count(db, "probe_results").await, rows);
-    assert_eq!(count(db, "dead_letters").await, dead);
-    let distinct: i64 = db
-        .query_one("SELECT count(DISTINCT check_id) FROM probe_results", &[])
+    let stored: BTreeSet<(i32, i64, uuid::Uuid)> = db
+        .query("SELECT kafka_partition, kafka_offset, check_id FROM probe_results", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(distinct, rows);
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let dead_letters: BTreeSet<(i32, i64)> = db
+        .query("SELECT kafka_partition, kafka_offset FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(count(db, "probe_results").await, rows);
+    assert_eq!(count(db, "dead_letters").await, dead);
+    let missing: Vec<_> = produced.rows.difference(&stored).take(5).collect();
+    let extra: Vec<_> = stored.difference(&produced.rows).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "rows differ from the topic: missing {missing:?}, not produced {extra:?}"
+    );
+    assert_eq!(
+        dead_letters, produced.poison,
+        "dead letters differ from the poison messages"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,15 +157,16 @@ async fn backends_terminated_mid_batch() {
             killed
         })
     };
-    let (rows, dead) = produce(&bootstrap, &topic, 6000, "term").await;
+    let produced = produce(&bootstrap, &topic, 3, 6000, "term").await;
     let killed = killer.await.unwrap();
     assert!(killed > 0, "the drill terminated no backend");
-    assert_exactly_once(&db, rows, dead).await;
-    assert!(
-        sink.metric("healthcheck_sink_write_retries_total{class=\"57\"}").await
-            + sink.metric("healthcheck_sink_write_retries_total{class=\"io\"}").await
-            >= 0.0
-    );
+    assert_exactly_once(&db, &produced).await;
+    // The drill failed writes (not only idle connections), and the retries replayed nothing
+    // into a second row: every replayed row is counted as a duplicate.
+    let (retries, series) = write_retries(&sink).await;
+    let replayed = sink.metric("healthcheck_sink_duplicates_total").await;
+    eprintln!("{killed} backends terminated, {retries} write retries ({series:?}), {replayed} rows replayed");
+    assert!(retries > 0.0, "no write failed: the drill tested nothing ({series:?})");
     sink.stop().await;
 }
 
@@ -148,13 +187,13 @@ async fn postgres_outage_mid_stream() {
     ])
     .await;
     let db = connect(&url).await;
-    let (a_rows, a_dead) = produce(&bootstrap, &topic, 2000, "before").await;
+    let a = produce(&bootstrap, &topic, 3, 2000, "before").await;
     pg.cut().await;
-    let (b_rows, b_dead) = produce(&bootstrap, &topic, 2000, "during").await;
+    let b = produce(&bootstrap, &topic, 3, 2000, "during").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(http_get(sink.admin, "/healthz").await.0, 200);
     pg.restore().await;
-    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    assert_exactly_once(&db, &(a + b)).await;
     sink.stop().await;
 }
 
@@ -172,12 +211,12 @@ async fn broker_outage_of_a_minute() {
     ])
     .await;
     let db = connect(&url).await;
-    let (a_rows, a_dead) = produce(&broker.bootstrap(), &topic, 1000, "before").await;
+    let a = produce(&broker.bootstrap(), &topic, 2, 1000, "before").await;
     broker.forwarder.cut().await;
     // Produce during the outage too: the producer buffers and delivers after it.
     let late = {
         let (b, t) = (broker.bootstrap(), topic.clone());
-        tokio::spawn(async move { produce(&b, &t, 1000, "during").await })
+        tokio::spawn(async move { produce(&b, &t, 2, 1000, "during").await })
     };
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
@@ -188,12 +227,12 @@ async fn broker_outage_of_a_minute() {
     assert_eq!(http_get(sink.admin, "/readyz").await.0, 503);
     broker.forwarder.restore().await;
     eprintln!("restored at {:?}", std::time::SystemTime::now());
-    let (b_rows, b_dead) = tokio::time::timeout(Duration::from_secs(90), late)
+    let b = tokio::time::timeout(Duration::from_secs(90), late)
         .await
         .expect("the messages produced during the outage are delivered within 90 s of its end")
         .unwrap();
     eprintln!("late delivered at {:?}", std::time::SystemTime::now());
-    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    assert_exactly_once(&db, &(a + b)).await;
     sink.stop().await;
 }
 
@@ -212,7 +251,7 @@ async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
     };
     let sink = start(env()).await;
     let db = connect(&url).await;
-    let (rows, _) = produce(&bootstrap, &topic, 10, "first").await;
+    let rows = produce(&bootstrap, &topic, 1, 10, "first").await.rows.len() as i64;
     wait_until(Duration::from_secs(30), "the first rows", || async {
         count(&db, "probe_results").await == rows
     })
@@ -222,7 +261,7 @@ async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
     db.batch_execute("ALTER TABLE probe_results RENAME TO probe_results_moved")
         .await
         .unwrap();
-    let (more, _) = produce(&bootstrap, &topic, 10, "second").await;
+    let more = produce(&bootstrap, &topic, 1, 10, "second").await.rows.len() as i64;
     wait_until(Duration::from_secs(20), "unready with the reason", || async {
         let (status, body) = http_get(sink.admin, "/readyz").await;
         status == 503 && body.contains("42P01")
@@ -283,7 +322,7 @@ async fn postgres_restart_mid_stream() {
     // Stop the server once the sink has written some of the first messages.
     let before = {
         let (b, t) = (bootstrap.clone(), topic.clone());
-        tokio::spawn(async move { produce(&b, &t, 4000, "before").await })
+        tokio::spawn(async move { produce(&b, &t, 3, 4000, "before").await })
     };
     let db = connect(&pg.url).await;
     wait_until(Duration::from_secs(60), "the first rows", || async {
@@ -293,11 +332,11 @@ async fn postgres_restart_mid_stream() {
     let rows_at_stop = count(&db, "probe_results").await;
     pg.stop().await;
     let down = std::time::Instant::now();
-    let (a_rows, a_dead) = before.await.unwrap();
-    eprintln!("stopped PostgreSQL at about {rows_at_stop} of {a_rows} rows");
+    let a = before.await.unwrap();
+    eprintln!("stopped PostgreSQL at about {rows_at_stop} of {} rows", a.rows.len());
 
     // While it is down, more messages arrive; the sink stays alive but unready.
-    let (b_rows, b_dead) = produce(&bootstrap, &topic, 2000, "during").await;
+    let b = produce(&bootstrap, &topic, 3, 2000, "during").await;
     wait_until(Duration::from_secs(20), "/readyz to blame PostgreSQL", || async {
         let (status, body) = http_get(sink.admin, "/readyz").await;
         status == 503 && body.contains("PostgreSQL")
@@ -323,13 +362,13 @@ async fn postgres_restart_mid_stream() {
     .await;
     eprintln!("ready {:?} after PostgreSQL accepted connections again", up.elapsed());
 
-    let (c_rows, c_dead) = produce(&bootstrap, &topic, 1000, "after").await;
+    let c = produce(&bootstrap, &topic, 3, 1000, "after").await;
     // What the server told the sink's sessions, shown when the assertion fails.
     for line in pg.log().lines().filter(|l| l.contains("FATAL") || l.contains("ERROR")) {
         eprintln!("server: {line}");
     }
     let db = connect(&pg.url).await;
-    assert_exactly_once(&db, a_rows + b_rows + c_rows, a_dead + b_dead + c_dead).await;
+    assert_exactly_once(&db, &(a + b + c)).await;
     eprintln!(
         "all written {:?} after the restart; {:?}",
         up.elapsed(),
@@ -340,7 +379,7 @@ async fn postgres_restart_mid_stream() {
 
 /// Holds `LOCK TABLE probe_results` (which blocks every insert) in an open transaction until
 /// the returned client is dropped or its transaction ends.
-async fn lock_results(url: &str) -> tokio_postgres::Client {
+pub async fn lock_results(url: &str) -> tokio_postgres::Client {
     let locker = connect(url).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE probe_results IN SHARE ROW EXCLUSIVE MODE")
@@ -368,13 +407,13 @@ async fn stalled_writes_pause_partitions_without_leaving_the_group() {
     ])
     .await;
     let db = connect(&url).await;
-    let (a_rows, a_dead) = produce(&bootstrap, &topic, 500, "before").await;
-    assert_exactly_once(&db, a_rows, a_dead).await;
+    let a = produce(&bootstrap, &topic, 2, 500, "before").await;
+    assert_exactly_once(&db, &a).await;
     let revokes = "healthcheck_sink_rebalances_total{kind=\"revoke\"}";
     let revokes_before = sink.metric(revokes).await;
 
     let locker = lock_results(&url).await;
-    let (b_rows, b_dead) = produce(&bootstrap, &topic, 3000, "stalled").await;
+    let b = produce(&bootstrap, &topic, 2, 3000, "stalled").await;
     wait_until(Duration::from_secs(20), "partitions paused", || async {
         sink.metric("healthcheck_sink_partitions_paused").await > 0.0
     })
@@ -387,7 +426,7 @@ async fn stalled_writes_pause_partitions_without_leaving_the_group() {
     );
     drop(locker);
 
-    assert_exactly_once(&db, a_rows + b_rows, a_dead + b_dead).await;
+    assert_exactly_once(&db, &(a + b)).await;
     assert_eq!(sink.metric("healthcheck_sink_partitions_paused").await, 0.0);
     assert_eq!(
         sink.metric(revokes).await,
@@ -421,12 +460,12 @@ async fn a_revoke_waits_for_writes_in_flight_so_the_new_owner_replays_nothing() 
     };
     let first = start(settings("first")).await;
     let db = connect(&url).await;
-    let (a_rows, a_dead) = produce(&bootstrap, &topic, 400, "before").await;
-    assert_exactly_once(&db, a_rows, a_dead).await;
+    let a = produce(&bootstrap, &topic, 4, 400, "before").await;
+    assert_exactly_once(&db, &a).await;
 
     // Writes of the first sink are in flight (blocked) when the second one joins.
     let locker = lock_results(&url).await;
-    let (b_rows, b_dead) = produce(&bootstrap, &topic, 1000, "in-flight").await;
+    let b = produce(&bootstrap, &topic, 4, 1000, "in-flight").await;
     wait_until(Duration::from_secs(20), "writes blocked on the lock", || async {
         let blocked: i64 = db
             .query_one(
@@ -454,8 +493,8 @@ async fn a_revoke_waits_for_writes_in_flight_so_the_new_owner_replays_nothing() 
             >= 1.0
     })
     .await;
-    let (c_rows, c_dead) = produce(&bootstrap, &topic, 400, "after").await;
-    assert_exactly_once(&db, a_rows + b_rows + c_rows, a_dead + b_dead + c_dead).await;
+    let c = produce(&bootstrap, &topic, 4, 400, "after").await;
+    assert_exactly_once(&db, &(a + b + c)).await;
     assert!(
         second.metric("healthcheck_sink_messages_consumed_total").await > 0.0,
         "the second sink took part"
@@ -465,4 +504,94 @@ async fn a_revoke_waits_for_writes_in_flight_so_the_new_owner_replays_nothing() 
     assert_eq!(replayed, 0.0, "the new owner replayed rows the first sink had written");
     first.stop().await;
     second.stop().await;
+}
+
+/// The consume loop idles while every write slot is busy and a partial batch waits past its
+/// linger time (a regression: the linger timer stayed armed after its deadline and completed
+/// at once on every turn, a busy loop using most of a core for as long as the write was
+/// blocked, with neither back-pressure nor pauses to show for it).
+///
+/// The sink runs as its own process so that its CPU time can be read from
+/// `/proc/<pid>/stat`. Measured on the shared 2-core machine (load average 13-17, debug
+/// build): 0.002-0.003 CPU-s/s with the fix, 0.22-0.37 without (all the CPU the loop could
+/// get there; a core's worth on an idle machine). The bound sits between them, low enough
+/// that a busy loop exceeds it even when it gets a small share of a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_write_with_a_partial_batch_waiting_leaves_the_sink_idle() {
+    const STALL: Duration = Duration::from_secs(15);
+    let (url, bootstrap) = (fresh_database().await, bootstrap());
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 3).await;
+    let admin = free_port();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let log = std::env::temp_dir().join(format!("{}.log", unique("sink-idle")));
+    eprintln!("sink log: {}", log.display());
+    let sink = spawn(
+        "sink",
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_GROUP_ID", unique("group")),
+            ("ADMIN_ADDR", admin_addr.to_string()),
+            ("WRITE_CONCURRENCY", "1".to_string()),
+            ("BATCH_MAX_ROWS", "100".to_string()),
+            ("BATCH_LINGER", "20ms".to_string()),
+        ],
+        &log,
+    );
+    let db = connect(&url).await;
+    // Consuming: the first messages are written.
+    let first = produce(&bootstrap, &topic, 3, 30, "first").await;
+    assert_exactly_once(&db, &first).await;
+
+    // One write in flight, blocked by the lock; then a partial batch (well below 100 rows)
+    // waits for the only write slot, its linger time long past.
+    let locker = connect(&url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked = produce(&bootstrap, &topic, 3, 30, "blocked").await;
+    wait_until(Duration::from_secs(20), "a write blocked on the lock", || async {
+        blocked_writes(&db).await > 0
+    })
+    .await;
+    let waiting = produce(&bootstrap, &topic, 3, 30, "waiting").await;
+    let consumed = move || async move {
+        let (_, body) = http_get(admin_addr, "/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix("healthcheck_sink_messages_consumed_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(20), "every message taken by the sink", || async {
+        consumed().await == 90.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (cpu, t) = (cpu_seconds(sink.id()), std::time::Instant::now());
+    tokio::time::sleep(STALL).await;
+    let share = (cpu_seconds(sink.id()) - cpu) / t.elapsed().as_secs_f64();
+    eprintln!("sink CPU while the write was blocked: {share:.3} CPU-s/s over {STALL:?}");
+    assert!(blocked_writes(&db).await > 0, "the write is still blocked");
+
+    drop(locker);
+    assert_exactly_once(&db, &(first + blocked + waiting)).await;
+    assert!(
+        share < 0.05,
+        "the sink used {share:.3} CPU-s per second while it had nothing to do but wait (idle: below 0.01)"
+    );
+}
+
+/// The sink's sessions waiting for a lock (`pg_stat_activity`, which no table lock blocks).
+async fn blocked_writes(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'healthcheck-sink'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }

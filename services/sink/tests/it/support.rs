@@ -626,3 +626,167 @@ async fn run(mut cmd: Command, what: &str, log: Option<&Path>) {
         );
     }
 }
+
+/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
+pub fn bin(name: &str) -> PathBuf {
+    let sink = PathBuf::from(env!("CARGO_BIN_EXE_sink"));
+    let p = sink.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} not built: run the tests for the whole workspace (make test)",
+        p.display()
+    );
+    p
+}
+
+/// A child process that is killed when the test ends, even when it panics.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// Starts the workspace binary `name` with only `env` (and `PATH`), its stderr appended to `log`.
+pub fn spawn(name: &str, env: &[(&str, String)], log: &Path) -> Proc {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let child = Command::new(bin(name))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// CPU time (user + system, all threads) that process `pid` has used so far, seconds: fields
+/// 14 and 15 (`utime`, `stime`) of `/proc/<pid>/stat`, in clock ticks (`getconf CLK_TCK`);
+/// see proc_pid_stat(5).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field n is fields[n - 3].
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Per-partition sends of `payloads` to `topic` (message `i` to partition `i % partitions`,
+/// keyed `key(i)`), all in flight at once; returns each message's (partition, offset) in order.
+/// Panics unless every partition got at least one message, so a drill really spans the topic.
+pub async fn send_spread(
+    p: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    payloads: Vec<(String, Vec<u8>)>,
+) -> Vec<(i32, i64)> {
+    let sends: Vec<_> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, payload))| {
+            let (p, topic) = (p.clone(), topic.to_string());
+            tokio::spawn(async move {
+                let d = p
+                    .send(
+                        FutureRecord::to(&topic)
+                            .partition(i as i32 % partitions)
+                            .key(&key)
+                            .payload(&payload),
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered");
+                (d.partition, d.offset)
+            })
+        })
+        .collect();
+    let mut delivered = Vec::with_capacity(sends.len());
+    for s in sends {
+        delivered.push(s.await.unwrap());
+    }
+    let used: std::collections::BTreeSet<i32> = delivered.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        used.len() as i32,
+        partitions,
+        "messages reached partitions {used:?} of {partitions}"
+    );
+    delivered
+}
+
+/// Everything `topic` holds, read back with a consumer outside any group (every partition
+/// assigned from its low to its high watermark): (partition, offset, payload), in partition
+/// and offset order.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>)> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader consumer");
+        let timeout = Duration::from_secs(10);
+        let md = c.fetch_metadata(Some(&topic), timeout).expect("metadata");
+        let mut ends = std::collections::BTreeMap::new();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            let (low, high) = c.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks");
+            if high > low {
+                ends.insert(p.id(), high);
+                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(low))
+                    .unwrap();
+            }
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ends.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} back timed out; still to read: {ends:?}"
+            );
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.expect("read the topic");
+            out.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+            if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                ends.remove(&m.partition());
+            }
+        }
+        out.sort_by_key(|(p, o, _)| (*p, *o));
+        out
+    })
+    .await
+    .unwrap()
+}
