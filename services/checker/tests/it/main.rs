@@ -3,6 +3,7 @@
 //! built through `checker::target::load_targets`, the path the service uses.
 
 mod body;
+mod exit;
 mod failures;
 mod http_probe;
 mod proxy;
