@@ -6,6 +6,7 @@ mod body;
 mod exit;
 mod failures;
 mod http_probe;
+mod outage;
 mod proxy;
 mod redirects;
 mod support;
