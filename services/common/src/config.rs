@@ -100,13 +100,14 @@ impl Env {
     }
 }
 
-/// The longest duration any variable accepts: 100 years of 365 days (3,153,600,000 s).
+/// The longest duration any variable accepts: 100 years (`100y`; humantime's year is 365.25
+/// days, so 3,155,760,000 s).
 ///
 /// Durations are added to `Instant`s and `DateTime`s and converted to `chrono::Duration`
 /// (whose range is about ±292 million years but whose arithmetic on a `DateTime` overflows far
 /// sooner) and to librdkafka milliseconds; bounding them where they are parsed means none of
 /// those places can overflow or panic, whatever the input (e.g. `INTERVAL=10000000000000000d`).
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
 
 /// A duration of `secs` seconds for `var`: finite, not negative, at most [`MAX_DURATION`].
 ///
@@ -249,6 +250,7 @@ mod tests {
             parse_duration("X", "36500d").unwrap(),
             Duration::from_secs(36_500 * 86_400)
         );
+        assert_eq!(parse_duration("X", "100y").unwrap(), MAX_DURATION);
         assert_eq!(
             parse_duration("X", &MAX_DURATION.as_secs().to_string()).unwrap(),
             MAX_DURATION
