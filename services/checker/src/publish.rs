@@ -317,9 +317,10 @@ impl Publisher {
                 .saturating_sub(self.shared.progress_ms.load(Ordering::Relaxed)),
         );
         if waiting > 0 && since > timeout {
+            // The text stays the same while the state lasts: readiness logs each change.
             Err(format!(
-                "no result delivered to Kafka for {:.0}s while {waiting} wait",
-                since.as_secs_f64()
+                "no result delivered to Kafka for more than {} while results wait",
+                humantime::format_duration(timeout)
             ))
         } else {
             Ok(())
