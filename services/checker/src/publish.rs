@@ -23,7 +23,9 @@
 //! working through a broker outage), and skipping slots instead would lose exactly the same
 //! results. The results kept are the oldest ones of the outage: the ones already in
 //! librdkafka's queue cannot be taken out one by one, and the first minutes of an incident are
-//! the ones people look up. The transition to full and back is logged once each.
+//! the ones people look up. The transition to full is logged once, and the way back once the
+//! buffer is below 90 % of its bound (so a broker slower than the probes does not flood the
+//! log).
 //!
 //! # Fatal producer errors
 //!
@@ -177,7 +179,9 @@ impl Shared {
     fn update_waiting(&self) {
         let waiting = self.waiting_now();
         self.metrics.results_waiting.set(waiting as i64);
-        if waiting < self.limit && self.full.swap(false, Ordering::Relaxed) {
+        // "Has room again" only below 90 % of the bound: a broker that takes results slower
+        // than they come frees one place at a time, and each would otherwise log twice.
+        if waiting <= self.limit - self.limit.div_ceil(10) && self.full.swap(false, Ordering::Relaxed) {
             let dropped = self.dropped_while_full.swap(0, Ordering::Relaxed);
             tracing::info!(
                 waiting,
