@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use common::admin::{self, Health};
 use common::kafka;
-use rdkafka::producer::Producer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
+use crate::publish::{PublishLoop, Publisher};
 use crate::schedule::Scheduler;
 
 /// The checker, built and listening, not yet probing.
@@ -22,6 +21,7 @@ pub struct App {
     metrics: Metrics,
     health: Arc<Health>,
     publisher: Publisher,
+    publish_loop: PublishLoop,
     admin_addr: SocketAddr,
     admin_stop: CancellationToken,
 }
@@ -35,7 +35,7 @@ impl App {
         let metrics = Metrics::new();
         metrics.targets.set(config.targets.len() as f64);
         let health = Health::new(Duration::from_secs(60));
-        let publisher = Publisher::new(&config.kafka, metrics.clone())?;
+        let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
         let admin_stop = CancellationToken::new();
         let (admin_addr, serve) = admin::serve(
             config.admin_addr,
@@ -51,6 +51,7 @@ impl App {
             metrics,
             health,
             publisher,
+            publish_loop,
             admin_addr,
             admin_stop,
         })
@@ -59,6 +60,11 @@ impl App {
     /// The bound admin address (useful with port 0).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The app's metrics (the registry `/metrics` serves), readable after it stopped.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     /// Probes until `shutdown` is cancelled, then stops scheduling, lets in-flight probes
@@ -72,9 +78,11 @@ impl App {
             metrics,
             health,
             publisher,
+            publish_loop,
             admin_stop,
             ..
         } = self;
+        let mut publishing = tokio::spawn(publish_loop.run());
         // In the background: probing starts at once even when the broker is down (the producer
         // buffers results until it is back).
         let kafka = config.kafka.clone();
@@ -84,24 +92,25 @@ impl App {
             }
         });
 
-        // Readiness: the broker answers a metadata request for our topic.
+        // Readiness: results are being delivered. The broker answers a metadata request for
+        // our topic, and results do not wait longer than DELIVERY_STALL_TIMEOUT without any
+        // delivery (a broker that answers metadata but takes no results, or a producer that
+        // cannot deliver, is not ready either).
         let readiness = {
-            let (publisher, health, topic, stop) = (
+            let (publisher, health, stop, stall) = (
                 publisher.clone(),
                 health.clone(),
-                config.kafka.topic.clone(),
                 shutdown.clone(),
+                config.delivery_stall_timeout,
             );
             let heartbeat = health.heartbeat("readiness");
             tokio::spawn(async move {
                 loop {
                     let p = publisher.clone();
-                    let t = topic.clone();
-                    let state = kafka::check_metadata(move || {
-                        kafka::topic_partitions(p.producer().client(), &t, Duration::from_secs(3))
-                    })
-                    .await
-                    .map_err(|e| format!("Kafka: {e}"));
+                    let state = kafka::check_metadata(move || p.metadata(Duration::from_secs(3)))
+                        .await
+                        .map_err(|e| format!("Kafka: {e}"))
+                        .and_then(|()| publisher.delivering(stall));
                     health.set_ready(state);
                     heartbeat.beat();
                     tokio::select! {
@@ -128,13 +137,27 @@ impl App {
         schedules.close();
 
         // Liveness: the supervisor loop turns while the runtime is healthy.
+        // A publish loop that ends before shutdown (it could not replace a producer after a
+        // fatal error) stops the checker with an error, so that the orchestrator restarts it
+        // rather than let it probe and drop every result.
         let heartbeat = health.heartbeat("supervisor");
-        loop {
+        let failed = loop {
             heartbeat.beat();
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break None,
+                ended = &mut publishing => break Some(match ended {
+                    Ok(Ok(())) => anyhow::anyhow!("the publish loop ended before shutdown"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("Kafka producer could not be replaced"),
+                    Err(e) => anyhow::Error::new(e).context("the publish task failed"),
+                }),
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        };
+        if let Some(e) = failed {
+            shutdown.cancel();
+            readiness.abort();
+            admin_stop.cancel();
+            return Err(e);
         }
 
         tracing::info!(
@@ -144,12 +167,25 @@ impl App {
         let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         schedules.wait().await;
         let drained = common::shutdown::drain(&tracker, config.shutdown_grace).await;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(left)).await;
-        match flushed {
-            Ok(Ok(())) => tracing::info!(drained, "Producer flushed; checker stopped."),
-            Ok(Err(e)) => tracing::error!(error = %e, "Producer flush did not complete; queued results may be lost."),
-            Err(e) => tracing::error!(error = %e, "Producer flush task failed."),
+        publisher.close();
+        match tokio::time::timeout_at(deadline, &mut publishing).await {
+            Ok(Ok(Ok(()))) => tracing::info!(drained, "Every result delivered; checker stopped."),
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "Publishing stopped with an error; waiting results are lost.")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "Publish task failed."),
+            Err(_) => {
+                publishing.abort();
+                let lost = publisher.waiting();
+                metrics
+                    .results_dropped
+                    .with_label_values(&["shutdown"])
+                    .inc_by(lost as u64);
+                tracing::error!(
+                    lost,
+                    "Grace period over with results still waiting for the broker; they are lost."
+                );
+            }
         }
         readiness.abort();
         admin_stop.cancel();

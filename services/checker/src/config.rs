@@ -30,6 +30,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format (`LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// The most results that wait for delivery (`KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES`,
+    /// default 100000); see `publish`.
+    pub results_waiting_limit: usize,
+    /// `/readyz` fails when results have waited this long without any delivery
+    /// (`DELIVERY_STALL_TIMEOUT`, default 30 s).
+    pub delivery_stall_timeout: Duration,
 }
 
 /// The scalar variables, deserialized by envy (which names the variable in its errors).
@@ -41,6 +47,7 @@ struct Raw {
     default_interval: Option<String>,
     default_timeout: Option<String>,
     shutdown_grace_period: Option<String>,
+    delivery_stall_timeout: Option<String>,
     log_format: Option<String>,
 }
 
@@ -78,12 +85,12 @@ impl Config {
         if probe_concurrency == 0 {
             return Err(ConfigError::new("PROBE_CONCURRENCY", "must be positive", "512"));
         }
+        let kafka = KafkaSettings::from_env(env)?;
+        kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
         Ok(Self {
-            kafka: {
-                let kafka = KafkaSettings::from_env(env)?;
-                kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
-                kafka
-            },
+            results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
+            delivery_stall_timeout: duration("DELIVERY_STALL_TIMEOUT", &raw.delivery_stall_timeout, 30)?,
+            kafka,
             targets: load_targets(env, &defaults)?,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(common::config::hostname),
@@ -118,6 +125,68 @@ mod tests {
         ] {
             let e = with(var, value).unwrap_err();
             assert_eq!(e.var, var, "{e}");
+        }
+    }
+
+    /// Every duration the checker reads, too long to add to a time: an error naming where it
+    /// was, never a panic later (the scheduler converts intervals to `chrono::Duration` and
+    /// adds them to instants; shutdown adds the grace period to an instant).
+    #[test]
+    fn overflowing_durations_name_their_variable() {
+        let huge = ["10000000000000000d", "1e30", "1000000000000d"];
+        for value in huge {
+            for var in [
+                "DEFAULT_INTERVAL",
+                "DEFAULT_TIMEOUT",
+                "SHUTDOWN_GRACE_PERIOD",
+                "DELIVERY_STALL_TIMEOUT",
+            ] {
+                let env = Env::from_pairs([("TARGET", "http://127.0.0.1:1/"), (var, value)]);
+                assert_eq!(Config::from_env(&env).unwrap_err().var, var, "{var}={value}");
+            }
+            for var in ["INTERVAL", "DELAY"] {
+                let env = Env::from_pairs([("TARGET", "http://127.0.0.1:1/"), (var, value)]);
+                assert_eq!(Config::from_env(&env).unwrap_err().var, var, "{var}={value}");
+            }
+        }
+        // In the target list: as text and as a number of seconds.
+        for (field, value) in [
+            ("interval", r#""10000000000000000d""#),
+            ("interval", "1e300"),
+            ("interval", "1e16"),
+            ("timeout", r#""1e30""#),
+            ("timeout", "1e300"),
+        ] {
+            let targets = format!(r#"[{{"url": "http://127.0.0.1:1/", "{field}": {value}}}]"#);
+            let env = Env::from_pairs([("TARGETS", targets.as_str())]);
+            let e = Config::from_env(&env).unwrap_err();
+            assert!(
+                e.var.starts_with("TARGETS") && e.var.ends_with(field),
+                "{field}={value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_results_buffer_follows_librdkafkas_queue_bound() {
+        let base = [("TARGET", "http://127.0.0.1:1/")];
+        assert_eq!(
+            Config::from_env(&Env::from_pairs(base)).unwrap().results_waiting_limit,
+            100_000
+        );
+        let c = Config::from_env(&Env::from_pairs([
+            base[0],
+            ("KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES", "2500"),
+        ]))
+        .unwrap();
+        assert_eq!(c.results_waiting_limit, 2500);
+        for bad in ["0", "many", "-5", "3000000000"] {
+            let e = Config::from_env(&Env::from_pairs([
+                base[0],
+                ("KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES", bad),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.var, "KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES", "{bad}");
         }
     }
 }

@@ -8,6 +8,9 @@
 use common::result::{ErrorKind, ProbeResult};
 use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Label values of `healthcheck_checker_results_dropped_total`.
+pub const DROP_REASONS: [&str; 2] = ["buffer_full", "shutdown"];
+
 /// All checker metrics, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -38,6 +41,16 @@ pub struct Metrics {
     pub publish_failures: IntCounterVec,
     /// Messages in the producer's queue (librdkafka `rd_kafka_outq_len`).
     pub producer_queue: IntGauge,
+    /// Results handed to the publisher and not yet delivered or failed for good.
+    pub results_waiting: IntGauge,
+    /// The most results that may wait (`queue.buffering.max.messages`).
+    pub results_waiting_limit: IntGauge,
+    /// Results dropped before reaching librdkafka, by reason (`buffer_full`, `shutdown`).
+    pub results_dropped: IntCounterVec,
+    /// Fatal producer errors, each followed by a new producer.
+    pub producer_fatal_errors: IntCounter,
+    /// When the broker last acknowledged a result, Unix seconds.
+    pub last_delivery: Gauge,
     /// Targets configured.
     pub targets: Gauge,
 }
@@ -97,6 +110,22 @@ impl Metrics {
         for r in ["delivery", "enqueue", "encode"] {
             publish_failures.with_label_values(&[r]);
         }
+        let results_dropped = counter_vec(
+            "healthcheck_checker_results_dropped_total",
+            "Results dropped before reaching the Kafka producer, by reason: buffer_full (as many results wait as queue.buffering.max.messages allows) or shutdown (still waiting when the grace period ended).",
+            &["reason"],
+        );
+        for r in DROP_REASONS {
+            results_dropped.with_label_values(&[r]);
+        }
+        let last_delivery = Gauge::new(
+            "healthcheck_checker_last_delivery_timestamp_seconds",
+            "When the broker last acknowledged a result, Unix seconds (0 before the first).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(last_delivery.clone()))
+            .expect("registered once");
         let targets = Gauge::new("healthcheck_checker_targets", "Targets configured.").expect("valid metric");
         registry.register(Box::new(targets.clone())).expect("registered once");
         common::telemetry::register_build_info(&registry, "healthcheck_checker", env!("CARGO_PKG_VERSION"));
@@ -168,6 +197,20 @@ impl Metrics {
                 "healthcheck_checker_producer_queue_messages",
                 "Messages waiting in the Kafka producer's queue.",
             ),
+            results_waiting: int_gauge(
+                "healthcheck_checker_results_waiting",
+                "Results handed to the publisher and not yet delivered or failed for good.",
+            ),
+            results_waiting_limit: int_gauge(
+                "healthcheck_checker_results_waiting_limit",
+                "The most results that may wait for delivery (queue.buffering.max.messages); beyond it new results are dropped.",
+            ),
+            results_dropped,
+            producer_fatal_errors: counter(
+                "healthcheck_checker_producer_fatal_errors_total",
+                "Fatal errors of the Kafka producer; each is followed by a new producer that sends the undelivered results again.",
+            ),
+            last_delivery,
             targets,
             registry,
         }

@@ -1,28 +1,89 @@
-//! Publishes probe results to Kafka with an idempotent producer and waits for each delivery
-//! report, so no result is lost silently: a failed delivery is logged with its check id and
-//! counted in `healthcheck_checker_publish_failures_total`.
+//! Publishes probe results to Kafka with an idempotent producer and follows every delivery
+//! report, so no result is lost silently.
+//!
+//! # The hand-off
+//!
+//! A probe task hands its result to [`Publisher::submit`], which never waits: it takes one of
+//! `limit` permits (`queue.buffering.max.messages`, see [`results_waiting_limit`]), encodes the
+//! result and queues it for the one publish loop ([`PublishLoop::run`]). The loop enqueues it
+//! into librdkafka and follows its delivery report; the permit is released only when the
+//! broker acknowledged the result or its delivery failed for good. So at most `limit` results
+//! wait (`healthcheck_checker_results_waiting`), whatever the broker does, and the memory they
+//! hold is bounded: the probe task ends at once, and what waits is the encoded payload (in
+//! librdkafka's queue) plus about a hundred bytes of bookkeeping. `limit` equals librdkafka's
+//! own message bound, so its queue never reports "queue full" on message count; when its byte
+//! bound (`queue.buffering.max.kbytes`) is hit, the loop waits for the next delivery report
+//! (or 100 ms), never in a busy retry.
+//!
+//! # When the buffer is full
+//!
+//! New results are dropped and counted in
+//! `healthcheck_checker_results_dropped_total{reason="buffer_full"}`; probing goes on. Probing
+//! on keeps the per-target `probe_*` gauges on `/metrics` current (Prometheus alerts keep
+//! working through a broker outage), and skipping slots instead would lose exactly the same
+//! results. The results kept are the oldest ones of the outage: the ones already in
+//! librdkafka's queue cannot be taken out one by one, and the first minutes of an incident are
+//! the ones people look up. The transition to full is logged once, and the way back once the
+//! buffer is below 90 % of its bound (so a broker slower than the probes does not flood the
+//! log).
+//!
+//! # Fatal producer errors
+//!
+//! librdkafka raises a fatal error when the idempotent producer can no longer guarantee
+//! ordering or once-ness (e.g. "unknown producer id" or "out of order sequence number" from a
+//! broker that lost the producer's state); from then on every produce fails. The loop then
+//! builds a new producer (new producer id) and re-sends, in order, every result the old one
+//! did not deliver (librdkafka hands their payloads back in the failed delivery reports).
+//! Rebuilding loses nothing; exiting so that the orchestrator restarts the process would
+//! lose every waiting result plus the slots of the restart (a restarted checker never
+//! re-probes a slot at or before its start). A re-sent result that the broker had persisted
+//! after all becomes a duplicate on the topic, which the sink absorbs (its rows are unique by
+//! `check_id`). Fatal errors are counted in `healthcheck_checker_producer_fatal_errors_total`.
+//!
+//! This module must never block a probe task, busy-wait, or hold more than `limit` results.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use common::config::ConfigError;
 use common::kafka::{KafkaSettings, Protected};
 use common::result::ProbeResult;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+
+/// librdkafka property that bounds the messages in the producer's queue, and so the results
+/// waiting in the checker (see the module doc).
+pub const QUEUE_MAX_MESSAGES: &str = "queue.buffering.max.messages";
 
 /// Producer defaults; `KAFKA_CFG_*` overrides any of them. `enable.idempotence` implies
 /// `acks=all`, retries and at most 5 in-flight requests per connection (librdkafka
 /// CONFIGURATION.md), so retries neither duplicate nor reorder messages within a partition.
 /// `compression.type=lz4`: results are similar JSON documents, so batches shrink several-fold
 /// on the wire and on the broker's disk for little CPU.
+/// `queue.buffering.max.messages=100000` (librdkafka's default, set so that the bound does not
+/// change with the library): the most results that wait for the broker.
+/// `message.timeout.ms=0` (no limit): a result waits for the broker as long as the outage
+/// lasts; the bound on waiting results is the buffer, and a time limit on top of it would
+/// discard results the buffer has room for.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("linger.ms", "5"),
     ("compression.type", "lz4"),
-    ("message.timeout.ms", "300000"),
+    (QUEUE_MAX_MESSAGES, "100000"),
+    ("message.timeout.ms", "0"),
     ("client.id", "healthcheck-checker"),
 ];
 
@@ -42,93 +103,464 @@ pub const PROTECTED: &[Protected] = &[
     },
 ];
 
-/// A Kafka producer of probe results.
+/// The most results that may wait for delivery: `queue.buffering.max.messages` from
+/// `KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES`, else [`PRODUCER_DEFAULTS`]' 100000.
+///
+/// # Errors
+/// A [`ConfigError`] naming `KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES` when it is not an integer
+/// in librdkafka's range 1 to 2147483647.
+pub fn results_waiting_limit(kafka: &KafkaSettings) -> Result<usize, ConfigError> {
+    let default = PRODUCER_DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == QUEUE_MAX_MESSAGES)
+        .map(|(_, v)| *v)
+        .expect("a default bound");
+    let v = kafka.properties.get(QUEUE_MAX_MESSAGES).map_or(default, String::as_str);
+    v.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=i32::MAX as u32).contains(n))
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES",
+                format!("{v:?} is not an integer from 1 to 2147483647"),
+                default,
+            )
+        })
+}
+
+/// librdkafka's callbacks: a fatal error wakes the publish loop, which rebuilds the producer.
+struct PublishContext {
+    fatal: Arc<Notify>,
+}
+
+impl ClientContext for PublishContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal)) {
+            tracing::error!(error = %error, reason, "Kafka producer hit a fatal error.");
+            self.fatal.notify_one();
+        } else {
+            tracing::warn!(error = %error, reason, "Kafka client error.");
+        }
+    }
+}
+
+type Kafka = FutureProducer<PublishContext>;
+
+/// One encoded result on its way to the broker, holding its place in the buffer.
+struct Pending {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    timestamp_ms: Option<i64>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// The result back from a failed delivery report, to be sent again.
+    fn from_failed(msg: &OwnedMessage, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            key: msg.key().unwrap_or_default().to_vec(),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            _permit: permit,
+        }
+    }
+}
+
+/// What the handle and the loop share.
+struct Shared {
+    waiting: Arc<Semaphore>,
+    limit: usize,
+    metrics: Metrics,
+    producer: Mutex<Kafka>,
+    started: Instant,
+    /// Milliseconds since `started` of the last delivery, or of the moment results began to
+    /// wait after none did: the clock readiness compares with its stall timeout.
+    progress_ms: AtomicU64,
+    full: AtomicBool,
+    dropped_while_full: AtomicU64,
+    closing: CancellationToken,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn waiting_now(&self) -> usize {
+        self.limit - self.waiting.available_permits()
+    }
+
+    fn update_waiting(&self) {
+        let waiting = self.waiting_now();
+        self.metrics.results_waiting.set(waiting as i64);
+        // "Has room again" only below 90 % of the bound: a broker that takes results slower
+        // than they come frees one place at a time, and each would otherwise log twice.
+        if waiting <= self.limit - self.limit.div_ceil(10) && self.full.swap(false, Ordering::Relaxed) {
+            let dropped = self.dropped_while_full.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                waiting,
+                dropped,
+                "Result buffer has room again; results are kept again."
+            );
+        }
+    }
+}
+
+/// The handle probe tasks hand their results to. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
-    topic: String,
-    metrics: Metrics,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Pending>,
+    topic: Arc<str>,
+}
+
+/// The loop that moves results from the buffer into librdkafka and follows their delivery
+/// reports; run it with [`PublishLoop::run`].
+pub struct PublishLoop {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Pending>,
+    config: ClientConfig,
+    topic: Arc<str>,
+    fatal: Arc<Notify>,
 }
 
 impl Publisher {
-    /// Creates the producer (no network traffic yet).
+    /// Creates the producer (no network traffic yet) and the loop that feeds it, with room for
+    /// `limit` waiting results (see [`results_waiting_limit`]).
     ///
     /// # Errors
     /// librdkafka's error for an invalid property.
-    pub fn new(kafka: &KafkaSettings, metrics: Metrics) -> Result<Self, KafkaError> {
-        let producer = kafka.client_config(PRODUCER_DEFAULTS).create()?;
-        Ok(Self {
-            producer,
-            topic: kafka.topic.clone(),
+    pub fn new(kafka: &KafkaSettings, limit: usize, metrics: Metrics) -> Result<(Self, PublishLoop), KafkaError> {
+        let mut config = kafka.client_config(PRODUCER_DEFAULTS);
+        // The buffer and librdkafka's queue have the same bound (the module doc says why).
+        config.set(QUEUE_MAX_MESSAGES, limit.to_string());
+        let fatal = Arc::new(Notify::new());
+        let producer = create(&config, &fatal)?;
+        metrics.results_waiting_limit.set(limit as i64);
+        let shared = Arc::new(Shared {
+            waiting: Arc::new(Semaphore::new(limit)),
+            limit,
             metrics,
-        })
+            producer: Mutex::new(producer),
+            started: Instant::now(),
+            progress_ms: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            dropped_while_full: AtomicU64::new(0),
+            closing: CancellationToken::new(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel(); // bounded by `shared.waiting`'s permits
+        let topic: Arc<str> = Arc::from(kafka.topic.as_str());
+        let handle = Self {
+            shared: shared.clone(),
+            tx,
+            topic: topic.clone(),
+        };
+        let publish_loop = PublishLoop {
+            shared,
+            rx,
+            config,
+            topic,
+            fatal,
+        };
+        Ok((handle, publish_loop))
     }
 
-    /// The underlying producer (for metadata requests).
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The current producer's client, for metadata requests (the producer is replaced after a
+    /// fatal error).
+    pub fn metadata(&self, timeout: Duration) -> Result<usize, String> {
+        let producer = self.shared.producer.lock().expect("producer lock").clone();
+        common::kafka::topic_partitions(producer.client(), &self.topic, timeout)
     }
 
-    /// Publishes `result` keyed by its target name, so one target's results stay ordered in
-    /// one partition, and waits for the broker's acknowledgement.
+    /// Hands `result` over for publishing, keyed by its target name (so one target's results
+    /// stay ordered in one partition). Never waits.
     ///
-    /// Returns `true` when delivered. Failures are logged and counted here.
-    pub async fn publish(&self, result: &ProbeResult) -> bool {
+    /// Returns `false` when the result was dropped: the buffer was full (counted in
+    /// `healthcheck_checker_results_dropped_total{reason="buffer_full"}`), the result could
+    /// not be encoded (`healthcheck_checker_publish_failures_total{reason="encode"}`), or the
+    /// publisher is shutting down (`{reason="shutdown"}`).
+    pub fn submit(&self, result: &ProbeResult) -> bool {
+        let shared = &self.shared;
+        let Ok(permit) = shared.waiting.clone().try_acquire_owned() else {
+            shared.metrics.results_dropped.with_label_values(&["buffer_full"]).inc();
+            shared.dropped_while_full.fetch_add(1, Ordering::Relaxed);
+            if !shared.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    limit = shared.limit,
+                    "Result buffer is full (the broker is not taking results); dropping new results until it has room."
+                );
+            }
+            return false;
+        };
+        if shared.waiting_now() == 1 {
+            // Results begin to wait: the stall clock starts now, not at the last delivery.
+            shared.progress_ms.store(shared.now_ms(), Ordering::Relaxed);
+        }
         let payload = match serde_json::to_vec(result) {
             Ok(p) => p,
             Err(e) => {
-                self.metrics.publish_failures.with_label_values(&["encode"]).inc();
+                drop(permit);
+                shared.metrics.publish_failures.with_label_values(&["encode"]).inc();
                 tracing::error!(check_id = %result.check_id, error = %e, "Could not encode a result.");
                 return false;
             }
         };
-        let record = FutureRecord::to(&self.topic)
-            .key(result.target.as_bytes())
-            .payload(&payload)
-            .timestamp(result.scheduled_at.timestamp_millis());
-        // Enqueue, waiting while the local queue is full (back-pressure, never a drop).
-        let mut record = record;
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(d) => break d,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => {
-                    self.metrics.publish_failures.with_label_values(&["enqueue"]).inc();
-                    tracing::error!(check_id = %result.check_id, target_name = %result.target, error = %e, "Could not enqueue a result.");
-                    return false;
-                }
-            }
+        let pending = Pending {
+            key: result.target.as_bytes().to_vec(),
+            payload,
+            timestamp_ms: Some(result.scheduled_at.timestamp_millis()),
+            _permit: permit,
         };
-        self.metrics
-            .producer_queue
-            .set(i64::from(self.producer.in_flight_count()));
-        match delivery.await {
-            Ok(Ok(delivery)) => {
-                self.metrics.published.inc();
-                tracing::debug!(check_id = %result.check_id, target_name = %result.target, partition = delivery.partition, offset = delivery.offset, "Result delivered.");
-                true
+        let sent = self.tx.send(pending).is_ok();
+        if !sent {
+            shared.metrics.results_dropped.with_label_values(&["shutdown"]).inc();
+        }
+        shared.update_waiting();
+        sent
+    }
+
+    /// Results handed over and not yet delivered or failed for good.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting_now()
+    }
+
+    /// `Err` with the reason when results are waiting and none has been delivered for
+    /// `timeout` (the last delivery, or the moment results began to wait, is older): the
+    /// checker probes but its results do not reach the topic.
+    pub fn delivering(&self, timeout: Duration) -> Result<(), String> {
+        let waiting = self.waiting();
+        let since = Duration::from_millis(
+            self.shared
+                .now_ms()
+                .saturating_sub(self.shared.progress_ms.load(Ordering::Relaxed)),
+        );
+        if waiting > 0 && since > timeout {
+            // The text stays the same while the state lasts: readiness logs each change.
+            Err(format!(
+                "no result delivered to Kafka for more than {} while results wait",
+                humantime::format_duration(timeout)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Asks the loop to finish: it takes no new results, delivers those waiting and returns.
+    pub fn close(&self) {
+        self.shared.closing.cancel();
+    }
+}
+
+fn create(config: &ClientConfig, fatal: &Arc<Notify>) -> Result<Kafka, KafkaError> {
+    config.create_with_context(PublishContext { fatal: fatal.clone() })
+}
+
+/// What became of an attempt to enqueue.
+enum Enqueued {
+    /// In librdkafka's queue; the future resolves with its delivery report.
+    Sent(futures::future::BoxFuture<'static, Delivered>),
+    /// Not now (librdkafka's queue is full, or the producer hit a fatal error): try again.
+    Later(Pending, KafkaError),
+    /// Never (e.g. a message larger than `message.max.bytes`): counted and dropped.
+    Rejected,
+}
+
+/// A delivery report with what is needed to send the result again.
+struct Delivered {
+    report: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    permit: OwnedSemaphorePermit,
+    generation: u64,
+}
+
+impl PublishLoop {
+    /// Enqueues results and follows their delivery reports until [`Publisher::close`] was
+    /// called and every waiting result is delivered (or failed for good). The caller bounds
+    /// the time this takes at shutdown.
+    ///
+    /// # Errors
+    /// librdkafka refused to create a new producer after a fatal error (it accepted the same
+    /// configuration at start-up, so this does not happen in practice).
+    pub async fn run(mut self) -> Result<(), KafkaError> {
+        let mut producer = self.shared.producer.lock().expect("producer lock").clone();
+        let mut generation = 0u64;
+        // Producers replaced after a fatal error, kept until their last delivery report
+        // (dropping one would cancel its reports and lose the results they hand back).
+        let mut retired: Vec<(u64, Kafka)> = Vec::new();
+        // Delivery reports outstanding per producer generation.
+        let mut outstanding: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+        let mut rx_closed = false;
+        let mut deliveries = FuturesUnordered::new();
+        // Results to send before any new one, oldest first: returned by a fatal producer, or
+        // refused by a full librdkafka queue.
+        let mut again: VecDeque<Pending> = VecDeque::new();
+        let mut blocked = false;
+        let mut input_open = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while !blocked {
+                let Some(p) = again.pop_front() else { break };
+                match self.enqueue(&producer, generation, p) {
+                    Enqueued::Sent(d) => {
+                        *outstanding.entry(generation).or_default() += 1;
+                        deliveries.push(d);
+                    }
+                    Enqueued::Later(p, e) => {
+                        again.push_front(p);
+                        if !self.rebuild_if_fatal(&mut producer, &mut generation, &mut retired, &outstanding)? {
+                            tracing::debug!(error = %e, "librdkafka's queue is full; waiting for a delivery.");
+                            blocked = true;
+                        }
+                    }
+                    Enqueued::Rejected => {}
+                }
             }
-            Ok(Err((e, _))) => {
-                self.metrics.publish_failures.with_label_values(&["delivery"]).inc();
-                tracing::error!(check_id = %result.check_id, target_name = %result.target, error = %e, "Result delivery failed.");
-                false
+            if !input_open && again.is_empty() && deliveries.is_empty() {
+                break;
             }
-            Err(_canceled) => {
-                self.metrics.publish_failures.with_label_values(&["delivery"]).inc();
-                tracing::error!(check_id = %result.check_id, target_name = %result.target, "Result delivery was cancelled (producer closed).");
-                false
+            tokio::select! {
+                () = self.fatal.notified() => {
+                    self.rebuild_if_fatal(&mut producer, &mut generation, &mut retired, &outstanding)?;
+                }
+                Some(d) = deliveries.next(), if !deliveries.is_empty() => {
+                    blocked = false;
+                    let g = d.generation;
+                    if let Some(p) = self.delivered(d, &producer, generation) {
+                        again.push_back(p);
+                    }
+                    if let Some(n) = outstanding.get_mut(&g) {
+                        *n -= 1;
+                        if *n == 0 {
+                            outstanding.remove(&g);
+                            retired.retain(|(r, _)| *r != g);
+                        }
+                    }
+                    self.shared.update_waiting();
+                }
+                p = self.rx.recv(), if input_open && !blocked && again.is_empty() => match p {
+                    Some(p) => again.push_back(p),
+                    None => input_open = false,
+                },
+                () = self.shared.closing.cancelled(), if input_open && !rx_closed => {
+                    // Take what was handed over already, then nothing more.
+                    self.rx.close();
+                    rx_closed = true;
+                }
+                () = tokio::time::sleep(Duration::from_millis(100)), if blocked => blocked = false,
+                _ = tick.tick() => {
+                    self.shared.metrics.producer_queue.set(i64::from(producer.in_flight_count()));
+                    self.shared.update_waiting();
+                }
+            }
+        }
+        self.shared.update_waiting();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "Producer flush did not complete.");
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, producer: &Kafka, generation: u64, p: Pending) -> Enqueued {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .key(&p.key)
+            .payload(&p.payload);
+        if let Some(ts) = p.timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                // librdkafka copied key and payload; only the permit travels on.
+                let Pending { _permit: permit, .. } = p;
+                Enqueued::Sent(Box::pin(async move {
+                    Delivered {
+                        report: delivery.await,
+                        permit,
+                        generation,
+                    }
+                }))
+            }
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::Fatal), _)) => {
+                Enqueued::Later(p, e)
+            }
+            Err((e, _)) => {
+                self.shared
+                    .metrics
+                    .publish_failures
+                    .with_label_values(&["enqueue"])
+                    .inc();
+                tracing::error!(target_name = %String::from_utf8_lossy(&p.key), error = %e, "Could not enqueue a result.");
+                Enqueued::Rejected
             }
         }
     }
 
-    /// Waits up to `timeout` for every queued message to be delivered.
-    ///
-    /// # Errors
-    /// librdkafka's error when messages are still queued at the deadline.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(Timeout::After(timeout))
+    /// Accounts for a delivery report; returns the result when it must be sent again (its
+    /// producer hit a fatal error).
+    fn delivered(&self, d: Delivered, producer: &Kafka, generation: u64) -> Option<Pending> {
+        let metrics = &self.shared.metrics;
+        match d.report {
+            Ok(Ok(delivery)) => {
+                metrics.published.inc();
+                let now = self.shared.now_ms();
+                self.shared.progress_ms.store(now, Ordering::Relaxed);
+                metrics
+                    .last_delivery
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                tracing::debug!(
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    "Result delivered."
+                );
+                None
+            }
+            Ok(Err((e, msg))) => {
+                let fatal = d.generation < generation || producer.client().fatal_error().is_some();
+                if fatal {
+                    // Sent again by the next producer (this one is unusable).
+                    Some(Pending::from_failed(&msg, d.permit))
+                } else {
+                    metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                    tracing::error!(target_name = %String::from_utf8_lossy(msg.key().unwrap_or_default()), error = %e, "Result delivery failed.");
+                    None
+                }
+            }
+            Err(_canceled) => {
+                metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                tracing::error!("Result delivery was cancelled (producer closed).");
+                None
+            }
+        }
+    }
+
+    /// When `producer` hit a fatal error, replaces it with a new one (the old one is kept until
+    /// its last delivery report). Returns whether it did.
+    fn rebuild_if_fatal(
+        &self,
+        producer: &mut Kafka,
+        generation: &mut u64,
+        retired: &mut Vec<(u64, Kafka)>,
+        outstanding: &std::collections::BTreeMap<u64, usize>,
+    ) -> Result<bool, KafkaError> {
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return Ok(false);
+        };
+        self.shared.metrics.producer_fatal_errors.inc();
+        tracing::error!(
+            error = ?code,
+            reason = %reason,
+            waiting = self.shared.waiting_now(),
+            "Kafka producer is unusable after a fatal error; replacing it and sending its undelivered results again."
+        );
+        let new = create(&self.config, &self.fatal)?;
+        let old = std::mem::replace(producer, new.clone());
+        retired.push((*generation, old));
+        // A producer with no report outstanding is not kept.
+        retired.retain(|(g, _)| outstanding.contains_key(g));
+        *generation += 1;
+        *self.shared.producer.lock().expect("producer lock") = new;
+        Ok(true)
     }
 }

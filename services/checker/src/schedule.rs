@@ -7,6 +7,9 @@
 //! task, so a slow target never delays another. A global semaphore bounds the probes in flight;
 //! when it is saturated, probes start late and the lateness shows in
 //! `healthcheck_checker_scheduling_lateness_seconds` and in each result's `lateness_seconds`.
+//! A probe task ends once its result is handed to the publisher, which never waits (see
+//! `publish`: a bounded buffer, dropping and counting results when it is full), so neither
+//! a slow broker nor an outage holds probe tasks or their memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +91,8 @@ impl Scheduler {
                 this.metrics.record(&result);
                 this.metrics.in_flight.dec();
                 drop(permit);
-                this.publisher.publish(&result).await;
+                // Never waits: the result is buffered (bounded) or dropped and counted.
+                this.publisher.submit(&result);
             });
             slot += interval;
             // More than a whole interval behind: skip to the newest due slot instead of

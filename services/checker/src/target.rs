@@ -404,7 +404,9 @@ fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Resul
     let duration = |field: &str, d: Option<DurationSpec>, default: Duration| -> Result<Duration, ConfigError> {
         match d {
             None => Ok(default),
-            Some(DurationSpec::Seconds(s)) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+            Some(DurationSpec::Seconds(s)) if s.is_finite() && s > 0.0 => {
+                common::config::duration_from_secs(&names.field(field), s)
+            }
             Some(DurationSpec::Seconds(s)) => Err(err(field, format!("{s} is not a positive duration"), "30s")),
             Some(DurationSpec::Text(t)) => parse_positive_duration(&names.field(field), &t),
         }

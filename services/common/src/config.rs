@@ -100,20 +100,66 @@ impl Env {
     }
 }
 
-/// Parses a duration such as `30s`, `1m30s`, `250ms` or a bare number of seconds (`30`, `0.5`).
+/// The longest duration any variable accepts: 100 years (`100y`; humantime's year is 365.25
+/// days, so 3,155,760,000 s).
+///
+/// Durations are added to `Instant`s and `DateTime`s and converted to `chrono::Duration`
+/// (whose range is about ±292 million years but whose arithmetic on a `DateTime` overflows far
+/// sooner) and to librdkafka milliseconds; bounding them where they are parsed means none of
+/// those places can overflow or panic, whatever the input (e.g. `INTERVAL=10000000000000000d`).
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
+/// A duration of `secs` seconds for `var`: finite, not negative, at most [`MAX_DURATION`].
+///
+/// # Errors
+/// A [`ConfigError`] naming `var` otherwise.
+pub fn duration_from_secs(var: &str, secs: f64) -> Result<Duration, ConfigError> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(ConfigError::new(var, format!("{secs} is not a duration"), "30s"));
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(too_long(var, &secs.to_string()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn too_long(var: &str, value: &str) -> ConfigError {
+    ConfigError::new(
+        var,
+        format!(
+            "{value:?} is longer than the longest duration accepted, 100 years ({}s)",
+            MAX_DURATION.as_secs()
+        ),
+        "30s",
+    )
+}
+
+/// Parses a duration such as `30s`, `1m30s`, `250ms`, `400d` or a bare number of seconds
+/// (`30`, `0.5`), at most [`MAX_DURATION`].
 ///
 /// Errors name `var`. Zero is allowed; callers that need a positive value check it.
 pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     let v = value.trim();
-    let parsed = match v.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
-        Ok(_) => Err(()),
-        Err(_) => humantime::parse_duration(v).map_err(|_| ()),
+    let not_a_duration = || ConfigError::new(var, format!("{value:?} is not a duration"), "30s");
+    let d = match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            return duration_from_secs(var, secs).map_err(|_| too_long(var, value));
+        }
+        Ok(_) => return Err(not_a_duration()),
+        Err(_) => match humantime::parse_duration(v) {
+            Ok(d) => d,
+            // More seconds than a u64 holds: a duration, only far too long.
+            Err(humantime::DurationError::NumberOverflow) => return Err(too_long(var, value)),
+            Err(_) => return Err(not_a_duration()),
+        },
     };
-    parsed.map_err(|()| ConfigError::new(var, format!("{value:?} is not a duration"), "30s"))
+    if d > MAX_DURATION {
+        return Err(too_long(var, value));
+    }
+    Ok(d)
 }
 
-/// Parses a positive duration; zero is rejected.
+/// Parses a positive duration (see [`parse_duration`]); zero is rejected.
 pub fn parse_positive_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(var, value)?;
     if d.is_zero() {
@@ -181,6 +227,38 @@ mod tests {
         );
         assert!(parse_duration("X", "-1").is_err());
         assert!(parse_positive_duration("X", "0s").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_to_add_to_a_time_are_rejected_naming_the_variable() {
+        // Text with units (more seconds than a u64 holds, and merely more than 100 years),
+        // bare numbers of seconds (beyond u64, beyond f64's finite range) and both entry points.
+        for value in [
+            "10000000000000000d",
+            "1000000000000d",
+            "101y",
+            "1e30",
+            "1e400",
+            "18446744073709551616",
+        ] {
+            for parse in [parse_duration, parse_positive_duration] {
+                let e = parse("INTERVAL", value).unwrap_err();
+                assert_eq!(e.var, "INTERVAL", "{value}: {e}");
+            }
+        }
+        assert_eq!(
+            parse_duration("X", "36500d").unwrap(),
+            Duration::from_secs(36_500 * 86_400)
+        );
+        assert_eq!(parse_duration("X", "100y").unwrap(), MAX_DURATION);
+        assert_eq!(
+            parse_duration("X", &MAX_DURATION.as_secs().to_string()).unwrap(),
+            MAX_DURATION
+        );
+        assert!(parse_duration("X", &(MAX_DURATION.as_secs() + 1).to_string()).is_err());
+        assert_eq!(duration_from_secs("timeout", 1e300).unwrap_err().var, "timeout");
+        assert_eq!(duration_from_secs("timeout", f64::NAN).unwrap_err().var, "timeout");
+        assert_eq!(duration_from_secs("t", 1.5).unwrap(), Duration::from_millis(1500));
     }
 
     #[test]

@@ -258,4 +258,15 @@ mod tests {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
         }
     }
+
+    /// Durations too long to add to a time (retention is subtracted from now, the grace
+    /// period added to an instant) are errors naming the variable, never a later panic.
+    #[test]
+    fn overflowing_durations_name_the_variable() {
+        for var in ["RETENTION", "BATCH_LINGER", "SHUTDOWN_GRACE_PERIOD"] {
+            for value in ["10000000000000000d", "1000000000000d", "1e30"] {
+                assert_eq!(load(&[(var, value)]).unwrap_err().var, var, "{var}={value}");
+            }
+        }
+    }
 }

@@ -3,8 +3,10 @@
 //! built through `checker::target::load_targets`, the path the service uses.
 
 mod body;
+mod exit;
 mod failures;
 mod http_probe;
+mod outage;
 mod proxy;
 mod redirects;
 mod support;
