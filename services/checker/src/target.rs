@@ -827,6 +827,28 @@ mod tests {
     }
 
     #[test]
+    fn userinfo_is_redacted_even_in_urls_that_do_not_parse() {
+        assert_eq!(redact_userinfo("https://u:p@h:1/x@y"), "https://***@h:1/x@y");
+        assert_eq!(redact_userinfo("http://a@b:pw@h/"), "http://***@h/");
+        assert_eq!(redact_userinfo("http://u:p@[::1/"), "http://***@[::1/");
+        assert_eq!(redact_userinfo("http://h/?q=a@b"), "http://h/?q=a@b");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+    }
+
+    #[test]
+    fn credential_headers_are_marked_sensitive() {
+        let t = &load(&[(
+            "TARGETS",
+            r#"[{"url":"http://h/","headers":{"Cookie":"s=1","X-Api-Key":"k","X-Auth-Token":"t","Accept":"*/*"}}]"#,
+        )])
+        .unwrap()[0];
+        for name in ["cookie", "x-api-key", "x-auth-token"] {
+            assert!(t.headers[name].is_sensitive(), "{name}");
+        }
+        assert!(!t.headers["accept"].is_sensitive());
+    }
+
+    #[test]
     fn no_proxy_rules() {
         let env = Env::from_pairs([
             ("HTTP_PROXY", "http://p:3128"),

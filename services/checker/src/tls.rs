@@ -28,8 +28,12 @@ pub struct TlsOptions {
     pub insecure_skip_verify: bool,
 }
 
+/// The `ring` provider, built once and shared by every configuration.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// Trust anchors with the notAfter of the certificates they came from (a [`TrustAnchor`] keeps

@@ -161,7 +161,7 @@ pub struct ProbeResult {
     pub instance_id: String,
     /// Target name (unique within a checker's target list).
     pub target: String,
-    /// Target URL as configured.
+    /// Target URL as configured, without credentials (those moved to basic auth).
     pub url: String,
     /// When the probe was due (the fixed-rate slot).
     pub scheduled_at: DateTime<Utc>,
@@ -194,13 +194,14 @@ pub struct ProbeResult {
     /// Redirects followed.
     #[serde(default)]
     pub redirects: u32,
-    /// URL of the final response (after redirects).
+    /// URL of the final response (after redirects), without credentials.
     #[serde(default)]
     pub final_url: Option<String>,
     /// HTTP version of the final response: `HTTP/1.1`, `HTTP/2`.
     #[serde(default)]
     pub http_version: Option<String>,
-    /// IP address connected to on the final hop.
+    /// IP address of the final hop's connection: with several addresses (Happy Eyeballs), the
+    /// one that answered; when none did, the last one tried. A proxy's address when proxied.
     #[serde(default)]
     pub ip_address: Option<String>,
     /// `ipv4` or `ipv6`.
