@@ -94,8 +94,8 @@ pub enum IpFamily {
     Ipv6,
 }
 
-/// How the checker reaches a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the checker reaches a target. `Debug` shows proxy URLs without their password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ProxyMode {
     /// Directly.
     Direct,
@@ -105,6 +105,30 @@ pub enum ProxyMode {
     /// As the proxy environment says for each hop's URL (`NO_PROXY` is matched again after
     /// every redirect).
     Env(Arc<ProxyEnv>),
+}
+
+impl std::fmt::Debug for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct => f.write_str("Direct"),
+            Self::Http(p) => f.debug_tuple("Http").field(&Redacted(Some(p))).finish(),
+            Self::Env(env) => f.debug_tuple("Env").field(env).finish(),
+        }
+    }
+}
+
+/// A proxy URL for `Debug`, its password replaced by `***`.
+struct Redacted<'a>(Option<&'a Url>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(url) = self.0 else { return f.write_str("None") };
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        write!(f, "{:?}", shown.as_str())
+    }
 }
 
 impl ProxyMode {
@@ -131,12 +155,22 @@ pub struct Defaults {
     pub proxy_env: ProxyEnv,
 }
 
-/// The standard proxy variables, read once at start-up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The standard proxy variables, read once at start-up. `Debug` hides proxy passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProxyEnv {
     http: Option<Url>,
     https: Option<Url>,
     no_proxy: Vec<String>,
+}
+
+impl std::fmt::Debug for ProxyEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyEnv")
+            .field("http", &Redacted(self.http.as_ref()))
+            .field("https", &Redacted(self.https.as_ref()))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 impl ProxyEnv {
@@ -775,6 +809,16 @@ mod tests {
         assert!(!t.follow_redirects);
         assert_eq!(t.ip_family, IpFamily::Ipv6);
         assert_eq!(t.proxy, ProxyMode::Http(Url::parse("http://proxy:3128").unwrap()));
+        let proxied = &load(&[(
+            "TARGETS",
+            r#"[{"url":"http://h/","proxy":"http://u:pr0xy-pw@proxy:3128"}]"#,
+        )])
+        .unwrap()[0];
+        let shown = format!("{proxied:?}");
+        assert!(
+            !shown.contains("pr0xy-pw") && shown.contains("http://u:***@proxy:3128/"),
+            "{shown}"
+        );
         assert_eq!(t.header_rules.len(), 1);
         let auth = t.headers.get("authorization").unwrap();
         assert!(auth.is_sensitive());

@@ -300,3 +300,20 @@ pub fn resolver_for(server: SocketAddr) -> checker::resolve::Resolver {
     ));
     checker::resolve::Resolver::new(config, ResolverOpts::default())
 }
+
+#[tokio::test]
+async fn ipv6_is_preferred_when_it_answers() {
+    // The name server lists A first; Happy Eyeballs still tries IPv6 first (RFC 8305 §4).
+    let server = crate::support::serve_on("[::1]:0", None, |_| async { text(200, "v6 answered") }).await;
+    let dns = dns_server(&[("dual.test", &[ip("127.0.0.1"), ip("::1")])]).await;
+    let mut t = target(json!({"url": format!("http://dual.test:{}/", server.addr.port()), "regex": "v6 answered"}));
+    t.resolver = resolver_for(dns);
+
+    let r = probe(&t).await;
+
+    assert!(r.success, "{r:?}");
+    assert_eq!(
+        (r.ip_address.as_deref(), r.ip_family.as_deref()),
+        (Some("::1"), Some("ipv6"))
+    );
+}
