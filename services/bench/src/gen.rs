@@ -103,6 +103,7 @@ pub fn result(i: usize, base: DateTime<Utc>) -> ProbeResult {
             leaf_not_after: Some(base + Duration::days(40 + (t as i64 % 50))),
             earliest_not_after: Some(base + Duration::days(40 + (t as i64 % 50))),
             leaf_subject: Some(format!("CN={host}")),
+            ..TlsInfo::default()
         }),
     }
 }

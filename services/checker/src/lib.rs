@@ -6,9 +6,11 @@
 
 pub mod app;
 pub mod config;
+pub mod connect;
 pub mod metrics;
 pub mod probe;
 pub mod publish;
+pub mod resolve;
 pub mod schedule;
 pub mod target;
 pub mod timer;

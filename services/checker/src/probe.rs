@@ -7,12 +7,18 @@
 //!   measured, never hidden by keep-alive reuse.
 //! - The body is read up to `body_max_bytes`, raw and after decoding (gzip, deflate, br); the
 //!   regex runs on the decoded body.
+//! - Names resolve through [`crate::resolve`] (asynchronous, never tokio's blocking pool);
+//!   several addresses are raced by Happy Eyeballs ([`crate::connect`]).
+//! - Credentials stay with the configured origin: after a redirect to another scheme, host or
+//!   port, `Authorization`, `Cookie` and every sensitive header are dropped (as curl does
+//!   since CVE-2022-27776); the client certificate and the `server_name` override are used for
+//!   the configured host only; the proxy is chosen again for every hop's URL. URLs recorded
+//!   never carry credentials.
 //!
 //! It never publishes; the caller does.
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -24,10 +30,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use url::Url;
+use url::{Host, Url};
 
-use crate::target::{IpFamily, ProxyMode, Target};
+use crate::connect::{happy_eyeballs, CONNECTION_ATTEMPT_DELAY};
+use crate::target::{IpFamily, Target};
 use crate::tls;
 
 /// `User-Agent` sent with every probe.
@@ -59,6 +65,7 @@ struct Trace {
     redirects: u32,
     final_url: Option<String>,
     http_version: Option<&'static str>,
+    /// The address the last hop connected to or, when connecting failed, last tried.
     peer: Option<SocketAddr>,
     tls: Option<TlsInfo>,
     content_length: Option<u64>,
@@ -211,13 +218,18 @@ async fn hops(target: &Target, trace: &mut Trace) -> Result<(), Failure> {
                     .to_str()
                     .ok()
                     .and_then(|l| url.join(l).ok())
-                    .filter(|u| matches!(u.scheme(), "http" | "https"));
-                let Some(next) = next else {
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                let Some(mut next) = next else {
+                    let shown = crate::target::redact_userinfo(&String::from_utf8_lossy(location.as_bytes()));
                     return Err(fail(
                         ErrorKind::Request,
-                        format!("redirect to an invalid location {location:?}"),
+                        format!("redirect to an invalid location {shown:?}"),
                     ));
                 };
+                // RFC 9110 §4.2.4: userinfo in an http(s) URI is deprecated and a sender must not
+                // generate it. It is neither used nor recorded (final_url, errors).
+                let _ = next.set_username("");
+                let _ = next.set_password(None);
                 trace.redirects += 1;
                 // RFC 9110 §15.4: 303 turns any method but HEAD into GET; browsers (and
                 // blackbox_exporter's Go client) do the same for POST on 301/302.
@@ -340,59 +352,63 @@ async fn hop(
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
     let host = url
-        .host_str()
+        .host()
         .ok_or_else(|| fail(ErrorKind::Request, format!("{url} has no host")))?;
+    let host_str = url.host_str().unwrap_or_default();
     let port = url.port_or_known_default().unwrap_or(80);
     let https = url.scheme() == "https";
-    let proxy = match &target.proxy {
-        ProxyMode::Http(p) => Some(p),
-        ProxyMode::Direct => None,
-    };
+    // Taken for this hop's URL: a redirect may lead to a host NO_PROXY exempts, or back.
+    let proxy = target.proxy.for_url(url);
     let (connect_host, connect_port) = match proxy {
         Some(p) => (
-            p.host_str().unwrap_or_default(),
+            p.host()
+                .ok_or_else(|| fail(ErrorKind::Proxy, "the proxy URL has no host"))?,
             p.port_or_known_default().unwrap_or(3128),
         ),
         None => (host, port),
     };
 
-    let addr = resolve(connect_host, connect_port, target.ip_family, trace).await?;
+    let addrs = addresses(target, connect_host, connect_port, trace).await?;
     trace.phase = "connect";
+    trace.peer = None;
     let t = Instant::now();
-    let tcp = TcpStream::connect(addr).await;
+    let connected = happy_eyeballs(&addrs, CONNECTION_ATTEMPT_DELAY, &mut trace.peer).await;
     add(&mut trace.phases.connect, t);
-    let tcp = tcp.map_err(|e| fail(ErrorKind::Connect, format!("connecting to {addr}: {e}")))?;
+    let (tcp, _) = connected.map_err(|e| fail(ErrorKind::Connect, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    trace.peer = Some(addr);
 
     let mut stream: Box<dyn Io> = Box::new(tcp);
     if let (Some(p), true) = (proxy, https) {
-        stream = connect_tunnel(stream, p, host, port).await?;
+        stream = connect_tunnel(stream, p, host_str, port).await?;
     }
     let mut alpn_h2 = false;
     trace.tls = None;
     if https {
         trace.phase = "tls";
-        let name = tls::server_name(host, target.tls_server_name.as_deref()).map_err(|e| fail(ErrorKind::Tls, e))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&target.tls));
+        // The client certificate and the server_name override belong to the configured host.
+        let configured_host = target.url.host_str().unwrap_or_default();
+        let is_configured_host = host_str.eq_ignore_ascii_case(configured_host);
+        let override_name = target.tls_server_name.as_deref().filter(|_| is_configured_host);
+        let name = tls::server_name(host_str, override_name).map_err(|e| fail(ErrorKind::Tls, e))?;
+        let connector = tokio_rustls::TlsConnector::from(target.tls.config_for(host_str, configured_host));
         let t = Instant::now();
         let tls = connector.connect(name, stream).await;
         add(&mut trace.phases.tls, t);
         let tls = tls.map_err(|e| {
             fail(
                 ErrorKind::Tls,
-                format!("TLS handshake with {host}: {}", common::telemetry::chain(&e)),
+                format!("TLS handshake with {host_str}: {}", common::telemetry::chain(&e)),
             )
         })?;
         let conn = tls.get_ref().1;
-        trace.tls = Some(tls::handshake_info(conn));
+        trace.tls = Some(tls::handshake_info(conn, &target.tls));
         alpn_h2 = conn.alpn_protocol() == Some(b"h2");
         stream = Box::new(tls);
     }
 
     trace.phase = "processing";
     let absolute_form = proxy.is_some() && !https;
-    let req = build_request(target, url, method, body, alpn_h2, absolute_form)?;
+    let req = build_request(target, url, method, body, alpn_h2, proxy.filter(|_| absolute_form))?;
     let t = Instant::now();
     let io = TokioIo::new(stream);
     let resp = if alpn_h2 {
@@ -427,28 +443,37 @@ fn http_failure(e: hyper::Error) -> Failure {
     fail(ErrorKind::Http, message)
 }
 
-/// Resolves `host` (unless it is an IP literal) and picks the first address of the wanted family.
-async fn resolve(host: &str, port: u16, family: IpFamily, trace: &mut Trace) -> Result<SocketAddr, Failure> {
-    let literal = host.trim_matches(['[', ']']);
-    let addrs: Vec<SocketAddr> = if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
-        vec![SocketAddr::new(ip, port)]
-    } else {
-        trace.phase = "resolve";
-        let t = Instant::now();
-        let found = tokio::net::lookup_host((host, port)).await;
-        add(&mut trace.phases.resolve, t);
-        found
-            .map_err(|e| fail(ErrorKind::Dns, format!("resolving {host}: {e}")))?
-            .collect()
+/// The addresses to try for `host`, in Happy Eyeballs order: an IP literal as it is, a name
+/// through the target's resolver (timed as the `resolve` phase).
+async fn addresses(
+    target: &Target,
+    host: Host<&str>,
+    port: u16,
+    trace: &mut Trace,
+) -> Result<Vec<SocketAddr>, Failure> {
+    let literal = match host {
+        Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+        Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+        Host::Domain(name) => {
+            trace.phase = "resolve";
+            let t = Instant::now();
+            let found = target.resolver.lookup(name, port, target.ip_family).await;
+            add(&mut trace.phases.resolve, t);
+            return found.map_err(|e| fail(ErrorKind::Dns, e));
+        }
     };
-    addrs
-        .into_iter()
-        .find(|a| match family {
-            IpFamily::Any => true,
-            IpFamily::Ipv4 => a.is_ipv4(),
-            IpFamily::Ipv6 => a.is_ipv6(),
-        })
-        .ok_or_else(|| fail(ErrorKind::Dns, format!("{host} has no {family:?} address")))
+    let wanted = match target.ip_family {
+        IpFamily::Any => true,
+        IpFamily::Ipv4 => literal.is_ipv4(),
+        IpFamily::Ipv6 => literal.is_ipv6(),
+    };
+    if !wanted {
+        return Err(fail(
+            ErrorKind::Dns,
+            format!("{literal} is not an address of the family {:?}", target.ip_family),
+        ));
+    }
+    Ok(vec![SocketAddr::new(literal, port)])
 }
 
 /// Opens a `CONNECT` tunnel through an HTTP proxy (RFC 9110 §9.3.6).
@@ -505,20 +530,20 @@ fn proxy_authorization(proxy: &Url) -> Option<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+/// The request for `url`. `via_proxy`: the proxy an absolute-form request goes to (plain
+/// `http` through a proxy), whose credentials are then sent as `Proxy-Authorization`.
 fn build_request(
     target: &Target,
     url: &Url,
     method: &Method,
     body: Bytes,
     h2: bool,
-    absolute_form: bool,
+    via_proxy: Option<&Url>,
 ) -> Result<Request<Full<Bytes>>, Failure> {
+    let absolute_form = via_proxy.is_some();
     // `host_str` already brackets IPv6 literals (`[::1]`).
     let host = url.host_str().unwrap_or_default();
     let authority = match url.port() {
@@ -541,11 +566,13 @@ fn build_request(
         .header(header::ACCEPT, "*/*")
         .body(Full::new(body.clone()))
         .map_err(|e| fail(ErrorKind::Request, format!("building the request: {e}")))?;
-    // Credentials go only to the configured host: a redirect to another host does not get
-    // them (as curl without --location-trusted, and Go's client, which blackbox_exporter uses).
-    let same_host = url.host_str() == target.url.host_str();
+    // Credentials go only to the configured origin (scheme, host and port): a redirect
+    // elsewhere, even to another port of the same host, does not get them (curl since
+    // CVE-2022-27776, without --location-trusted).
+    let same_origin = url.origin() == target.url.origin();
     for (name, value) in &target.headers {
-        if name == header::AUTHORIZATION && !same_host {
+        let credential = value.is_sensitive() || name == header::AUTHORIZATION || name == header::COOKIE;
+        if credential && !same_origin {
             continue;
         }
         req.headers_mut().insert(name, value.clone());
@@ -553,11 +580,10 @@ fn build_request(
     if h2 {
         req.headers_mut().remove(header::HOST);
     }
-    if absolute_form {
-        if let ProxyMode::Http(p) = &target.proxy {
-            if let Some(auth) = proxy_authorization(p).and_then(|a| HeaderValue::from_str(&a).ok()) {
-                req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth);
-            }
+    if let Some(p) = via_proxy {
+        if let Some(mut auth) = proxy_authorization(p).and_then(|a| HeaderValue::from_str(&a).ok()) {
+            auth.set_sensitive(true);
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth);
         }
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {

@@ -19,18 +19,21 @@ use regex::bytes::Regex;
 use serde::Deserialize;
 use url::Url;
 
-use crate::tls::{self, TlsOptions};
+use crate::resolve::Resolver;
+use crate::tls::{self, TlsClient, TlsOptions};
 
 /// One validated target.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Unique name; the Kafka message key and the `target` label of metrics.
     pub name: String,
-    /// `http` or `https` URL.
+    /// `http` or `https` URL, without credentials (those in the configured URL moved to
+    /// `headers` as `Authorization: Basic`).
     pub url: Url,
     /// Request method (default GET).
     pub method: Method,
-    /// Extra request headers (auth headers are marked sensitive).
+    /// Extra request headers. Credential headers (see [`is_credential_header`]) and the
+    /// configured auth are marked sensitive: never logged, never sent to another origin.
     pub headers: HeaderMap,
     /// Request body (default empty).
     pub body: Bytes,
@@ -50,14 +53,18 @@ pub struct Target {
     pub follow_redirects: bool,
     /// Most redirects followed; one more is an error of kind `too_many_redirects`.
     pub max_redirects: u32,
-    /// TLS client configuration (roots, client certificate, verification).
-    pub tls: Arc<rustls::ClientConfig>,
-    /// SNI and verification name, when it differs from the URL's host.
+    /// TLS client configurations (roots, client certificate for the configured host only,
+    /// verification).
+    pub tls: TlsClient,
+    /// SNI and verification name for the configured host, when it differs from the URL's host.
     pub tls_server_name: Option<String>,
     /// Address family to connect with.
     pub ip_family: IpFamily,
-    /// How to reach the target: directly or through an HTTP proxy.
+    /// How to reach the target: directly, through an HTTP proxy, or as the proxy environment
+    /// says for each hop's URL.
     pub proxy: ProxyMode,
+    /// The resolver for host names (the system's unless a test sets another).
+    pub resolver: Resolver,
     /// Body cap in bytes, raw and after decoding.
     pub body_max_bytes: u64,
 }
@@ -78,7 +85,8 @@ pub struct HeaderRule {
 /// Which IP family to connect with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
-    /// The resolver's first address, whatever its family.
+    /// Both: AAAA and A are asked, and the addresses raced by Happy Eyeballs (RFC 8305), IPv6
+    /// first.
     Any,
     /// IPv4 only.
     Ipv4,
@@ -86,14 +94,52 @@ pub enum IpFamily {
     Ipv6,
 }
 
-/// How the checker reaches a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the checker reaches a target. `Debug` shows proxy URLs without their password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ProxyMode {
     /// Directly.
     Direct,
     /// Through this HTTP proxy: absolute-form requests for `http`, a `CONNECT` tunnel for
     /// `https` (RFC 9110 §9.3.6). Credentials in the URL are sent as `Proxy-Authorization`.
     Http(Url),
+    /// As the proxy environment says for each hop's URL (`NO_PROXY` is matched again after
+    /// every redirect).
+    Env(Arc<ProxyEnv>),
+}
+
+impl std::fmt::Debug for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct => f.write_str("Direct"),
+            Self::Http(p) => f.debug_tuple("Http").field(&Redacted(Some(p))).finish(),
+            Self::Env(env) => f.debug_tuple("Env").field(env).finish(),
+        }
+    }
+}
+
+/// A proxy URL for `Debug`, its password replaced by `***`.
+struct Redacted<'a>(Option<&'a Url>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(url) = self.0 else { return f.write_str("None") };
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        write!(f, "{:?}", shown.as_str())
+    }
+}
+
+impl ProxyMode {
+    /// The proxy to use for a request to `url`, if any.
+    pub fn for_url(&self, url: &Url) -> Option<&Url> {
+        match self {
+            Self::Direct => None,
+            Self::Http(p) => Some(p),
+            Self::Env(env) => env.for_url(url),
+        }
+    }
 }
 
 /// Defaults applied to targets that do not set an option.
@@ -109,12 +155,22 @@ pub struct Defaults {
     pub proxy_env: ProxyEnv,
 }
 
-/// The standard proxy variables, read once at start-up.
-#[derive(Debug, Clone, Default)]
+/// The standard proxy variables, read once at start-up. `Debug` hides proxy passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProxyEnv {
     http: Option<Url>,
     https: Option<Url>,
     no_proxy: Vec<String>,
+}
+
+impl std::fmt::Debug for ProxyEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyEnv")
+            .field("http", &Redacted(self.http.as_ref()))
+            .field("https", &Redacted(self.https.as_ref()))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 impl ProxyEnv {
@@ -147,13 +203,13 @@ impl ProxyEnv {
 
     /// The proxy for `url` by the usual rules: `NO_PROXY` entries match the host or a parent
     /// domain; `*` disables proxying.
-    fn for_url(&self, url: &Url) -> ProxyMode {
+    pub fn for_url(&self, url: &Url) -> Option<&Url> {
         let proxy = if url.scheme() == "https" {
             &self.https
         } else {
             &self.http
         };
-        let Some(proxy) = proxy else { return ProxyMode::Direct };
+        let proxy = proxy.as_ref()?;
         let host = url
             .host_str()
             .unwrap_or("")
@@ -163,11 +219,11 @@ impl ProxyEnv {
             .no_proxy
             .iter()
             .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")));
-        if excluded {
-            ProxyMode::Direct
-        } else {
-            ProxyMode::Http(proxy.clone())
-        }
+        (!excluded).then_some(proxy)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.http.is_none() && self.https.is_none()
     }
 }
 
@@ -260,6 +316,8 @@ struct TargetSpec {
 pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, ConfigError> {
     let example =
         r#"[{"name":"api","url":"https://api.example.com/health","regex":"ok","interval":"30s","timeout":"5s"}]"#;
+    // One copy for all targets; the proxy is chosen for each hop's URL.
+    let proxy_env = Arc::new(defaults.proxy_env.clone());
     let (var, specs): (&str, Vec<TargetSpec>) = if let Some(json) = env.get("TARGETS") {
         let specs = serde_json::from_str(json).map_err(|e| {
             ConfigError::new(
@@ -298,7 +356,7 @@ pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, Confi
             ..TargetSpec::default()
         };
         // The single-target form reports errors under the variable that holds the value.
-        return build(spec, defaults, &SingleNames).map(|t| vec![t]);
+        return build(spec, defaults, &proxy_env, &SingleNames).map(|t| vec![t]);
     } else {
         return Err(ConfigError::new(
             "TARGETS",
@@ -315,7 +373,7 @@ pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, Confi
     }
     let mut targets = Vec::with_capacity(specs.len());
     for (i, spec) in specs.into_iter().enumerate() {
-        targets.push(build(spec, defaults, &ListNames { var, index: i })?);
+        targets.push(build(spec, defaults, &proxy_env, &ListNames { var, index: i })?);
     }
     let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
@@ -374,23 +432,61 @@ fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
     Ok(r)
 }
 
-fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Result<Target, ConfigError> {
+fn build(
+    spec: TargetSpec,
+    defaults: &Defaults,
+    proxy_env: &Arc<ProxyEnv>,
+    names: &dyn FieldNames,
+) -> Result<Target, ConfigError> {
     let err = |field: &str, problem: String, example: &str| ConfigError::new(names.field(field), problem, example);
-    let auth = auth_header(&spec, names)?;
+    let mut auth = auth_header(&spec, names)?;
 
-    let url = Url::parse(spec.url.trim()).map_err(|e| {
+    // Errors show the URL without its credentials: they are logged.
+    let shown = redact_userinfo(spec.url.trim());
+    let mut url = Url::parse(spec.url.trim()).map_err(|e| {
         err(
             "url",
-            format!("{:?} is not a URL: {e}", spec.url),
+            format!("{shown:?} is not a URL: {e}"),
             "https://example.com/health",
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(err(
             "url",
-            format!("{:?} must be an http:// or https:// URL with a host", spec.url),
+            format!("{shown:?} must be an http:// or https:// URL with a host"),
             "https://example.com/health",
         ));
+    }
+    // `https://user:pass@host/` means basic auth (as curl and browsers read it). The
+    // credentials leave the URL here, so the URL (and the default name, which is the metrics
+    // label and the Kafka key) never carries them.
+    if !url.username().is_empty() || url.password().is_some() {
+        let has_auth_header = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization"));
+        if auth.is_some() || has_auth_header {
+            return Err(err(
+                "url",
+                format!("{shown:?} holds credentials and the target also sets basic_auth, a bearer token or an Authorization header; keep one"),
+                "https://example.com/health with basic_auth",
+            ));
+        }
+        let user = percent_decode(url.username());
+        let password = percent_decode(url.password().unwrap_or(""));
+        auth = Some(sensitive(&basic_credentials(&user, &password)).map_err(|()| {
+            err(
+                "url",
+                "the URL's credentials contain characters not allowed in a header".into(),
+                "https://user:pass@example.com/",
+            )
+        })?);
+        url.set_username("")
+            .and_then(|()| url.set_password(None))
+            .map_err(|()| {
+                err(
+                    "url",
+                    format!("{shown:?}: cannot remove the credentials"),
+                    "https://example.com/",
+                )
+            })?;
     }
     let name = spec.name.unwrap_or_else(|| url.as_str().to_string());
     if name.is_empty() || name.len() > 200 {
@@ -453,13 +549,14 @@ fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Resul
                 "{\"accept\":\"application/json\"}",
             )
         })?;
-        let value = HeaderValue::from_str(v).map_err(|_| {
+        let mut value = HeaderValue::from_str(v).map_err(|_| {
             err(
                 "headers",
                 format!("the value of {k:?} is not a valid header value"),
                 "{\"accept\":\"application/json\"}",
             )
         })?;
+        value.set_sensitive(is_credential_header(&name));
         headers.append(name, value);
     }
     if let Some(auth) = auth {
@@ -488,7 +585,8 @@ fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Resul
         Some(other) => return Err(err("ip_family", format!("{other:?} is not any, ipv4 or ipv6"), "ipv4")),
     };
     let proxy = match spec.proxy.as_deref() {
-        None | Some("env") => defaults.proxy_env.for_url(&url),
+        None | Some("env") if proxy_env.is_empty() => ProxyMode::Direct,
+        None | Some("env") => ProxyMode::Env(proxy_env.clone()),
         Some("none" | "direct") => ProxyMode::Direct,
         Some(p) => ProxyMode::Http(parse_proxy_url(&names.field("proxy"), p)?),
     };
@@ -516,8 +614,51 @@ fn build(spec: TargetSpec, defaults: &Defaults, names: &dyn FieldNames) -> Resul
         tls_server_name: spec.tls.server_name.clone(),
         ip_family,
         proxy,
+        resolver: Resolver::system(),
         body_max_bytes,
     })
+}
+
+/// Whether a header carries a credential, so that it is marked sensitive (never logged) and
+/// sent to the configured origin only: `Authorization`, `Proxy-Authorization`, `Cookie`, and
+/// any name containing `auth`, `token`, `secret`, `key`, `password`, `session` or `credential`
+/// (`X-Api-Key`, `X-Auth-Token`, …).
+pub fn is_credential_header(name: &HeaderName) -> bool {
+    const PARTS: [&str; 7] = ["auth", "token", "secret", "key", "password", "session", "credential"];
+    let n = name.as_str();
+    n == "cookie" || PARTS.iter().any(|p| n.contains(p))
+}
+
+/// `"Basic " + base64(user ":" password)` (RFC 7617).
+fn basic_credentials(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn sensitive(v: &str) -> Result<HeaderValue, ()> {
+    let mut hv = HeaderValue::from_str(v).map_err(|_| ())?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// `raw` with the userinfo of its authority (`user:pass@`) replaced by `***@`, for messages
+/// about a URL that may not even parse.
+pub fn redact_userinfo(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://").map(|i| i + 3) else {
+        return raw.to_string();
+    };
+    let rest = &raw[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &raw[..scheme_end], &rest[at..]),
+        None => raw.to_string(),
+    }
 }
 
 /// `Authorization` from `basic_auth` or a bearer token, read now from a file or a variable and
@@ -552,8 +693,7 @@ fn auth_header(spec: &TargetSpec, names: &dyn FieldNames) -> Result<Option<Heade
     };
     let value = if let Some(b) = &spec.basic_auth {
         let password = read_secret("basic_auth", &b.password_file, &b.password_env, &b.password)?.unwrap_or_default();
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", b.username));
-        Some(format!("Basic {encoded}"))
+        Some(basic_credentials(&b.username, &password))
     } else {
         read_secret("bearer_token", &spec.bearer_token_file, &spec.bearer_token_env, &None)?
             .map(|t| format!("Bearer {t}"))
@@ -671,6 +811,16 @@ mod tests {
         assert!(!t.follow_redirects);
         assert_eq!(t.ip_family, IpFamily::Ipv6);
         assert_eq!(t.proxy, ProxyMode::Http(Url::parse("http://proxy:3128").unwrap()));
+        let proxied = &load(&[(
+            "TARGETS",
+            r#"[{"url":"http://h/","proxy":"http://u:pr0xy-pw@proxy:3128"}]"#,
+        )])
+        .unwrap()[0];
+        let shown = format!("{proxied:?}");
+        assert!(
+            !shown.contains("pr0xy-pw") && shown.contains("http://u:***@proxy:3128/"),
+            "{shown}"
+        );
         assert_eq!(t.header_rules.len(), 1);
         let auth = t.headers.get("authorization").unwrap();
         assert!(auth.is_sensitive());
@@ -723,18 +873,40 @@ mod tests {
     }
 
     #[test]
+    fn userinfo_is_redacted_even_in_urls_that_do_not_parse() {
+        assert_eq!(redact_userinfo("https://u:p@h:1/x@y"), "https://***@h:1/x@y");
+        assert_eq!(redact_userinfo("http://a@b:pw@h/"), "http://***@h/");
+        assert_eq!(redact_userinfo("http://u:p@[::1/"), "http://***@[::1/");
+        assert_eq!(redact_userinfo("http://h/?q=a@b"), "http://h/?q=a@b");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+    }
+
+    #[test]
+    fn credential_headers_are_marked_sensitive() {
+        let t = &load(&[(
+            "TARGETS",
+            r#"[{"url":"http://h/","headers":{"Cookie":"s=1","X-Api-Key":"k","X-Auth-Token":"t","Accept":"*/*"}}]"#,
+        )])
+        .unwrap()[0];
+        for name in ["cookie", "x-api-key", "x-auth-token"] {
+            assert!(t.headers[name].is_sensitive(), "{name}");
+        }
+        assert!(!t.headers["accept"].is_sensitive());
+    }
+
+    #[test]
     fn no_proxy_rules() {
         let env = Env::from_pairs([
             ("HTTP_PROXY", "http://p:3128"),
             ("NO_PROXY", "internal.example, .svc,127.0.0.1"),
         ]);
         let pe = ProxyEnv::from_env(&env).unwrap();
-        let mode = |u: &str| pe.for_url(&Url::parse(u).unwrap());
-        assert_eq!(mode("http://a.internal.example/"), ProxyMode::Direct);
-        assert_eq!(mode("http://x.svc/"), ProxyMode::Direct);
-        assert_eq!(mode("http://127.0.0.1:80/"), ProxyMode::Direct);
-        assert!(matches!(mode("http://example.com/"), ProxyMode::Http(_)));
-        assert_eq!(mode("https://example.com/"), ProxyMode::Direct, "no HTTPS_PROXY set");
+        let mode = |u: &str| pe.for_url(&Url::parse(u).unwrap()).map(Url::to_string);
+        assert_eq!(mode("http://a.internal.example/"), None);
+        assert_eq!(mode("http://x.svc/"), None);
+        assert_eq!(mode("http://127.0.0.1:80/"), None);
+        assert_eq!(mode("http://example.com/").as_deref(), Some("http://p:3128/"));
+        assert_eq!(mode("https://example.com/"), None, "no HTTPS_PROXY set");
         assert_eq!(
             ProxyEnv::from_env(&Env::from_pairs([("HTTPS_PROXY", "socks5://p")]))
                 .unwrap_err()

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The schema version written by this build.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The UUID namespace of `check_id`s (a fixed random UUID; changing it changes every id).
 pub const CHECK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a0e_42d1_4b9e_9d3e_8f2a_6b7c_0d11);
@@ -134,8 +134,16 @@ pub struct TlsInfo {
     pub cipher: Option<String>,
     /// notAfter of the leaf certificate (RFC 5280 §4.1.2.5).
     pub leaf_not_after: Option<DateTime<Utc>>,
-    /// Earliest notAfter among the certificates the server presented (leaf and intermediates).
+    /// Earliest notAfter of the verified chain, leaf to trust anchor (what
+    /// blackbox_exporter's `probe_ssl_last_chain_expiry_timestamp_seconds` reads from Go's
+    /// `VerifiedChains`): a certificate the server sends that is not on the verified path does
+    /// not count. The anchor counts when its certificate is known (a `ca_file`, the system
+    /// store). Without verification (`insecure_skip_verify`), the same as
+    /// `presented_earliest_not_after`.
     pub earliest_not_after: Option<DateTime<Utc>>,
+    /// Earliest notAfter among all certificates the server presented, verified or not
+    /// (blackbox_exporter's `probe_ssl_earliest_cert_expiry`). Added in schema version 3.
+    pub presented_earliest_not_after: Option<DateTime<Utc>>,
     /// Subject of the leaf certificate, RFC 4514 string.
     pub leaf_subject: Option<String>,
 }
@@ -153,7 +161,7 @@ pub struct ProbeResult {
     pub instance_id: String,
     /// Target name (unique within a checker's target list).
     pub target: String,
-    /// Target URL as configured.
+    /// Target URL as configured, without credentials (those moved to basic auth).
     pub url: String,
     /// When the probe was due (the fixed-rate slot).
     pub scheduled_at: DateTime<Utc>,
@@ -186,13 +194,14 @@ pub struct ProbeResult {
     /// Redirects followed.
     #[serde(default)]
     pub redirects: u32,
-    /// URL of the final response (after redirects).
+    /// URL of the final response (after redirects), without credentials.
     #[serde(default)]
     pub final_url: Option<String>,
     /// HTTP version of the final response: `HTTP/1.1`, `HTTP/2`.
     #[serde(default)]
     pub http_version: Option<String>,
-    /// IP address connected to on the final hop.
+    /// IP address of the final hop's connection: with several addresses (Happy Eyeballs), the
+    /// one that answered; when none did, the last one tried. A proxy's address when proxied.
     #[serde(default)]
     pub ip_address: Option<String>,
     /// `ipv4` or `ipv6`.

@@ -62,7 +62,11 @@ async fn refused_connection_is_connect_failure() {
     assert!(!r.success);
     assert_eq!(r.error_kind.as_deref(), Some("connect"), "{r:?}");
     assert_eq!(r.status_code, None);
-    assert_eq!(r.ip_address, None);
+    assert_eq!(
+        (r.ip_address.as_deref(), r.ip_family.as_deref()),
+        (Some("127.0.0.1"), Some("ipv4")),
+        "the address tried is recorded"
+    );
     assert!(r.error.as_deref().unwrap().contains(&addr.to_string()), "{:?}", r.error);
 }
 

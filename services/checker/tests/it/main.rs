@@ -3,6 +3,8 @@
 //! built through `checker::target::load_targets`, the path the service uses.
 
 mod body;
+mod credentials;
+mod dns;
 mod exit;
 mod failures;
 mod http_probe;

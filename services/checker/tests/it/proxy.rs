@@ -112,3 +112,48 @@ async fn refused_tunnel_is_proxy_failure() {
     assert!(r.error.as_deref().unwrap().contains("403 Forbidden"), "{:?}", r.error);
     assert_eq!(r.tls, None);
 }
+
+#[tokio::test]
+async fn proxy_is_chosen_again_for_each_redirect_hop() {
+    // The first hop goes through the proxy (example.invalid is not exempt); the proxy answers
+    // with a redirect to 127.0.0.1, which NO_PROXY exempts, so the second hop goes direct.
+    let (direct_tx, mut direct_rx) = mpsc::unbounded_channel();
+    let direct = crate::support::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = direct_tx.clone();
+        async move {
+            tx.send(req.uri().to_string()).unwrap();
+            text(200, "direct ok")
+        }
+    })
+    .await;
+    let location = direct.url("/final");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let proxy = raw(move |mut s| {
+        let (tx, location) = (tx.clone(), location.clone());
+        async move {
+            tx.send(read_head(&mut s).await).unwrap();
+            let reply =
+                format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    })
+    .await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.addr.port());
+    let t = crate::support::target_with_proxy_env(
+        json!({"url": "http://example.invalid/start", "regex": "direct ok"}),
+        &[("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "127.0.0.1")],
+    );
+
+    let r = probe(&t).await;
+
+    assert!(r.success, "{r:?}");
+    let head = rx.recv().await.unwrap();
+    assert_eq!(head.lines().next(), Some("GET http://example.invalid/start HTTP/1.1"));
+    assert_eq!(
+        direct_rx.recv().await.unwrap(),
+        "/final",
+        "origin-form: no proxy on the second hop"
+    );
+    assert_eq!(proxy.connections(), 1, "only the first hop went through the proxy");
+    assert_eq!(r.ip_address.as_deref(), Some("127.0.0.1"));
+}

@@ -165,3 +165,75 @@ async fn credentials_are_not_sent_to_another_host_on_redirect() {
     let (_, auth, _) = other_rx.recv().await.unwrap();
     assert_eq!(auth, None, "credentials for 127.0.0.1 were sent to {other_url}");
 }
+
+/// A server that sends the request headers it got on `tx` and answers 200.
+async fn header_recorder() -> (
+    crate::support::Server,
+    tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = serve(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            tx.send(req.headers().clone()).unwrap();
+            text(200, "recorded")
+        }
+    })
+    .await;
+    (server, rx)
+}
+
+/// A target at `url` with basic auth, a cookie, an API key header and a harmless header.
+fn target_with_credentials(url: &str) -> checker::target::Target {
+    target(json!({
+        "url": url, "basic_auth": {"username": "u", "password": "p"},
+        "headers": {"cookie": "session=s3cret", "x-api-key": "k3y", "x-request-tag": "probe"},
+    }))
+}
+
+#[tokio::test]
+async fn credentials_are_not_sent_to_another_port_of_the_same_host() {
+    // curl since CVE-2022-27776: another scheme, host *or port* is another origin.
+    let (other, mut other_rx) = header_recorder().await;
+    let location = other.url("/");
+    let origin = serve(move |_| {
+        let location = location.clone();
+        async move { redirect(302, &location) }
+    })
+    .await;
+    assert_eq!(origin.addr.ip(), other.addr.ip());
+
+    let r = probe(&target_with_credentials(&origin.url("/"))).await;
+
+    assert!(r.success, "{r:?}");
+    let seen = other_rx.recv().await.unwrap();
+    for name in ["authorization", "cookie", "x-api-key"] {
+        assert_eq!(seen.get(name), None, "{name} reached {}", other.addr);
+    }
+    assert_eq!(seen.get("x-request-tag").unwrap(), "probe", "other headers still go");
+}
+
+#[tokio::test]
+async fn credentials_follow_same_origin_redirects() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = serve(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            tx.send(req.headers().clone()).unwrap();
+            match req.uri().path() {
+                "/start" => redirect(302, "/final"),
+                _ => text(200, "final"),
+            }
+        }
+    })
+    .await;
+
+    let r = probe(&target_with_credentials(&server.url("/start"))).await;
+
+    assert!(r.success, "{r:?}");
+    let _first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!(second.get("authorization").unwrap(), "Basic dTpw");
+    assert_eq!(second.get("cookie").unwrap(), "session=s3cret");
+    assert_eq!(second.get("x-api-key").unwrap(), "k3y");
+}

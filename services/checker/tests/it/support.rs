@@ -77,6 +77,56 @@ pub fn redirect(status: u16, location: &str) -> Response<Body> {
         .expect("valid response")
 }
 
+/// What a TLS server saw of one handshake: the SNI name and whether a client certificate came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The server name the client sent (none for an IP address).
+    pub sni: Option<String>,
+    /// Whether the client presented a certificate.
+    pub client_cert: bool,
+}
+
+/// A TLS server on 127.0.0.1 with `cfg` that reports every handshake on the returned channel
+/// and answers every request with `handler`.
+pub async fn serve_tls_recording<F, Fut>(
+    cfg: Arc<ServerConfig>,
+    handler: F,
+) -> (Server, tokio::sync::mpsc::UnboundedReceiver<Handshake>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (handler, cfg, tx) = (handler.clone(), cfg.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
+                    return;
+                };
+                let conn = stream.get_ref().1;
+                let _ = tx.send(Handshake {
+                    sni: conn.server_name().map(str::to_string),
+                    client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                });
+                let svc = service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (Server { addr, connections }, rx)
+}
+
 /// A running loopback server.
 pub struct Server {
     /// Where it listens.
@@ -193,6 +243,8 @@ pub struct Pki {
     pub leaf_not_after: DateTime<Utc>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
 }
 
 impl Pki {
@@ -230,7 +282,49 @@ impl Pki {
             leaf_not_after,
             chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
             key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+            ca_cert,
+            ca_key,
         }
+    }
+
+    /// A client certificate (CN=checker-test-client) signed by the CA: PEM files of the
+    /// certificate and its key, for `tls.cert_file` / `tls.key_file`.
+    pub fn client_cert_files(&self) -> (String, String) {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "checker-test-client");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
+        let dir = self._dir.path();
+        let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write client cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write client key");
+        let s = |p: std::path::PathBuf| p.to_str().expect("UTF-8 path").to_string();
+        (s(cert_path), s(key_path))
+    }
+
+    /// Like [`Pki::server_config`] (no ALPN), also asking for a client certificate signed by
+    /// the CA, without requiring one.
+    pub fn server_config_asking_client_cert(&self) -> Arc<ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone()).expect("CA root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .expect("client verifier");
+        let cfg = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .expect("server certificate");
+        Arc::new(cfg)
     }
 
     /// A server configuration presenting leaf and CA, offering `alpn` (empty: no ALPN).
@@ -244,4 +338,22 @@ impl Pki {
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
     }
+}
+
+/// Builds one target like [`target`], with the proxy environment read from `proxy_env` pairs
+/// (`HTTP_PROXY`, `NO_PROXY`, …).
+///
+/// # Panics
+/// When the configuration is rejected.
+pub fn target_with_proxy_env(spec: serde_json::Value, proxy_env: &[(&str, &str)]) -> Target {
+    let defaults = Defaults {
+        interval: Duration::from_secs(30),
+        timeout: DEFAULT_TIMEOUT,
+        body_max_bytes: 1 << 20,
+        proxy_env: ProxyEnv::from_env(&Env::from_pairs(proxy_env.iter().copied())).expect("proxy env"),
+    };
+    let json = serde_json::Value::Array(vec![spec]).to_string();
+    let env = Env::from_pairs([("TARGETS", json.as_str())]);
+    let mut targets = load_targets(&env, &defaults).unwrap_or_else(|e| panic!("target rejected: {e}"));
+    targets.remove(0)
 }

@@ -48,6 +48,7 @@ pub fn sample(target: &str, at: DateTime<Utc>, success: bool, duration: f64) -> 
             leaf_not_after: Some(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()),
             earliest_not_after: Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()),
             leaf_subject: Some("CN=api.example".into()),
+            ..TlsInfo::default()
         }),
     }
 }
