@@ -5,5 +5,6 @@ mod app;
 mod broker;
 mod e2e;
 mod faults;
+mod groups;
 mod store;
 mod support;

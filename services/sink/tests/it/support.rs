@@ -286,8 +286,10 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// The tansu binary private brokers run: `TANSU_BIN` (as in `scripts/stack.sh`; `TANSU` is
+/// still read), else `$CARGO_HOME/bin/tansu`, else `tansu` on `PATH`.
 fn which_tansu() -> String {
-    if let Ok(p) = std::env::var("TANSU") {
+    if let Ok(p) = std::env::var("TANSU_BIN").or_else(|_| std::env::var("TANSU")) {
         return p;
     }
     let home =
