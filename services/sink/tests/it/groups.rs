@@ -157,10 +157,7 @@ async fn survivor_takes_over_a_killed_members_partitions(assignor: &str) {
             ("KAFKA_GROUP_ID", group.clone()),
             ("KAFKA_CFG_CLIENT_ID", client_id.to_string()),
             ("KAFKA_CFG_PARTITION_ASSIGNMENT_STRATEGY", assignor.to_string()),
-            (
-                "KAFKA_CFG_SESSION_TIMEOUT_MS",
-                SESSION_TIMEOUT.as_millis().to_string(),
-            ),
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", SESSION_TIMEOUT.as_millis().to_string()),
             ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "1000".to_string()),
             ("BATCH_LINGER", "50ms".to_string()),
             ("LOG_FORMAT", "json".to_string()),
