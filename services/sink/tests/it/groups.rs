@@ -101,15 +101,20 @@ async fn produce_to_every_partition(bootstrap: &str, topic: &str, tag: &str, per
     }
 }
 
-/// Rows per partition of the results tagged `tag` (targets `{tag}-p<partition>`).
+/// Rows per partition of the results tagged `tag` (targets `{tag}-p<partition>`); none while
+/// the sinks have not created the table yet.
 async fn rows_per_partition(db: &tokio_postgres::Client, tag: &str) -> BTreeMap<i32, i64> {
-    let rows = db
+    let rows = match db
         .query(
             "SELECT target_name, count(*) FROM probe_results WHERE target_name LIKE $1 GROUP BY 1",
             &[&format!("{tag}-p%")],
         )
         .await
-        .unwrap();
+    {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => panic!("count rows: {e}"),
+    };
     let mut per: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     for r in rows {
         let name: String = r.get(0);
@@ -137,9 +142,39 @@ async fn wait_for_every_partition(db: &tokio_postgres::Client, tag: &str, per_pa
     }
 }
 
-/// Two sinks in one group on a 6-partition topic; once both consume, one is SIGKILLed and
-/// results are produced to every partition: all of them must become rows, written by the
-/// survivor.
+/// Rounds of one result per partition, each waited for, until one round was consumed by
+/// every sink in `sinks` (`healthcheck_sink_messages_consumed_total` grew for each): then
+/// each of them owns partitions. Panics after 90 s.
+async fn until_each_consumes(db: &tokio_postgres::Client, bootstrap: &str, topic: &str, sinks: &[&SinkProcess]) {
+    let started = Instant::now();
+    for round in 0.. {
+        let mut before = Vec::new();
+        for s in sinks {
+            before.push(s.consumed().await);
+        }
+        let tag = format!("round{}-{round}", sinks.len());
+        produce_to_every_partition(bootstrap, topic, &tag, 1).await;
+        wait_for_every_partition(db, &tag, 1, Duration::from_secs(60)).await;
+        let mut after = Vec::new();
+        for s in sinks {
+            after.push(s.consumed().await);
+        }
+        if after.iter().zip(&before).all(|(a, b)| a > b) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} sinks never shared the partitions within 90 s (consumed before/after the last round: {before:?} {after:?})",
+            sinks.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Two sinks in one group on a 6-partition topic, the one that joined first (the group's
+/// leader on tansu) SIGKILLed once both consume. Results produced to every partition right
+/// after the kill must all become rows, written by the survivor, and so must results produced
+/// three session timeouts later (the group must stay settled, not just take over once).
 async fn survivor_takes_over_a_killed_members_partitions(assignor: &str) {
     let (url, bootstrap) = (fresh_database().await, bootstrap());
     let topic = unique("takeover");
@@ -164,28 +199,11 @@ async fn survivor_takes_over_a_killed_members_partitions(assignor: &str) {
             ("RUST_LOG", "info".to_string()),
         ]
     };
-    let mut doomed = SinkProcess::spawn(&env("doomed"), &dir.join("doomed.log"));
-    let survivor = SinkProcess::spawn(&env("survivor"), &dir.join("survivor.log"));
     let db = connect(&url).await;
-
-    // Rounds of one result per partition until, in one round, both sinks consumed some: then
-    // the group holds both and the doomed sink owns partitions.
-    let started = Instant::now();
-    for round in 0.. {
-        let before = (doomed.consumed().await, survivor.consumed().await);
-        let tag = format!("before{round}");
-        produce_to_every_partition(&bootstrap, &topic, &tag, 1).await;
-        wait_for_every_partition(&db, &tag, 1, Duration::from_secs(60)).await;
-        let after = (doomed.consumed().await, survivor.consumed().await);
-        if after.0 > before.0 && after.1 > before.1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the two sinks never shared the partitions within 90 s (consumed: {after:?})"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let mut doomed = SinkProcess::spawn(&env("doomed"), &dir.join("doomed.log"));
+    until_each_consumes(&db, &bootstrap, &topic, &[&doomed]).await;
+    let survivor = SinkProcess::spawn(&env("survivor"), &dir.join("survivor.log"));
+    until_each_consumes(&db, &bootstrap, &topic, &[&doomed, &survivor]).await;
 
     doomed.kill();
     let killed = Instant::now();
@@ -197,6 +215,9 @@ async fn survivor_takes_over_a_killed_members_partitions(assignor: &str) {
         "{assignor}: every partition's results written {:.1} s after the SIGKILL",
         killed.elapsed().as_secs_f64()
     );
+    tokio::time::sleep(SESSION_TIMEOUT * 3).await;
+    produce_to_every_partition(&bootstrap, &topic, "later", 20).await;
+    wait_for_every_partition(&db, "later", 20, SESSION_TIMEOUT * 15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
