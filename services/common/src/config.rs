@@ -106,8 +106,8 @@ impl Env {
 pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     let v = value.trim();
     let parsed = match v.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
-        Ok(_) => Err(()),
+        // try_: a number of seconds too large for a Duration is an error, not a panic.
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| ()),
         Err(_) => humantime::parse_duration(v).map_err(|_| ()),
     };
     parsed.map_err(|()| ConfigError::new(var, format!("{value:?} is not a duration"), "30s"))
@@ -161,6 +161,16 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found while fuzzing the target list: `1e20` seconds panicked in
+    /// `Duration::from_secs_f64` instead of being reported.
+    #[test]
+    fn durations_too_large_negative_or_not_finite_are_errors() {
+        for v in ["1e20", "18446744073709551616", "-1", "NaN", "inf", "-0.5"] {
+            assert_eq!(parse_duration("X", v).unwrap_err().var, "X", "{v}");
+        }
+        assert_eq!(parse_positive_duration("X", "1e-12").unwrap_err().var, "X");
+    }
 
     #[test]
     fn durations_accept_units_and_bare_seconds() {
