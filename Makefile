@@ -21,7 +21,7 @@ COMPOSE = $(COMPOSE_CMD) $(addprefix -f ,$(COMPOSE_FILES))
 run_script = if [ -x "$(1)" ]; then "$(1)"; elif [ -f "$(1)" ]; then bash "$(1)"; \
 	else echo "make: $(1) not found: this target needs it" >&2; exit 1; fi
 
-.PHONY: help build test lint fmt demo images up down logs e2e k8s-validate bench clean \
+.PHONY: help build test lint fmt demo images up down logs e2e k8s-validate bench fuzz clean \
 	stack-up stack-down stack-status
 
 help: ## List the targets
@@ -84,6 +84,24 @@ k8s-validate: ## Validate the Kubernetes manifests
 
 bench: ## Run the benchmarks
 	@$(call run_script,scripts/bench.sh)
+
+# Fuzzing (fuzz/, its own workspace): each target of FUZZ_TARGETS runs FUZZ_SECONDS,
+# growing fuzz/corpus/<target> from the seeds in fuzz/seeds/ (a crash stops it and
+# leaves the input in fuzz/artifacts/<target>/). cargo-fuzz needs unstable rustc
+# flags (-Zsanitizer, sanitizer coverage); RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept them (checked with rustc 1.95.0). No sanitizer: the code fuzzed
+# is safe Rust; -a keeps debug assertions and overflow checks on.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= probe_result targets_json targets_yaml
+fuzz_seeds = $(if $(filter probe_result,$(1)),probe_result,targets)
+
+fuzz: ## Fuzz the probe-result decoder and the target-list parser (FUZZ_SECONDS per target, default 60)
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@$(foreach t,$(FUZZ_TARGETS),mkdir -p fuzz/corpus/$(t) && \
+		echo "fuzz: $(t) for $(FUZZ_SECONDS)s" && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz --sanitizer none -a $(t) \
+			fuzz/corpus/$(t) fuzz/seeds/$(call fuzz_seeds,$(t)) \
+			-- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 &&) true
 
 stack-up: ## Start the throwaway PostgreSQL + broker used by tests and print their TEST_* variables
 	@scripts/stack.sh install

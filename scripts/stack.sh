@@ -5,8 +5,8 @@
 # Usage: scripts/stack.sh install|install-broker|broker-id|up|down|status|env
 #
 #   install  install PostgreSQL, promtool (Debian packages) and tansu 0.6.0
-#            (built from crates.io sources with scripts/tansu/*.patch), each
-#            only when missing
+#            (built from its crates' sources with scripts/tansu/<crate>/*.patch),
+#            each only when missing
 #   install-broker  only the broker (used by scripts/base-images.sh)
 #   broker-id       print the broker build's identity: version + patches hash
 #   up       start both services (no-op for a service already running) and
@@ -24,6 +24,9 @@
 #                       is already running (default 3600)
 #   TANSU_BUILD_DIR     where tansu is built (default
 #                       ~/.cache/healthcheck-pipeline/tansu-0.6.0; kept for rebuilds)
+#   TANSU_BIN           where tansu is installed and run from (default
+#                       ~/.cargo/bin/tansu; the patches' hash goes beside it, in
+#                       $TANSU_BIN.patches). The sink's tests read it too.
 #   PG_BIN              directory holding initdb/pg_ctl (default: newest
 #                       /usr/lib/postgresql/*/bin)
 #
@@ -38,11 +41,9 @@ BROKER_PORT="${BROKER_PORT:-19092}"
 STACK_WAIT="${STACK_WAIT:-60}"
 TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-3600}"
 TANSU_VERSION=0.6.0
-# sha256 of the crates.io archives (as in tansu 0.6.0's Cargo.lock for tansu-storage).
-TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
-TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 TANSU_BUILD_DIR="${TANSU_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/healthcheck-pipeline/tansu-$TANSU_VERSION}"
+TANSU_BIN="${TANSU_BIN:-$CARGO_BIN/tansu}"
 HOST=127.0.0.1
 DB_USER=healthcheck
 DB_PASSWORD=healthcheck
@@ -277,14 +278,42 @@ pg_status() {
 
 # -------------------------------------------------------------------- broker
 
-# The patches applied to tansu's sources (scripts/tansu/*.patch), as one hash:
-# an installed tansu built with other patches (or none) is rebuilt.
+# sha256 of the crate archives: tansu and every crate that scripts/tansu/ patches
+# (the same sums as in tansu 0.6.0's Cargo.lock).
+tansu_crate_sha256() {
+    case "$1" in
+        tansu) echo 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d ;;
+        tansu-broker) echo 93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720 ;;
+        tansu-storage) echo 720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d ;;
+        *) return 1 ;;
+    esac
+}
+
+# The crates that scripts/tansu/ patches: one folder per crate, holding its
+# patches (applied in name order, with -p1 inside the crate's sources).
+tansu_patched_crates() {
+    local dir
+    for dir in "$REPO"/scripts/tansu/*/; do
+        compgen -G "$dir*.patch" >/dev/null && basename "$dir"
+    done
+}
+
+# The patches applied to tansu's sources (scripts/tansu/<crate>/*.patch, each
+# with its crate's name), as one hash: an installed tansu built with other
+# patches (or none) is rebuilt.
 tansu_patches_id() {
-    cat "$REPO"/scripts/tansu/*.patch | sha256sum | cut -c1-16
+    (
+        cd "$REPO/scripts/tansu"
+        LC_ALL=C
+        for patch in */*.patch; do
+            printf '%s\n' "$patch"
+            cat "$patch"
+        done
+    ) | sha256sum | cut -c1-16
 }
 
 tansu_ok() {
-    local bin="$CARGO_BIN/tansu"
+    local bin="$TANSU_BIN"
     [ -x "$bin" ] &&
         "$bin" --version 2>/dev/null | grep -qw -- "$TANSU_VERSION" &&
         [ "$(cat "$bin.patches" 2>/dev/null)" = "$(tansu_patches_id)" ]
@@ -304,7 +333,7 @@ broker_pid() {
 }
 
 broker_up() {
-    tansu_ok || die "tansu $TANSU_VERSION with this repository's patches not found (run: scripts/stack.sh install)"
+    tansu_ok || die "tansu $TANSU_VERSION with this repository's patches not found at $TANSU_BIN (run: scripts/stack.sh install)"
     local pid
     if pid="$(broker_pid)"; then
         log "broker already running on $HOST:$BROKER_PORT (pid $pid)"
@@ -316,7 +345,7 @@ broker_up() {
         log "starting tansu broker on $HOST:$BROKER_PORT (in-memory storage)"
         # setsid: its own session, so a Ctrl-C meant for `make test` leaves it
         # to the trap that calls `down`. 9>&-: it must not hold the stack lock.
-        RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid "$CARGO_BIN/tansu" broker \
+        RUST_LOG="${TANSU_RUST_LOG:-warn}" setsid "$TANSU_BIN" broker \
             --listener-url "tcp://$HOST:$BROKER_PORT" \
             --advertised-listener-url "tcp://$HOST:$BROKER_PORT" \
             --storage-engine memory://tansu/ \
@@ -377,13 +406,43 @@ broker_status() {
 
 # ------------------------------------------------------------------- install
 
-# tansu 0.6.0 from its crates.io sources with our patches applied (see
+# Puts $1-$TANSU_VERSION.crate, checked against its pinned sha256, into
+# $TANSU_BUILD_DIR, taken from cargo's package cache (any registry's folder in
+# it), which cargo fills from the registry it is configured with: no host name
+# here. A crate already there with the right sum is kept.
+tansu_crate() {
+    local name=$1 sum want cached file
+    want="$(tansu_crate_sha256 "$name")" || die "no pinned sha256 for crate $name (scripts/tansu/$name/ patches an unknown crate)"
+    file="$TANSU_BUILD_DIR/$name-$TANSU_VERSION.crate"
+    if [ -f "$file" ] && [ "$(sha256sum "$file" | cut -d' ' -f1)" = "$want" ]; then
+        return
+    fi
+    for cached in "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$name-$TANSU_VERSION.crate"; do
+        [ -f "$cached" ] || continue
+        sum="$(sha256sum "$cached" | cut -d' ' -f1)"
+        if [ "$sum" = "$want" ]; then
+            cp "$cached" "$file.part"
+            mv "$file.part" "$file"
+            return
+        fi
+        log "$cached: sha256 $sum, expected $want; not used"
+    done
+    return 1
+}
+
+# tansu 0.6.0 from its crates' sources with our patches applied (see
 # scripts/tansu/README.md), built in $TANSU_BUILD_DIR (kept, so a rebuild after a
-# new patch is incremental) and installed as $CARGO_BIN/tansu, with the patches'
-# hash in $CARGO_BIN/tansu.patches.
+# new patch is incremental) and installed as $TANSU_BIN, with the patches' hash
+# in $TANSU_BIN.patches.
+#
+# cargo downloads every archive: `cargo info` the tansu crate (it fetches the
+# archive to read its manifest; a throwaway manifest depending on it and `cargo
+# fetch` when that left nothing in the cache), then `cargo fetch --locked` in
+# tansu's sources everything its Cargo.lock pins, the crates we patch included.
+# Each archive we extract is checked against its pinned sha256.
 install_tansu() {
     if tansu_ok; then
-        log "tansu $TANSU_VERSION (patched) already installed ($CARGO_BIN/tansu)"
+        log "tansu $TANSU_VERSION (patched) already installed ($TANSU_BIN)"
         return
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain first"
@@ -400,41 +459,52 @@ install_tansu() {
         exec 8>&-
         return
     fi
-    log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (about 13 minutes on 2 cores)"
-    local crate sum src patch id
+    log "building tansu $TANSU_VERSION with scripts/tansu/<crate>/*.patch (about 13 minutes on 2 cores)"
+    local crate patch id crates src="$TANSU_BUILD_DIR/tansu-$TANSU_VERSION"
     id="$(tansu_patches_id)"
+    mapfile -t crates < <(tansu_patched_crates)
     # The sources are extracted and patched again only when the patches changed
     # (a re-extraction would make cargo rebuild the tansu crates).
     if [ "$(cat "$TANSU_BUILD_DIR/sources.patches" 2>/dev/null)" != "$id" ]; then
-        for crate in "tansu $TANSU_SHA256" "tansu-storage $TANSU_STORAGE_SHA256"; do
-            set -- $crate
-            src="$TANSU_BUILD_DIR/$1-$TANSU_VERSION.crate"
-            if ! [ -f "$src" ] || [ "$(sha256sum "$src" | cut -d' ' -f1)" != "$2" ]; then
-                curl -fsSL --retry 3 -o "$src.part" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate" ||
-                    die "could not download $1 $TANSU_VERSION from static.crates.io"
-                sum="$(sha256sum "$src.part" | cut -d' ' -f1)"
-                [ "$sum" = "$2" ] || die "$1-$TANSU_VERSION.crate: sha256 $sum, expected $2"
-                mv "$src.part" "$src"
-            fi
-            rm -rf "${TANSU_BUILD_DIR:?}/$1-$TANSU_VERSION"
-            tar -xzf "$src" -C "$TANSU_BUILD_DIR"
+        if ! tansu_crate tansu; then
+            (cd "$TANSU_BUILD_DIR" && cargo info --quiet "tansu@$TANSU_VERSION" >/dev/null) ||
+                die "cargo could not fetch tansu $TANSU_VERSION"
+        fi
+        if ! tansu_crate tansu; then
+            local fetch="$TANSU_BUILD_DIR/fetch-tansu"
+            mkdir -p "$fetch/src"
+            : >"$fetch/src/lib.rs"
+            printf '[package]\nname = "fetch-tansu"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[workspace]\n\n[dependencies]\ntansu = { version = "=%s", default-features = false }\n' \
+                "$TANSU_VERSION" >"$fetch/Cargo.toml"
+            (cd "$fetch" && cargo fetch --quiet) || die "cargo could not fetch tansu $TANSU_VERSION"
+            tansu_crate tansu || die "tansu-$TANSU_VERSION.crate with the pinned sha256 not in cargo's package cache after cargo fetch"
+        fi
+        rm -rf "$src"
+        tar -xzf "$TANSU_BUILD_DIR/tansu-$TANSU_VERSION.crate" -C "$TANSU_BUILD_DIR"
+        # Everything tansu's own Cargo.lock pins, checked against its sums.
+        (cd "$src" && cargo fetch --locked --quiet) || die "cargo fetch --locked failed for tansu $TANSU_VERSION"
+        printf '\n[patch.crates-io]\n' >>"$src/Cargo.toml"
+        for crate in "${crates[@]}"; do
+            tansu_crate "$crate" ||
+                die "$crate-$TANSU_VERSION.crate with the pinned sha256 not in cargo's package cache (is $crate $TANSU_VERSION in tansu's Cargo.lock?)"
+            rm -rf "${TANSU_BUILD_DIR:?}/$crate-$TANSU_VERSION"
+            tar -xzf "$TANSU_BUILD_DIR/$crate-$TANSU_VERSION.crate" -C "$TANSU_BUILD_DIR"
+            for patch in "$REPO/scripts/tansu/$crate"/*.patch; do
+                patch -s -p1 -d "$TANSU_BUILD_DIR/$crate-$TANSU_VERSION" <"$patch" || die "$patch does not apply"
+            done
+            printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" >>"$src/Cargo.toml"
         done
-        for patch in "$REPO"/scripts/tansu/*.patch; do
-            patch -s -p1 -d "$TANSU_BUILD_DIR/tansu-storage-$TANSU_VERSION" <"$patch" || die "$patch does not apply"
-        done
-        printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-            >>"$TANSU_BUILD_DIR/tansu-$TANSU_VERSION/Cargo.toml"
         printf '%s\n' "$id" >"$TANSU_BUILD_DIR/sources.patches"
     fi
     # The crate's own Cargo.lock pins every other dependency (as `cargo install
-    # --locked` would); cargo only swaps in the patched tansu-storage.
-    (cd "$TANSU_BUILD_DIR/tansu-$TANSU_VERSION" &&
+    # --locked` would); cargo only swaps in the patched crates.
+    (cd "$src" &&
         CARGO_TARGET_DIR="$TANSU_BUILD_DIR/target" cargo build --release --features dynostore --bin tansu) ||
         die "tansu build failed"
-    mkdir -p "$CARGO_BIN"
-    command install -m 0755 "$TANSU_BUILD_DIR/target/release/tansu" "$CARGO_BIN/tansu.new"
-    mv -f "$CARGO_BIN/tansu.new" "$CARGO_BIN/tansu"
-    printf '%s\n' "$id" >"$CARGO_BIN/tansu.patches"
+    mkdir -p "$(dirname "$TANSU_BIN")"
+    command install -m 0755 "$TANSU_BUILD_DIR/target/release/tansu" "$TANSU_BIN.new"
+    mv -f "$TANSU_BIN.new" "$TANSU_BIN"
+    printf '%s\n' "$id" >"$TANSU_BIN.patches"
     exec 8>&-
     tansu_ok || die "tansu $TANSU_VERSION still not usable after the build"
 }

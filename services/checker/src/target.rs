@@ -500,8 +500,15 @@ fn build(
     let duration = |field: &str, d: Option<DurationSpec>, default: Duration| -> Result<Duration, ConfigError> {
         match d {
             None => Ok(default),
+            // Too large, negative, or so small it rounds to zero: an error.
             Some(DurationSpec::Seconds(s)) if s.is_finite() && s > 0.0 => {
-                common::config::duration_from_secs(&names.field(field), s)
+                common::config::duration_from_secs(&names.field(field), s).and_then(|d| {
+                    if d.is_zero() {
+                        Err(err(field, format!("{s} is not a positive duration"), "30s"))
+                    } else {
+                        Ok(d)
+                    }
+                })
             }
             Some(DurationSpec::Seconds(s)) => Err(err(field, format!("{s} is not a positive duration"), "30s")),
             Some(DurationSpec::Text(t)) => parse_positive_duration(&names.field(field), &t),
@@ -719,8 +726,12 @@ fn parse_status(s: &StatusSpec) -> Result<RangeInclusive<u16>, String> {
         StatusSpec::Code(c) => *c..=*c,
         StatusSpec::Text(t) => {
             let t = t.trim().to_ascii_lowercase();
+            // checked_mul: "700xx" is out of range, not an overflow.
             if let Some(class) = t.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
-                class * 100..=class * 100 + 99
+                let first = class
+                    .checked_mul(100)
+                    .ok_or_else(|| format!("{t:?} is not within 100-599"))?;
+                first..=first.saturating_add(99)
             } else if let Some((a, b)) = t.split_once('-') {
                 let a = a
                     .trim()
@@ -829,6 +840,32 @@ mod tests {
             !format!("{t:?}").contains("dTpw"),
             "credentials must not be Debug-printed"
         );
+    }
+
+    /// Found while fuzzing the target list: a number of seconds too large for a `Duration`
+    /// panicked, one that rounds to zero nanoseconds was accepted as a zero interval or
+    /// timeout, and a status class like "700xx" overflowed.
+    #[test]
+    fn out_of_range_numbers_are_errors_naming_the_field() {
+        for (json, field) in [
+            (r#"[{"url":"http://a/","interval":1e20}]"#, "TARGETS[0].interval"),
+            (r#"[{"url":"http://a/","interval":"1e20"}]"#, "TARGETS[0].interval"),
+            (r#"[{"url":"http://a/","interval":1e-300}]"#, "TARGETS[0].interval"),
+            (r#"[{"url":"http://a/","timeout":1e-12}]"#, "TARGETS[0].timeout"),
+            (r#"[{"url":"http://a/","timeout":-1}]"#, "TARGETS[0].timeout"),
+            (
+                r#"[{"url":"http://a/","valid_status_codes":["700xx"]}]"#,
+                "TARGETS[0].valid_status_codes",
+            ),
+            (
+                r#"[{"url":"http://a/","valid_status_codes":["6xx"]}]"#,
+                "TARGETS[0].valid_status_codes",
+            ),
+        ] {
+            assert_eq!(load(&[("TARGETS", json)]).unwrap_err().var, field, "{json}");
+        }
+        let t = &load(&[("TARGETS", r#"[{"url":"http://a/","valid_status_codes":["5xx"]}]"#)]).unwrap()[0];
+        assert_eq!(t.valid_status, vec![500..=599]);
     }
 
     #[test]

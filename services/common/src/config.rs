@@ -208,6 +208,16 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// Found while fuzzing the target list: `1e20` seconds panicked in
+    /// `Duration::from_secs_f64` instead of being reported.
+    #[test]
+    fn durations_too_large_negative_or_not_finite_are_errors() {
+        for v in ["1e20", "18446744073709551616", "-1", "NaN", "inf", "-0.5"] {
+            assert_eq!(parse_duration("X", v).unwrap_err().var, "X", "{v}");
+        }
+        assert_eq!(parse_positive_duration("X", "1e-12").unwrap_err().var, "X");
+    }
+
     #[test]
     fn durations_accept_units_and_bare_seconds() {
         assert_eq!(parse_duration("X", "30s").unwrap(), Duration::from_secs(30));

@@ -255,6 +255,25 @@ mod tests {
         assert_eq!(again, r);
     }
 
+    /// Found by `make fuzz` (target `probe_result`): without serde_json's `float_roundtrip`
+    /// feature, about 3.5 % of durations as the checker writes them (`Duration::as_secs_f64`
+    /// of a nanosecond count up to 10 s, printed in the shortest form that round-trips) were
+    /// read back one unit in the last place off, so PostgreSQL stored another value than the
+    /// checker measured.
+    #[test]
+    fn every_float_decodes_to_the_value_that_was_encoded() {
+        let minimal = r#"{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"a","url":"http://x/",
+            "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":true}"#;
+        let mut r: ProbeResult = serde_json::from_str(minimal).unwrap();
+        for x in [2.729_756_367_000_000_2, 4.444_444_444_444_445_5e59] {
+            r.duration_seconds = x;
+            r.phases.connect = Some(x);
+            let again: ProbeResult = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+            assert_eq!(again.duration_seconds.to_bits(), x.to_bits(), "{x:?}");
+            assert_eq!(again, r);
+        }
+    }
+
     #[test]
     fn error_kind_names_are_stable() {
         for k in ErrorKind::ALL {

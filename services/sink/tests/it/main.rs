@@ -6,6 +6,7 @@ mod blackhole;
 mod broker;
 mod e2e;
 mod faults;
+mod groups;
 mod kafka_tls;
 mod pg_tls;
 mod poison;

@@ -343,8 +343,10 @@ pub fn spawn_tansu(port: u16, advertised: &str) -> Child {
         .expect("start tansu")
 }
 
+/// The tansu binary private brokers run: `TANSU_BIN` (as in `scripts/stack.sh`; `TANSU` is
+/// still read), else `$CARGO_HOME/bin/tansu`, else `tansu` on `PATH`.
 fn which_tansu() -> String {
-    if let Ok(p) = std::env::var("TANSU") {
+    if let Ok(p) = std::env::var("TANSU_BIN").or_else(|_| std::env::var("TANSU")) {
         return p;
     }
     let home =
