@@ -10,8 +10,9 @@
 #    both images run as non-root; image sizes (flagged above $SIZE_LIMIT_MB,
 #    default 30, failing above $SIZE_FAIL_MB, default 35)
 # 5. fault drills, each ending with "every result is a row, exactly once"
-#    (rows == distinct check_ids, and every check_id the checker logged as
-#    delivered is in probe_results): PostgreSQL stop/start, broker stop/start,
+#    (every check_id the topic holds, read back with target/debug/topic-ids
+#    through the broker's host listener, is in probe_results; rows == distinct
+#    check_ids; the replays the sink absorbed are reported): PostgreSQL stop/start, broker stop/start,
 #    sink SIGKILL, sink network disconnect/connect
 # 6. tear down (always; KEEP_STACK=1 keeps it), container logs on failure
 #
@@ -35,14 +36,15 @@ mkdir -p "$ARTIFACTS"
 # Host ports: 0 = any free port, so that neither a developer's `docker compose
 # up` stack nor another e2e run (own project name) is disturbed; the test
 # itself talks to the containers through `docker exec`.
-export KAFKA_HOST_PORT="${E2E_KAFKA_HOST_PORT:-0}"
+# The broker's host listener advertises localhost:$KAFKA_HOST_PORT, and the test reads
+# the topic back through it (topic-ids): that one port must be known, so pick a free one.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export KAFKA_HOST_PORT="${E2E_KAFKA_HOST_PORT:-$(free_port)}"
 export POSTGRES_HOST_PORT="${E2E_POSTGRES_HOST_PORT:-0}"
 export CHECKER_ADMIN_HOST_PORT="${E2E_CHECKER_ADMIN_HOST_PORT:-0}"
 export SINK_ADMIN_HOST_PORT="${E2E_SINK_ADMIN_HOST_PORT:-0}"
 export PROMETHEUS_HOST_PORT="${E2E_PROMETHEUS_HOST_PORT:-0}"
-# The checker logs each delivered check_id at debug level: the drills compare
-# that list with the table.
-export RUST_LOG="${E2E_RUST_LOG:-info,checker::publish=debug}"
+export RUST_LOG="${E2E_RUST_LOG:-info}"
 
 env_value() { # value of VAR in .env (single or double quotes stripped)
     local value
@@ -55,6 +57,7 @@ PG_DB="${POSTGRES_DB:-$(env_value POSTGRES_DB)}"
 CHECKER_IMAGE="${CHECKER_IMAGE:-$(env_value CHECKER_IMAGE)}"
 SINK_IMAGE="${SINK_IMAGE:-$(env_value SINK_IMAGE)}"
 export CHECKER_IMAGE SINK_IMAGE
+RESULTS_TOPIC="${KAFKA_TOPIC:-$(env_value KAFKA_TOPIC)}"
 SAMPLE_TARGETS=(local-ok local-regex-miss local-http-500 local-slow local-refused)
 
 if [[ -n "${E2E_COMPOSE:-}" ]]; then
@@ -200,28 +203,23 @@ all_healthy() {
     return $ok
 }
 
-delivered_ids() { # check_ids the checker logged as delivered, one per line
-    docker logs "$(cid checker)" 2>&1 | python3 -c '
-import json, sys
-for line in sys.stdin:
-    line = line.strip()
-    if not line.startswith("{"):
-        continue
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        continue
-    fields = rec.get("fields", rec)
-    if str(fields.get("message", "")).startswith("Result delivered") and fields.get("check_id"):
-        print(fields["check_id"])
-'
+# check_ids of every result the topic holds, read back through the broker's host listener
+# (services/bench/src/bin/topic-ids.rs), added to $ARTIFACTS/topic.txt: the stand-in broker
+# forgets its log when it restarts, so what the topic held before is kept there.
+TOPIC_IDS_BIN="$REPO_ROOT/target/debug/topic-ids"
+topic_ids() {
+    local now="$ARTIFACTS/topic-now.txt" seen="$ARTIFACTS/topic.txt"
+    touch "$seen"
+    "$TOPIC_IDS_BIN" "127.0.0.1:$KAFKA_HOST_PORT" "$RESULTS_TOPIC" >"$now" 2>>"$ARTIFACTS/topic-ids.log" || return 1
+    sort -u "$seen" "$now" -o "$seen"
+    cat "$seen"
 }
 
-# Compares the checker's delivered check_ids with probe_results; sets
-# DELIVERED, ROWS, DISTINCT and MISSING (delivered but not in the table).
+# Compares the results the topic held with probe_results; sets DELIVERED (results in the
+# topic), ROWS, DISTINCT and MISSING (in the topic but not in the table).
 compare_results() {
     local delivered_file="$ARTIFACTS/delivered.txt" rows_file="$ARTIFACTS/rows.txt"
-    delivered_ids | sort -u >"$delivered_file"
+    topic_ids >"$delivered_file" || return 1
     psql_q "select check_id from probe_results where check_id is not null" >"$rows_file.all" 2>/dev/null || return 1
     sort "$rows_file.all" >"$rows_file"
     DELIVERED=$(wc -l <"$delivered_file")
@@ -230,31 +228,34 @@ compare_results() {
     MISSING=$(comm -23 "$delivered_file" <(sort -u "$rows_file") | wc -l)
 }
 
-caught_up() { # every delivered result is in the table (and there is at least one)
+caught_up() { # every result the topic held is in the table (and there is at least one)
     compare_results || return 1
     ((DELIVERED > 0 && MISSING == 0))
 }
 
-# exactly_once LABEL [MIN_DELIVERED]: waits until the table has every delivered
-# result, then requires rows == distinct check_ids.
+# exactly_once LABEL [MIN_DELIVERED]: waits until the table has every result the topic
+# held, then requires rows == distinct check_ids and reports the replays the sink absorbed
+# (healthcheck_sink_duplicates_total).
 exactly_once() {
     local label=$1 min=${2:-1}
-    wait_until "$label: results delivered since the fault ($min+)" 120 delivered_at_least "$min"
-    if ! wait_until_quiet "$label: every delivered result is in probe_results" 120 caught_up; then
+    wait_until "$label: results in the topic since the fault ($min+)" 120 delivered_at_least "$min"
+    if ! wait_until_quiet "$label: every result in the topic is in probe_results" 120 caught_up; then
         { comm -23 "$ARTIFACTS/delivered.txt" <(sort -u "$ARTIFACTS/rows.txt") | head -n 20 >&2; } || true
-        fail "$label: $MISSING of $DELIVERED delivered results are missing from probe_results"
+        fail "$label: $MISSING of the topic's $DELIVERED results are missing from probe_results"
     fi
     local total distinct counts
     # one statement, so both counts see the same snapshot while rows keep arriving
     counts=$(psql_q "select count(*) || ' ' || count(distinct check_id) from probe_results")
     read -r total distinct <<<"$counts"
-    log "$label: delivered=$DELIVERED rows=$total distinct_check_ids=$distinct missing=$MISSING"
+    local replays
+    replays=$(sink_duplicates)
+    log "$label: in_topic=$DELIVERED rows=$total distinct_check_ids=$distinct missing=$MISSING replays_absorbed_since_sink_start=$replays"
     ((total == distinct)) || fail "$label: $((total - distinct)) duplicate rows (rows=$total, distinct check_ids=$distinct)"
-    DRILL_SUMMARY+=("$label: delivered=$DELIVERED rows=$total distinct=$distinct missing=0 duplicates=0")
+    DRILL_SUMMARY+=("$label: in_topic=$DELIVERED rows=$total distinct=$distinct missing=0 duplicates=0 replays_absorbed=$replays")
 }
 delivered_at_least() {
     local n
-    n=$(delivered_ids | sort -u | wc -l)
+    n=$(topic_ids | wc -l) || return 1
     ((n >= $1))
 }
 wait_until_quiet() { # like wait_until, but returns 1 instead of failing
@@ -265,6 +266,11 @@ wait_until_quiet() { # like wait_until, but returns 1 instead of failing
         sleep 2
     done
     log "$what (after $((SECONDS - start))s)"
+}
+
+sink_duplicates() { # healthcheck_sink_duplicates_total of the running sink (replays absorbed), or "?"
+    docker exec "$(cid prometheus)" wget -q -O - http://sink:8081/metrics 2>/dev/null |
+        awk '/^healthcheck_sink_duplicates_total/ { n += $2 } END { if (NR) printf "%d\n", n; else print "?" }' || echo "?"
 }
 
 prometheus_up() { # prometheus_up JOB: up == 1 for JOB
@@ -307,6 +313,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     ((images_status == 0)) || fail "scripts/images.sh failed"
     ((standins_status == 0)) || fail "scripts/base-images.sh (stand-ins) failed"
 fi
+
+step "topic reader for the drills (cargo build -p bench --bin topic-ids)"
+cargo build -q -p bench --bin topic-ids || fail "could not build topic-ids"
 
 step "image checks: non-root user, size (goal <= ${SIZE_LIMIT_MB} MB, fail > ${SIZE_FAIL_MB} MB)"
 printf '%-44s %10s %12s  %s\n' IMAGE SIZE USER NOTE >&2
@@ -391,7 +400,7 @@ broker_is_standin() {
 drill_postgres() {
     step "drill: PostgreSQL stop / start"
     local before
-    before=$(delivered_ids | sort -u | wc -l)
+    before=$(topic_ids | wc -l)
     docker stop -t 20 "$(cid postgres)" >/dev/null
     log "PostgreSQL stopped; the checker keeps producing for 15 s"
     sleep 15
@@ -420,7 +429,7 @@ drill_broker() {
         wait_until "sink drained the topic (stand-in broker)" 120 caught_up
         docker stop -t 30 "$(cid sink)" >/dev/null
     fi
-    before=$(delivered_ids | sort -u | wc -l)
+    before=$(topic_ids | wc -l)
     docker stop -t 20 "$(cid kafka)" >/dev/null
     if ((standin)); then docker unpause "$(cid checker)" >/dev/null; fi
     log "broker stopped; the checker buffers its results for 15 s"
@@ -437,7 +446,7 @@ drill_broker() {
 drill_sink_kill() {
     step "drill: sink SIGKILL, then start"
     local before
-    before=$(delivered_ids | sort -u | wc -l)
+    before=$(topic_ids | wc -l)
     docker kill "$(cid sink)" >/dev/null
     log "sink killed; the restart policy may bring it back on its own"
     sleep 5
@@ -451,7 +460,7 @@ drill_sink_network() {
     local before id network
     id=$(cid sink)
     network=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{"\n"}}{{end}}' "$id" | grep -m1 pipeline)
-    before=$(delivered_ids | sort -u | wc -l)
+    before=$(topic_ids | wc -l)
     docker network disconnect "$network" "$id"
     log "sink cut off from $network for 20 s"
     sleep 20
