@@ -723,6 +723,7 @@ impl Loop<'_> {
             .dead_letters
             .with_label_values(&["data"])
             .inc_by(outcome.rejected_rows);
+        self.metrics.dead_letters_skipped.inc_by(outcome.skipped_dead_letters);
         tracing::debug!(
             rows = outcome.offered,
             inserted = outcome.inserted,
@@ -828,8 +829,11 @@ async fn write_batch(
                 }
                 let jitter = rand::thread_rng().gen_range(0.5..1.0);
                 // After a lost connection, readiness's next successful ping ends the wait.
-                let connection_lost =
-                    e.code == "io" || e.code == "pool" || e.code.starts_with("08") || e.code.starts_with("57P0");
+                let connection_lost = e.code == "io"
+                    || e.code == "pool"
+                    || e.code == "timeout"
+                    || e.code.starts_with("08")
+                    || e.code.starts_with("57P0");
                 tokio::select! {
                     () = stop.cancelled() => return Err((batch, e)),
                     () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}

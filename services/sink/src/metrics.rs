@@ -17,6 +17,10 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     /// Dead letters written, by class (`decode`, `data`).
     pub dead_letters: IntCounterVec,
+    /// Dead letters PostgreSQL refused even bare (no key, no payload, shortened error), so
+    /// their messages were skipped: see [`crate::store::WriteOutcome::skipped_dead_letters`].
+    /// Should stay 0; anything else is a message lost and an alert.
+    pub dead_letters_skipped: IntCounter,
     /// Rows per batch.
     pub batch_rows: Histogram,
     /// Duration of a batch write (all its transactions), seconds.
@@ -95,6 +99,10 @@ impl Metrics {
                 "Rows offered that were already stored (replays absorbed)."
             )),
             dead_letters,
+            dead_letters_skipped: reg!(IntCounter::new(
+                "healthcheck_sink_dead_letters_skipped_total",
+                "Dead letters PostgreSQL refused even without key and payload; their messages were skipped."
+            )),
             batch_rows: reg!(Histogram::with_opts(
                 HistogramOpts::new("healthcheck_sink_batch_rows", "Messages per written batch.")
                     .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets"))
