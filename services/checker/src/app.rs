@@ -36,6 +36,7 @@ impl App {
         metrics.targets.set(config.targets.len() as f64);
         let health = Health::new(Duration::from_secs(60));
         let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
+        let publish_loop = publish_loop.replace_when_stalled(config.delivery_stall_timeout);
         let admin_stop = CancellationToken::new();
         let (admin_addr, serve) = admin::serve(
             config.admin_addr,

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub results_dropped: IntCounterVec,
     /// Fatal producer errors, each followed by a new producer.
     pub producer_fatal_errors: IntCounter,
+    /// Producers replaced because results stopped being delivered while the broker answered
+    /// (see [`crate::publish::PublishLoop::replace_when_stalled`]).
+    pub producer_stall_replacements: IntCounter,
     /// When the broker last acknowledged a result, Unix seconds.
     pub last_delivery: Gauge,
     /// Targets configured.
@@ -209,6 +212,10 @@ impl Metrics {
             producer_fatal_errors: counter(
                 "healthcheck_checker_producer_fatal_errors_total",
                 "Fatal errors of the Kafka producer; each is followed by a new producer that sends the undelivered results again.",
+            ),
+            producer_stall_replacements: counter(
+                "healthcheck_checker_producer_stall_replacements_total",
+                "Producers replaced because no result was delivered for the stall timeout while the broker answered metadata.",
             ),
             last_delivery,
             targets,

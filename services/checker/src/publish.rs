@@ -40,6 +40,17 @@
 //! after all becomes a duplicate on the topic, which the sink absorbs (its rows are unique by
 //! `check_id`). Fatal errors are counted in `healthcheck_checker_producer_fatal_errors_total`.
 //!
+//! # A producer that stops delivering
+//!
+//! A broker can also lose the producer's state without librdkafka calling it fatal: the
+//! tansu test broker restarted empty answers every produce with `UNKNOWN_PRODUCER_ID`, which
+//! librdkafka 2.12.1 retries for ever (`message.timeout.ms=0`). So when results have waited
+//! for the stall timeout ([`PublishLoop::replace_when_stalled`], `DELIVERY_STALL_TIMEOUT`)
+//! with no delivery while the broker answers a metadata request for the topic (so this is not
+//! an outage), the loop replaces the producer as after a fatal error, purges the old one's
+//! queue and requests in flight (librdkafka hands their payloads back) and sends them again
+//! through the new one (`healthcheck_checker_producer_stall_replacements_total`).
+//!
 //! This module must never block a probe task, busy-wait, or hold more than `limit` results.
 
 use std::collections::VecDeque;
@@ -55,7 +66,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -224,6 +235,7 @@ pub struct PublishLoop {
     config: ClientConfig,
     topic: Arc<str>,
     fatal: Arc<Notify>,
+    replace_after: Option<Duration>,
 }
 
 impl Publisher {
@@ -263,6 +275,7 @@ impl Publisher {
             config,
             topic,
             fatal,
+            replace_after: None,
         };
         Ok((handle, publish_loop))
     }
@@ -375,6 +388,16 @@ struct Delivered {
 }
 
 impl PublishLoop {
+    /// Replaces the producer when results have waited `after` without any delivery while the
+    /// broker answers metadata for the topic (the module doc says why). Off by default.
+    #[must_use]
+    pub fn replace_when_stalled(self, after: Duration) -> Self {
+        Self {
+            replace_after: Some(after),
+            ..self
+        }
+    }
+
     /// Enqueues results and follows their delivery reports until [`Publisher::close`] was
     /// called and every waiting result is delivered (or failed for good). The caller bounds
     /// the time this takes at shutdown.
@@ -397,6 +420,7 @@ impl PublishLoop {
         let mut again: VecDeque<Pending> = VecDeque::new();
         let mut blocked = false;
         let mut input_open = true;
+        let mut last_replaced = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -452,6 +476,11 @@ impl PublishLoop {
                 _ = tick.tick() => {
                     self.shared.metrics.producer_queue.set(i64::from(producer.in_flight_count()));
                     self.shared.update_waiting();
+                    if self.stalled(&producer, last_replaced).await {
+                        self.replace(&mut producer, &mut generation, &mut retired, &outstanding)?;
+                        self.shared.metrics.producer_stall_replacements.inc();
+                        last_replaced = Instant::now();
+                    }
                 }
             }
         }
@@ -554,13 +583,52 @@ impl PublishLoop {
             waiting = self.shared.waiting_now(),
             "Kafka producer is unusable after a fatal error; replacing it and sending its undelivered results again."
         );
+        self.replace(producer, generation, retired, outstanding)?;
+        Ok(true)
+    }
+
+    /// Results wait, none was delivered for the stall timeout (nor since the last
+    /// replacement), and the broker answers metadata for the topic: the producer is stuck.
+    async fn stalled(&self, producer: &Kafka, last_replaced: Instant) -> bool {
+        let Some(after) = self.replace_after else {
+            return false;
+        };
+        let since_delivery = Duration::from_millis(
+            self.shared
+                .now_ms()
+                .saturating_sub(self.shared.progress_ms.load(Ordering::Relaxed)),
+        );
+        if self.shared.waiting_now() == 0 || since_delivery <= after || last_replaced.elapsed() <= after {
+            return false;
+        }
+        let (p, topic) = (producer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Puts a new producer in `producer`'s place and purges the old one's queue and requests
+    /// in flight: their failed delivery reports hand the results back, to be sent again (the
+    /// old producer is kept until its last report).
+    fn replace(
+        &self,
+        producer: &mut Kafka,
+        generation: &mut u64,
+        retired: &mut Vec<(u64, Kafka)>,
+        outstanding: &std::collections::BTreeMap<u64, usize>,
+    ) -> Result<(), KafkaError> {
+        tracing::warn!(
+            waiting = self.shared.waiting_now(),
+            "Replacing the Kafka producer; its undelivered results are sent again."
+        );
         let new = create(&self.config, &self.fatal)?;
         let old = std::mem::replace(producer, new.clone());
+        old.purge(PurgeConfig::default().queue().inflight());
         retired.push((*generation, old));
         // A producer with no report outstanding is not kept.
         retired.retain(|(g, _)| outstanding.contains_key(g));
         *generation += 1;
         *self.shared.producer.lock().expect("producer lock") = new;
-        Ok(true)
+        Ok(())
     }
 }
