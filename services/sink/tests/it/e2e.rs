@@ -346,3 +346,65 @@ async fn checker_readiness_follows_the_broker_and_liveness_does_not() {
     })
     .await;
 }
+
+/// A broker that comes back without the producer's state (here: restarted empty) answers every
+/// produce with UNKNOWN_PRODUCER_ID, which librdkafka retries for ever: the checker must
+/// notice that nothing is delivered while the broker answers, replace its producer, and get
+/// its results onto the topic again (before the fix none arrived after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_delivers_again_after_the_broker_forgets_its_producer_id() {
+    let mut broker = PrivateBroker::start().await;
+    let bootstrap = broker.bootstrap();
+    let topic = unique("results");
+    create_topic(&bootstrap, &topic, 2).await;
+    let good = http_target("<html>all systems healthy</html>").await;
+    let targets = serde_json::json!([
+        {"name": "a", "url": format!("http://{good}/"), "interval": "250ms", "timeout": "200ms"},
+        {"name": "b", "url": format!("http://{good}/"), "interval": "250ms", "timeout": "200ms"},
+    ]);
+    let dir = std::env::temp_dir().join(unique("producer-id"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = free_port();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_CREATE_TOPIC", "false".to_string()),
+        ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("TARGETS", targets.to_string()),
+        ("DELIVERY_STALL_TIMEOUT", "3s".to_string()),
+        ("LOG_FORMAT", "json".to_string()),
+    ];
+    let _checker = spawn("checker", &env, &dir.join("checker.log"));
+    wait_until(Duration::from_secs(30), "results on the topic", || {
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        async move { !read_topic(&b, &t).await.is_empty() }
+    })
+    .await;
+
+    broker.restart_empty().await;
+    create_topic(&bootstrap, &topic, 2).await;
+    wait_until(Duration::from_secs(90), "results on the new broker's topic", || {
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        async move { read_topic(&b, &t).await.len() >= 8 }
+    })
+    .await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    let replaced: f64 = [
+        "healthcheck_checker_producer_stall_replacements_total",
+        "healthcheck_checker_producer_fatal_errors_total",
+    ]
+    .iter()
+    .filter_map(|name| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    })
+    .sum();
+    assert!(replaced >= 1.0, "the producer was never replaced:\n{metrics}");
+    wait_until(Duration::from_secs(30), "the checker ready again", || async move {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+}

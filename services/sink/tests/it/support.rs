@@ -292,6 +292,7 @@ impl Drop for Forwarder {
 /// forwarder's address), so a test can cut the broker off without losing its in-memory data.
 pub struct PrivateBroker {
     child: Child,
+    broker_port: u16,
     /// The forwarder clients use.
     pub forwarder: Forwarder,
 }
@@ -308,7 +309,26 @@ impl PrivateBroker {
         })
         .await;
         let forwarder = Forwarder::start(upstream, Some(front_port)).await;
-        Self { child, forwarder }
+        Self {
+            child,
+            broker_port,
+            forwarder,
+        }
+    }
+
+    /// Kills the broker and starts it again, empty (in-memory storage), on the same port: it
+    /// has forgotten topics, offsets and producer ids, as the compose stand-in does.
+    pub async fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_tansu(self.broker_port, &self.forwarder.addr.to_string());
+        let upstream: SocketAddr = format!("127.0.0.1:{}", self.broker_port).parse().unwrap();
+        wait_until(
+            Duration::from_secs(20),
+            "the private broker to listen again",
+            || async move { TcpStream::connect(upstream).await.is_ok() },
+        )
+        .await;
     }
 
     /// `host:port` for `bootstrap.servers`.
