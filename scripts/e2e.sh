@@ -32,6 +32,8 @@ SIZE_FAIL_MB="${SIZE_FAIL_MB:-35}"     # a larger image fails the test
 E2E_DRILLS="${E2E_DRILLS-postgres broker sink-kill sink-network}"
 ARTIFACTS="${E2E_ARTIFACTS:-$REPO_ROOT/.tmp/e2e}"
 mkdir -p "$ARTIFACTS"
+# What the topic held is collected across the run: never start from an earlier run's.
+rm -f "$ARTIFACTS/topic.txt" "$ARTIFACTS/topic-now.txt" "$ARTIFACTS/topic-ids.log"
 
 # Host ports: 0 = any free port, so that neither a developer's `docker compose
 # up` stack nor another e2e run (own project name) is disturbed; the test
