@@ -6,47 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::*;
 use crate::tls_support::*;
-
-/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
-fn bin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_sink")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} not built: run the tests for the whole workspace (make test)",
-        p.display()
-    );
-    p
-}
-
-/// A child process killed when the test ends, even when it panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `name` with only `env` (and `PATH`); its stderr goes to `<dir>/<name>.log`.
-fn spawn(name: &str, env: &[(&str, String)], dir: &std::path::Path) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(bin(name))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
 
 /// The `KAFKA_CFG_*` variables for mutual TLS with `broker`, presenting `client` (or no
 /// certificate).
@@ -126,8 +91,8 @@ async fn probe_result_travels_over_mutual_tls() {
         ("LOG_FORMAT", "json".to_string()),
     ]);
     // The sink creates the topic over TLS (the admin client has the same properties).
-    let _sink = spawn("sink", &sink_env, &dir);
-    let _checker = spawn("checker", &checker_env, &dir);
+    let _sink = spawn("sink", &sink_env, &dir.join("sink.log"));
+    let _checker = spawn("checker", &checker_env, &dir.join("checker.log"));
 
     let db = connect(&url).await;
     wait_until(Duration::from_secs(90), "a result of over-tls in PostgreSQL", || {
@@ -189,8 +154,8 @@ async fn wrong_or_missing_client_certificate_makes_readiness_fail() {
         ("INTERVAL", "1".to_string()),
         ("ADMIN_ADDR", admin(checker_admin).to_string()),
     ]);
-    let _sink = spawn("sink", &sink_env, &dir);
-    let _checker = spawn("checker", &checker_env, &dir);
+    let _sink = spawn("sink", &sink_env, &dir.join("sink.log"));
+    let _checker = spawn("checker", &checker_env, &dir.join("checker.log"));
 
     for (name, port) in [("sink", sink_admin), ("checker", checker_admin)] {
         // Readiness is computed every 2 s from a metadata request bounded by 3 s; allow many rounds.
