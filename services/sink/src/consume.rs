@@ -44,7 +44,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{DeadLetter, ErrorClass, Row, Store, StoreError, WriteOutcome};
+use crate::store::{DeadLetter, DeadLetterClass, ErrorClass, ErrorCode, Row, Store, StoreError, WriteOutcome};
 
 /// The consumer's librdkafka context: statistics and rebalance events become metrics.
 pub struct SinkContext {
@@ -219,7 +219,7 @@ impl Batch {
                         offset: m.offset,
                         key: m.key,
                         payload: m.payload,
-                        error_class: "decode".into(),
+                        error_class: DeadLetterClass::Decode,
                         error,
                     });
                 }
@@ -697,11 +697,7 @@ impl Loop<'_> {
                     progress.finished(seq, Write::Abandoned);
                     Err((
                         Batch::default(),
-                        StoreError {
-                            class: ErrorClass::Transient,
-                            code: "cancelled".into(),
-                            message: e.to_string(),
-                        },
+                        StoreError::transient(ErrorCode::Cancelled, e.to_string()),
                     ))
                 }
             }
@@ -817,23 +813,14 @@ async fn write_batch(
                 return Ok((batch, outcome));
             }
             Err(e) if e.class == ErrorClass::Transient => {
-                let class = if e.code.len() == 5 {
-                    &e.code[..2]
-                } else {
-                    e.code.as_str()
-                };
-                metrics.retries.with_label_values(&[class]).inc();
+                metrics.retries.with_label_values(&[e.retry_label()]).inc();
                 tracing::warn!(code = %e.code, error = %e.message, retry_in_ms = backoff.as_millis() as u64, rows = batch.len(), "Batch write failed; retrying.");
                 if stop.is_cancelled() {
                     return Err((batch, e));
                 }
                 let jitter = rand::thread_rng().gen_range(0.5..1.0);
                 // After a lost connection, readiness's next successful ping ends the wait.
-                let connection_lost = e.code == "io"
-                    || e.code == "pool"
-                    || e.code == "timeout"
-                    || e.code.starts_with("08")
-                    || e.code.starts_with("57P0");
+                let connection_lost = e.connection_lost();
                 tokio::select! {
                     () = stop.cancelled() => return Err((batch, e)),
                     () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
@@ -933,7 +920,7 @@ mod tests {
             offset: 3,
             key: None,
             payload: None,
-            error_class: "decode".into(),
+            error_class: DeadLetterClass::Decode,
             error: "x".into(),
         });
         b.offsets = offsets(&[(0, 9), (1, 3)]);

@@ -15,10 +15,72 @@
 //!   for sizes) instead of being clamped;
 //! - `ip_address`, when present, is an IP address (`inet`).
 //!
-//! Never issues SQL.
+//! [`Row`] and [`DeadLetter`], what a message becomes, are defined here; [`crate::store`]
+//! writes them (and re-exports them). Never issues SQL.
 
 use chrono::{DateTime, Datelike, Utc};
 use common::result::ProbeResult;
+
+/// A probe result with where it came from in Kafka.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The decoded result.
+    pub result: ProbeResult,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// The message's key, raw (kept for the dead letter should PostgreSQL refuse the row).
+    pub key: Option<Vec<u8>>,
+    /// The message's payload, raw, as the dead letter keeps it. `None` for a row built in
+    /// memory rather than read from a message (tests, bench): its dead letter then holds the
+    /// result serialized again and the target name as key.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A message that could not be stored, with its origin and the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Message key, raw.
+    pub key: Option<Vec<u8>>,
+    /// Message payload, raw.
+    pub payload: Option<Vec<u8>>,
+    /// Why it is a dead letter; `dead_letters.error_class`.
+    pub error_class: DeadLetterClass,
+    /// The error text.
+    pub error: String,
+}
+
+/// Why a message is a dead letter. The serialized form (strum) is the text of
+/// `dead_letters.error_class` and the `class` label of `healthcheck_sink_dead_letters_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::Display)]
+#[strum(serialize_all = "lowercase")]
+pub enum DeadLetterClass {
+    /// Not a probe result, or one holding a value the schema cannot hold ([`decode`]).
+    Decode,
+    /// PostgreSQL refused the row for its own data, whatever the SQLSTATE, while a canary row
+    /// passed ([`crate::store::Store::write`]).
+    Data,
+    /// The store's canary dead letter, written in a transaction that is rolled back: never
+    /// stored.
+    Canary,
+}
+
+impl DeadLetterClass {
+    /// The classes a stored dead letter can have (the canary's never is).
+    pub const STORED: [Self; 2] = [Self::Decode, Self::Data];
+
+    /// The stored text, e.g. `"decode"`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// Longest `target` accepted, in bytes (UTF-8).
 pub const MAX_TARGET_BYTES: usize = 1024;
@@ -123,6 +185,12 @@ mod tests {
         let mut m = minimal();
         m[field] = value;
         decode(Some(&serde_json::to_vec(&m).unwrap()))
+    }
+
+    #[test]
+    fn dead_letter_classes_are_stored_as_lowercase_text() {
+        assert_eq!(DeadLetterClass::STORED.map(DeadLetterClass::as_str), ["decode", "data"]);
+        assert_eq!("canary".parse(), Ok(DeadLetterClass::Canary));
     }
 
     #[test]

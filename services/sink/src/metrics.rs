@@ -15,7 +15,7 @@ pub struct Metrics {
     pub inserted: IntCounter,
     /// Rows offered but already present (replays absorbed by `ON CONFLICT DO NOTHING`).
     pub duplicates: IntCounter,
-    /// Dead letters written, by class (`decode`, `data`).
+    /// Dead letters written, by class ([`crate::store::DeadLetterClass`]: `decode`, `data`).
     pub dead_letters: IntCounterVec,
     /// Dead letters PostgreSQL refused even bare (no key, no payload, shortened error), so
     /// their messages were skipped: see [`crate::store::WriteOutcome::skipped_dead_letters`].
@@ -25,7 +25,8 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     /// Duration of a batch write (all its transactions), seconds.
     pub transaction_seconds: Histogram,
-    /// Write retries, by SQLSTATE class (`08`, `40`, `53`, `57`) or `pool`/`io`.
+    /// Write retries, by [`crate::store::StoreError::retry_label`]: SQLSTATE class (`08`, `40`,
+    /// `53`, `55`, `57`, `58`) or `io`/`pool`/`timeout`/`cancelled`.
     pub retries: IntCounterVec,
     /// Seconds spent not taking messages because the next batch was full while one was being
     /// written (back-pressure from PostgreSQL).
@@ -64,13 +65,13 @@ impl Metrics {
             Opts::new("healthcheck_sink_dead_letters_total", "Dead letters written, by class."),
             &["class"]
         ));
-        for c in ["decode", "data"] {
-            dead_letters.with_label_values(&[c]);
+        for c in crate::store::DeadLetterClass::STORED {
+            dead_letters.with_label_values(&[c.as_str()]);
         }
         let retries: IntCounterVec = reg!(IntCounterVec::new(
             Opts::new(
                 "healthcheck_sink_write_retries_total",
-                "Batch write retries, by SQLSTATE class or pool/io."
+                "Batch write retries, by SQLSTATE class or io/pool/timeout/cancelled."
             ),
             &["class"]
         ));

@@ -6,7 +6,8 @@
 
 use std::process::{Command, Stdio};
 
-use sink::store::{Store, StoreError};
+use sink::store::{ErrorCode, Store, StoreError};
+use tokio_postgres::error::SqlState;
 
 use crate::support::*;
 use crate::tls_support::*;
@@ -52,7 +53,7 @@ async fn refused(pg: &PrivatePostgres, dsn: &str) -> StoreError {
 }
 
 /// SQLSTATE 28000 invalid_authorization_specification: `pg_hba.conf` rejected the connection.
-const HBA_REJECTED: &str = "28000";
+const HBA_REJECTED: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
 
 /// The cluster with TLS: a server certificate for `localhost` and `127.0.0.1` from `ca`,
 /// client certificates from `ca` checked (`ssl_ca_file`), plain TCP refused, role
@@ -132,7 +133,7 @@ async fn sslmode_against_a_tls_only_server() {
         "host=db.invalid hostaddr=127.0.0.1 sslmode=verify-full sslrootcert={root}"
     ));
     let e = refused(&pg, &wrong_name).await;
-    assert_eq!(e.code, "io", "a TLS failure, not a server error: {e}");
+    assert_eq!(e.code, ErrorCode::Io, "a TLS failure, not a server error: {e}");
     assert!(e.message.contains("not valid for name"), "{e}");
 
     // verify-ca: the chain only, so the wrong name passes; another CA does not.
@@ -179,7 +180,7 @@ async fn sslmode_against_a_tls_only_server() {
 
     // disable: plain TCP, which this server's pg_hba.conf rejects.
     let e = refused(&pg, &url("sslmode=disable")).await;
-    assert_eq!(e.code, HBA_REJECTED, "{e}");
+    assert_eq!(e.code, ErrorCode::Sqlstate(HBA_REJECTED), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,10 +210,10 @@ async fn client_certificate_is_presented_when_the_server_demands_one() {
         &format!("postgres://certuser@localhost:{port}/healthcheck?sslmode=verify-full&sslrootcert={root}"),
     )
     .await;
-    assert_eq!(e.code, HBA_REJECTED, "{e}");
+    assert_eq!(e.code, ErrorCode::Sqlstate(HBA_REJECTED), "{e}");
     // A certificate from a CA the server does not trust fails the handshake.
     let e = refused(&pg, &dsn(&stranger)).await;
-    assert_eq!(e.code, "io", "{e}");
+    assert_eq!(e.code, ErrorCode::Io, "{e}");
 
     // The sink's migrations run over that connection.
     let store = Store::new(&dsn(&client), 2, "topic").expect("store");
@@ -241,7 +242,7 @@ async fn sslmode_against_a_server_without_tls() {
         format!("sslmode=verify-full&sslrootcert={}", path(&ca.ca_path())),
     ] {
         let e = refused(&pg, &url(&query)).await;
-        assert_eq!(e.code, "io", "{query}: {e}");
+        assert_eq!(e.code, ErrorCode::Io, "{query}: {e}");
     }
 }
 
