@@ -72,7 +72,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics, PublishFailure};
 
 /// librdkafka property that bounds the messages in the producer's queue, and so the results
 /// waiting in the checker (see the module doc).
@@ -297,7 +297,7 @@ impl Publisher {
     pub fn submit(&self, result: &ProbeResult) -> bool {
         let shared = &self.shared;
         let Ok(permit) = shared.waiting.clone().try_acquire_owned() else {
-            shared.metrics.results_dropped.with_label_values(&["buffer_full"]).inc();
+            shared.metrics.results_dropped.inc(DropReason::BufferFull);
             shared.dropped_while_full.fetch_add(1, Ordering::Relaxed);
             if !shared.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -315,7 +315,7 @@ impl Publisher {
             Ok(p) => p,
             Err(e) => {
                 drop(permit);
-                shared.metrics.publish_failures.with_label_values(&["encode"]).inc();
+                shared.metrics.publish_failures.inc(PublishFailure::Encode);
                 tracing::error!(check_id = %result.check_id, error = %e, "Could not encode a result.");
                 return false;
             }
@@ -328,7 +328,7 @@ impl Publisher {
         };
         let sent = self.tx.send(pending).is_ok();
         if !sent {
-            shared.metrics.results_dropped.with_label_values(&["shutdown"]).inc();
+            shared.metrics.results_dropped.inc(DropReason::Shutdown);
         }
         shared.update_waiting();
         sent
@@ -515,11 +515,7 @@ impl PublishLoop {
                 Enqueued::Later(p, e)
             }
             Err((e, _)) => {
-                self.shared
-                    .metrics
-                    .publish_failures
-                    .with_label_values(&["enqueue"])
-                    .inc();
+                self.shared.metrics.publish_failures.inc(PublishFailure::Enqueue);
                 tracing::error!(target_name = %String::from_utf8_lossy(&p.key), error = %e, "Could not enqueue a result.");
                 Enqueued::Rejected
             }
@@ -551,13 +547,13 @@ impl PublishLoop {
                     // Sent again by the next producer (this one is unusable).
                     Some(Pending::from_failed(&msg, d.permit))
                 } else {
-                    metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                    metrics.publish_failures.inc(PublishFailure::Delivery);
                     tracing::error!(target_name = %String::from_utf8_lossy(msg.key().unwrap_or_default()), error = %e, "Result delivery failed.");
                     None
                 }
             }
             Err(_canceled) => {
-                metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                metrics.publish_failures.inc(PublishFailure::Delivery);
                 tracing::error!("Result delivery was cancelled (producer closed).");
                 None
             }
