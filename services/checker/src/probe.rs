@@ -381,7 +381,6 @@ async fn hop(
     };
     // Plain http through a proxy: the request goes to the proxy, in absolute form.
     let via_proxy = proxy.filter(|_| url.scheme() == "http");
-    trace.phase = Some(Phase::Processing);
     let req = build_request(target, url, method, body, h2, via_proxy.as_ref())?;
     exchange(stream, h2, req, trace).await
 }
