@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
 use crate::schedule::Scheduler;
 
@@ -178,10 +178,7 @@ impl App {
             Err(_) => {
                 publishing.abort();
                 let lost = publisher.waiting();
-                metrics
-                    .results_dropped
-                    .with_label_values(&["shutdown"])
-                    .inc_by(lost as u64);
+                metrics.results_dropped.inc_by(DropReason::Shutdown, lost as u64);
                 tracing::error!(
                     lost,
                     "Grace period over with results still waiting for the broker; they are lost."

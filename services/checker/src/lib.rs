@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod metrics;
 pub mod probe;
+pub mod proxy;
 pub mod publish;
 pub mod resolve;
 pub mod schedule;

@@ -4,20 +4,166 @@
 //! `probe_duration_seconds`, `probe_http_*`, `probe_ssl_earliest_cert_expiry`), labelled by
 //! `target`, so dashboards and alerts written for blackbox_exporter work unchanged. The
 //! checker's own metrics are prefixed `healthcheck_checker_`.
+//!
+//! Label values come from closed sets, each an enum ([`Outcome`], [`PublishFailure`],
+//! [`DropReason`], [`Phase`]): a [`CounterBy`] is incremented with a variant and registers every
+//! variant at start-up, so a new variant cannot be forgotten and every series exists (a rate
+//! over it reads 0, not "no data") before the first event. This module never decides an
+//! outcome or a reason; it only counts what the probe and the publisher report.
 
-use common::result::{ErrorKind, ProbeResult};
+use std::marker::PhantomData;
+
+use common::result::{ErrorKind, HttpVersion, Phase, ProbeResult};
 use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use strum::IntoEnumIterator;
 
-/// Label values of `healthcheck_checker_results_dropped_total`.
-pub const DROP_REASONS: [&str; 2] = ["buffer_full", "shutdown"];
+/// A closed set of label values: every value (registered at start-up) and its text.
+pub trait LabelSet: Copy + 'static {
+    /// Every value, in registration order.
+    fn all() -> impl Iterator<Item = Self>;
+    /// The label value Prometheus shows.
+    fn label(self) -> &'static str;
+}
 
-/// All checker metrics, registered in one registry.
+impl<T> LabelSet for T
+where
+    T: IntoEnumIterator + Into<&'static str> + Copy + 'static,
+{
+    fn all() -> impl Iterator<Item = Self> {
+        T::iter()
+    }
+
+    fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// `outcome` of `healthcheck_checker_probes_completed_total`: `success` or the
+/// [`ErrorKind`] name of the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every condition held.
+    Success,
+    /// The probe failed with this kind.
+    Failure(ErrorKind),
+}
+
+impl Outcome {
+    /// The outcome a result records; `None` for an error kind this build does not know
+    /// (results of this checker always carry one it knows).
+    pub fn of(r: &ProbeResult) -> Option<Self> {
+        match r.error_kind.as_deref() {
+            None => Some(Self::Success),
+            Some(kind) => kind.parse().ok().map(Self::Failure),
+        }
+    }
+}
+
+impl LabelSet for Outcome {
+    fn all() -> impl Iterator<Item = Self> {
+        std::iter::once(Self::Success).chain(ErrorKind::iter().map(Self::Failure))
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// `reason` of `healthcheck_checker_publish_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum PublishFailure {
+    /// librdkafka refused the message for good (e.g. larger than `message.max.bytes`).
+    Enqueue,
+    /// The delivery report was an error, or the producer was closed before it came.
+    Delivery,
+    /// The result could not be encoded as JSON.
+    Encode,
+}
+
+/// `reason` of `healthcheck_checker_results_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum DropReason {
+    /// As many results wait as `queue.buffering.max.messages` allows.
+    BufferFull,
+    /// Still waiting when the shutdown grace period ended (or handed over after the close).
+    Shutdown,
+}
+
+/// A counter with one label whose values are the variants of `L`, all registered at start-up.
 #[derive(Clone)]
-pub struct Metrics {
-    /// The registry served on `/metrics`.
-    pub registry: Registry,
-    probe_success: GaugeVec,
-    probe_duration: GaugeVec,
+pub struct CounterBy<L> {
+    vec: IntCounterVec,
+    label: PhantomData<fn(L)>,
+}
+
+impl<L: LabelSet> CounterBy<L> {
+    /// Adds one to the series of `value`.
+    pub fn inc(&self, value: L) {
+        self.inc_by(value, 1);
+    }
+
+    /// Adds `n` to the series of `value`.
+    pub fn inc_by(&self, value: L, n: u64) {
+        self.vec.with_label_values(&[value.label()]).inc_by(n);
+    }
+
+    /// The current count of `value`.
+    pub fn get(&self, value: L) -> u64 {
+        self.vec.with_label_values(&[value.label()]).get()
+    }
+}
+
+/// Registers metrics in one registry. Names and label names are static, so registration
+/// fails only on a name used twice, a bug that the first start-up (and every test) shows.
+struct Reg(Registry);
+
+impl Reg {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: prometheus::Result<M>) -> M {
+        let m = m.expect("valid metric");
+        self.0.register(Box::new(m.clone())).expect("registered once");
+        m
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    /// A per-target gauge (`target` label, plus `extra` labels).
+    fn per_target(&self, name: &str, help: &str, extra: &[&str]) -> GaugeVec {
+        let labels: Vec<&str> = std::iter::once("target").chain(extra.iter().copied()).collect();
+        self.add(GaugeVec::new(Opts::new(name, help), &labels))
+    }
+
+    fn counter_by<L: LabelSet>(&self, name: &str, help: &str, label: &str) -> CounterBy<L> {
+        let vec = self.add(IntCounterVec::new(Opts::new(name, help), &[label]));
+        for value in L::all() {
+            vec.with_label_values(&[value.label()]);
+        }
+        CounterBy {
+            vec,
+            label: PhantomData,
+        }
+    }
+}
+
+/// blackbox_exporter's per-target gauges, set from each completed probe.
+#[derive(Clone)]
+struct ProbeGauges {
+    success: GaugeVec,
+    duration: GaugeVec,
     status_code: GaugeVec,
     phase_duration: GaugeVec,
     redirects: GaugeVec,
@@ -26,222 +172,56 @@ pub struct Metrics {
     ssl_earliest_expiry: GaugeVec,
     failed_due_to_regex: GaugeVec,
     http_version: GaugeVec,
-    /// Probes started.
-    pub probes_started: IntCounter,
-    probes_completed: IntCounterVec,
-    /// Scheduling lateness (started minus scheduled), seconds.
-    pub lateness: Histogram,
-    /// Probes in flight now.
-    pub in_flight: IntGauge,
-    /// Slots skipped because the checker was more than one interval behind.
-    pub skipped_slots: IntCounter,
-    /// Results whose delivery the broker acknowledged.
-    pub published: IntCounter,
-    /// Results that could not be delivered, by reason.
-    pub publish_failures: IntCounterVec,
-    /// Messages in the producer's queue (librdkafka `rd_kafka_outq_len`).
-    pub producer_queue: IntGauge,
-    /// Results handed to the publisher and not yet delivered or failed for good.
-    pub results_waiting: IntGauge,
-    /// The most results that may wait (`queue.buffering.max.messages`).
-    pub results_waiting_limit: IntGauge,
-    /// Results dropped before reaching librdkafka, by reason (`buffer_full`, `shutdown`).
-    pub results_dropped: IntCounterVec,
-    /// Fatal producer errors, each followed by a new producer.
-    pub producer_fatal_errors: IntCounter,
-    /// Producers replaced because results stopped being delivered while the broker answered
-    /// (see [`crate::publish::PublishLoop::replace_when_stalled`]).
-    pub producer_stall_replacements: IntCounter,
-    /// When the broker last acknowledged a result, Unix seconds.
-    pub last_delivery: Gauge,
-    /// Targets configured.
-    pub targets: Gauge,
 }
 
-impl Metrics {
-    /// Creates and registers every metric.
-    ///
-    /// # Panics
-    /// Never in practice: names are static and registered once.
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
-        let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
-        let lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "healthcheck_checker_scheduling_lateness_seconds",
-                "Time between a probe's scheduled slot and its start.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(lateness.clone())).expect("registered once");
-        let probes_completed = counter_vec(
-            "healthcheck_checker_probes_completed_total",
-            "Probes completed, by outcome (success or the error kind).",
-            &["outcome"],
-        );
-        probes_completed.with_label_values(&["success"]);
-        for k in ErrorKind::ALL {
-            probes_completed.with_label_values(&[k.as_str()]);
-        }
-        let publish_failures = counter_vec(
-            "healthcheck_checker_publish_failures_total",
-            "Results that could not be delivered to Kafka, by reason.",
-            &["reason"],
-        );
-        for r in ["delivery", "enqueue", "encode"] {
-            publish_failures.with_label_values(&[r]);
-        }
-        let results_dropped = counter_vec(
-            "healthcheck_checker_results_dropped_total",
-            "Results dropped before reaching the Kafka producer, by reason: buffer_full (as many results wait as queue.buffering.max.messages allows) or shutdown (still waiting when the grace period ended).",
-            &["reason"],
-        );
-        for r in DROP_REASONS {
-            results_dropped.with_label_values(&[r]);
-        }
-        let last_delivery = Gauge::new(
-            "healthcheck_checker_last_delivery_timestamp_seconds",
-            "When the broker last acknowledged a result, Unix seconds (0 before the first).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(last_delivery.clone()))
-            .expect("registered once");
-        let targets = Gauge::new("healthcheck_checker_targets", "Targets configured.").expect("valid metric");
-        registry.register(Box::new(targets.clone())).expect("registered once");
-        common::telemetry::register_build_info(&registry, "healthcheck_checker", env!("CARGO_PKG_VERSION"));
+impl ProbeGauges {
+    fn new(reg: &Reg) -> Self {
+        let g = |name, help| reg.per_target(name, help, &[]);
         Self {
-            probe_success: gauge(
-                "probe_success",
-                "Whether the last probe was a success (1) or not (0).",
-                &["target"],
-            ),
-            probe_duration: gauge(
-                "probe_duration_seconds",
-                "How long the last probe took, seconds.",
-                &["target"],
-            ),
-            status_code: gauge(
+            success: g("probe_success", "Whether the last probe was a success (1) or not (0)."),
+            duration: g("probe_duration_seconds", "How long the last probe took, seconds."),
+            status_code: g(
                 "probe_http_status_code",
                 "Response HTTP status code of the last probe (0 when none).",
-                &["target"],
             ),
-            phase_duration: gauge(
+            phase_duration: reg.per_target(
                 "probe_http_duration_seconds",
                 "Duration of the last probe's HTTP phases, summed over redirects, seconds.",
-                &["target", "phase"],
+                &["phase"],
             ),
-            redirects: gauge(
-                "probe_http_redirects",
-                "Redirects followed by the last probe.",
-                &["target"],
-            ),
-            content_length: gauge(
+            redirects: g("probe_http_redirects", "Redirects followed by the last probe."),
+            content_length: g(
                 "probe_http_content_length",
                 "Content-Length of the last probe's response (-1 when absent).",
-                &["target"],
             ),
-            uncompressed_body_length: gauge(
+            uncompressed_body_length: g(
                 "probe_http_uncompressed_body_length",
                 "Body length of the last probe's response after decoding, bytes.",
-                &["target"],
             ),
-            ssl_earliest_expiry: gauge(
+            ssl_earliest_expiry: g(
                 "probe_ssl_earliest_cert_expiry",
                 "Earliest notAfter of the presented certificates, Unix seconds.",
-                &["target"],
             ),
-            failed_due_to_regex: gauge(
+            failed_due_to_regex: g(
                 "probe_failed_due_to_regex",
                 "Whether the last probe failed because of a body regex.",
-                &["target"],
             ),
-            http_version: gauge(
-                "probe_http_version",
-                "HTTP version of the last probe's response.",
-                &["target"],
-            ),
-            probes_started: counter("healthcheck_checker_probes_started_total", "Probes started."),
-            probes_completed,
-            lateness,
-            in_flight: int_gauge("healthcheck_checker_probes_in_flight", "Probes in flight now."),
-            skipped_slots: counter(
-                "healthcheck_checker_skipped_slots_total",
-                "Scheduled slots skipped because the checker was more than one interval late.",
-            ),
-            published: counter(
-                "healthcheck_checker_published_total",
-                "Results whose delivery the broker acknowledged.",
-            ),
-            publish_failures,
-            producer_queue: int_gauge(
-                "healthcheck_checker_producer_queue_messages",
-                "Messages waiting in the Kafka producer's queue.",
-            ),
-            results_waiting: int_gauge(
-                "healthcheck_checker_results_waiting",
-                "Results handed to the publisher and not yet delivered or failed for good.",
-            ),
-            results_waiting_limit: int_gauge(
-                "healthcheck_checker_results_waiting_limit",
-                "The most results that may wait for delivery (queue.buffering.max.messages); beyond it new results are dropped.",
-            ),
-            results_dropped,
-            producer_fatal_errors: counter(
-                "healthcheck_checker_producer_fatal_errors_total",
-                "Fatal errors of the Kafka producer; each is followed by a new producer that sends the undelivered results again.",
-            ),
-            producer_stall_replacements: counter(
-                "healthcheck_checker_producer_stall_replacements_total",
-                "Producers replaced because no result was delivered for the stall timeout while the broker answered metadata.",
-            ),
-            last_delivery,
-            targets,
-            registry,
+            http_version: g("probe_http_version", "HTTP version of the last probe's response."),
         }
     }
 
-    /// Records a completed probe.
-    pub fn record(&self, r: &ProbeResult) {
+    fn record(&self, r: &ProbeResult) {
         let t = [r.target.as_str()];
         let b = |v: bool| if v { 1.0 } else { 0.0 };
-        self.probe_success.with_label_values(&t).set(b(r.success));
-        self.probe_duration.with_label_values(&t).set(r.duration_seconds);
+        self.success.with_label_values(&t).set(b(r.success));
+        self.duration.with_label_values(&t).set(r.duration_seconds);
         self.status_code
             .with_label_values(&t)
             .set(f64::from(r.status_code.unwrap_or(0)));
-        for (phase, v) in [
-            ("resolve", r.phases.resolve),
-            ("connect", r.phases.connect),
-            ("tls", r.phases.tls),
-            ("processing", r.phases.processing),
-            ("transfer", r.phases.transfer),
-        ] {
+        for phase in Phase::iter() {
             self.phase_duration
-                .with_label_values(&[r.target.as_str(), phase])
-                .set(v.unwrap_or(0.0));
+                .with_label_values(&[r.target.as_str(), phase.into()])
+                .set(r.phases.get(phase).unwrap_or(0.0));
         }
         self.redirects.with_label_values(&t).set(f64::from(r.redirects));
         self.content_length
@@ -263,21 +243,202 @@ impl Metrics {
         self.failed_due_to_regex
             .with_label_values(&t)
             .set(b(r.regex_matched == Some(false)));
-        let version = match r.http_version.as_deref() {
-            Some("HTTP/1.0") => 1.0,
-            Some("HTTP/1.1") => 1.1,
-            Some("HTTP/2") => 2.0,
-            _ => 0.0,
-        };
-        self.http_version.with_label_values(&t).set(version);
-        self.probes_completed
-            .with_label_values(&[r.error_kind.as_deref().unwrap_or("success")])
-            .inc();
+        let version = r.http_version.as_deref().and_then(|v| v.parse::<HttpVersion>().ok());
+        self.http_version.with_label_values(&t).set(version_number(version));
+    }
+}
+
+/// `probe_http_version`'s value: 1.0, 1.1 or 2; 0 when there was no response. hyper's client
+/// speaks neither HTTP/0.9 nor HTTP/3, so those read 0 as well.
+fn version_number(v: Option<HttpVersion>) -> f64 {
+    match v {
+        Some(HttpVersion::Http10) => 1.0,
+        Some(HttpVersion::Http11) => 1.1,
+        Some(HttpVersion::Http2) => 2.0,
+        Some(HttpVersion::Http09 | HttpVersion::Http3) | None => 0.0,
+    }
+}
+
+/// All checker metrics, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    probe: ProbeGauges,
+    /// Probes started.
+    pub probes_started: IntCounter,
+    /// Probes completed, by [`Outcome`].
+    pub probes_completed: CounterBy<Outcome>,
+    /// Scheduling lateness (started minus scheduled), seconds.
+    pub lateness: Histogram,
+    /// Probes in flight now.
+    pub in_flight: IntGauge,
+    /// Slots skipped because the checker was more than one interval behind.
+    pub skipped_slots: IntCounter,
+    /// Results whose delivery the broker acknowledged.
+    pub published: IntCounter,
+    /// Results that could not be delivered, by [`PublishFailure`].
+    pub publish_failures: CounterBy<PublishFailure>,
+    /// Messages in the producer's queue (librdkafka `rd_kafka_outq_len`).
+    pub producer_queue: IntGauge,
+    /// Results handed to the publisher and not yet delivered or failed for good.
+    pub results_waiting: IntGauge,
+    /// The most results that may wait (`queue.buffering.max.messages`).
+    pub results_waiting_limit: IntGauge,
+    /// Results dropped before reaching librdkafka, by [`DropReason`].
+    pub results_dropped: CounterBy<DropReason>,
+    /// Fatal producer errors, each followed by a new producer.
+    pub producer_fatal_errors: IntCounter,
+    /// Producers replaced because results stopped being delivered while the broker answered
+    /// (see [`crate::publish::PublishLoop::replace_when_stalled`]).
+    pub producer_stall_replacements: IntCounter,
+    /// When the broker last acknowledged a result, Unix seconds.
+    pub last_delivery: Gauge,
+    /// Targets configured.
+    pub targets: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Panics
+    /// Never in practice: names are static and registered once.
+    pub fn new() -> Self {
+        let reg = Reg(Registry::new());
+        let lateness_buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        common::telemetry::register_build_info(&reg.0, "healthcheck_checker", env!("CARGO_PKG_VERSION"));
+        Self {
+            probe: ProbeGauges::new(&reg),
+            probes_started: reg.counter("healthcheck_checker_probes_started_total", "Probes started."),
+            probes_completed: reg.counter_by(
+                "healthcheck_checker_probes_completed_total",
+                "Probes completed, by outcome (success or the error kind).",
+                "outcome",
+            ),
+            lateness: reg.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "healthcheck_checker_scheduling_lateness_seconds",
+                    "Time between a probe's scheduled slot and its start.",
+                )
+                .buckets(lateness_buckets),
+            )),
+            in_flight: reg.int_gauge("healthcheck_checker_probes_in_flight", "Probes in flight now."),
+            skipped_slots: reg.counter(
+                "healthcheck_checker_skipped_slots_total",
+                "Scheduled slots skipped because the checker was more than one interval late.",
+            ),
+            published: reg.counter(
+                "healthcheck_checker_published_total",
+                "Results whose delivery the broker acknowledged.",
+            ),
+            publish_failures: reg.counter_by(
+                "healthcheck_checker_publish_failures_total",
+                "Results that could not be delivered to Kafka, by reason.",
+                "reason",
+            ),
+            producer_queue: reg.int_gauge(
+                "healthcheck_checker_producer_queue_messages",
+                "Messages waiting in the Kafka producer's queue.",
+            ),
+            results_waiting: reg.int_gauge(
+                "healthcheck_checker_results_waiting",
+                "Results handed to the publisher and not yet delivered or failed for good.",
+            ),
+            results_waiting_limit: reg.int_gauge(
+                "healthcheck_checker_results_waiting_limit",
+                "The most results that may wait for delivery (queue.buffering.max.messages); beyond it new results are dropped.",
+            ),
+            results_dropped: reg.counter_by(
+                "healthcheck_checker_results_dropped_total",
+                "Results dropped before reaching the Kafka producer, by reason: buffer_full (as many results wait as queue.buffering.max.messages allows) or shutdown (still waiting when the grace period ended).",
+                "reason",
+            ),
+            producer_fatal_errors: reg.counter(
+                "healthcheck_checker_producer_fatal_errors_total",
+                "Fatal errors of the Kafka producer; each is followed by a new producer that sends the undelivered results again.",
+            ),
+            producer_stall_replacements: reg.counter(
+                "healthcheck_checker_producer_stall_replacements_total",
+                "Producers replaced because no result was delivered for the stall timeout while the broker answered metadata.",
+            ),
+            last_delivery: reg.gauge(
+                "healthcheck_checker_last_delivery_timestamp_seconds",
+                "When the broker last acknowledged a result, Unix seconds (0 before the first).",
+            ),
+            targets: reg.gauge("healthcheck_checker_targets", "Targets configured."),
+            registry: reg.0,
+        }
+    }
+
+    /// Records a completed probe: its per-target gauges and its outcome.
+    pub fn record(&self, r: &ProbeResult) {
+        self.probe.record(r);
+        if let Some(outcome) = Outcome::of(r) {
+            self.probes_completed.inc(outcome);
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The label values of every series of `name` in the exposition, sorted.
+    fn labels_of(m: &Metrics, name: &str) -> Vec<String> {
+        let mut values: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.get_name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .map(|s| s.get_label().iter().map(|l| l.get_value().to_string()).collect())
+            .collect();
+        values.sort();
+        values
+    }
+
+    #[test]
+    fn every_label_value_is_registered_before_its_first_event() {
+        let m = Metrics::new();
+        let outcomes = labels_of(&m, "healthcheck_checker_probes_completed_total");
+        let mut expected: Vec<String> = ["success"]
+            .into_iter()
+            .chain(ErrorKind::iter().map(ErrorKind::as_str))
+            .map(String::from)
+            .collect();
+        expected.sort();
+        assert_eq!(outcomes, expected);
+        assert_eq!(
+            labels_of(&m, "healthcheck_checker_publish_failures_total"),
+            ["delivery", "encode", "enqueue"]
+        );
+        assert_eq!(
+            labels_of(&m, "healthcheck_checker_results_dropped_total"),
+            ["buffer_full", "shutdown"]
+        );
+    }
+
+    #[test]
+    fn outcome_is_read_back_from_the_result() {
+        let minimal = r#"{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"a","url":"http://x/",
+            "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":false,
+            "error_kind":"body_too_large","http_version":"HTTP/2"}"#;
+        let mut r: ProbeResult = serde_json::from_str(minimal).unwrap();
+        let m = Metrics::new();
+        m.record(&r);
+        assert_eq!(m.probes_completed.get(Outcome::Failure(ErrorKind::BodyTooLarge)), 1);
+        assert_eq!(m.probe.http_version.with_label_values(&["a"]).get(), 2.0);
+        r.error_kind = Some("from_a_newer_build".into());
+        assert_eq!(Outcome::of(&r), None);
+        r.error_kind = None;
+        assert_eq!(Outcome::of(&r), Some(Outcome::Success));
     }
 }

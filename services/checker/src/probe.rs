@@ -23,16 +23,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use common::result::{check_id, ErrorKind, Phases, ProbeResult, TlsInfo, SCHEMA_VERSION};
+use common::result::{check_id, ErrorKind, HttpVersion, Phase, Phases, ProbeResult, TlsInfo, SCHEMA_VERSION};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use url::{Host, Url};
 
 use crate::connect::{happy_eyeballs, CONNECTION_ATTEMPT_DELAY};
+use crate::proxy;
 use crate::target::{IpFamily, Target};
 use crate::tls;
 
@@ -58,13 +60,13 @@ fn fail(kind: ErrorKind, message: impl Into<String>) -> Failure {
 #[derive(Default)]
 struct Trace {
     phases: Phases,
-    /// The phase in progress, for the timeout message.
-    phase: &'static str,
+    /// The phase in progress, for the timeout message; `None` before the first.
+    phase: Option<Phase>,
     first_status: Option<u16>,
     status: Option<u16>,
     redirects: u32,
     final_url: Option<String>,
-    http_version: Option<&'static str>,
+    http_version: Option<HttpVersion>,
     /// The address the last hop connected to or, when connecting failed, last tried.
     peer: Option<SocketAddr>,
     tls: Option<TlsInfo>,
@@ -73,28 +75,38 @@ struct Trace {
     body: Option<Vec<u8>>,
 }
 
-fn add(phase: &mut Option<f64>, since: Instant) {
-    *phase = Some(phase.unwrap_or(0.0) + since.elapsed().as_secs_f64());
+impl Trace {
+    /// Enters `phase` (for the timeout message) and starts timing it.
+    fn enter(&mut self, phase: Phase) -> Instant {
+        self.phase = Some(phase);
+        Instant::now()
+    }
+
+    /// Adds the time since `started` to `phase`.
+    fn add(&mut self, phase: Phase, started: Instant) {
+        self.phases.add(phase, started.elapsed().as_secs_f64());
+    }
 }
 
 /// Runs one probe of `target` for the slot `scheduled_at`, started now.
 pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str) -> ProbeResult {
     let started_at = Utc::now();
     let t0 = Instant::now();
-    let mut trace = Trace {
-        phase: "start",
-        ..Trace::default()
-    };
+    let mut trace = Trace::default();
     let outcome = match tokio::time::timeout(target.timeout, hops(target, &mut trace)).await {
         Ok(r) => r,
         // A resolver that does not answer within the timeout is a DNS failure, not a slow server.
-        Err(_) if trace.phase == "resolve" => Err(fail(
+        Err(_) if trace.phase == Some(Phase::Resolve) => Err(fail(
             ErrorKind::Dns,
             format!("name resolution did not finish within {:?}", target.timeout),
         )),
         Err(_) => Err(fail(
             ErrorKind::Timeout,
-            format!("probe timed out after {:?} during {}", target.timeout, trace.phase),
+            format!(
+                "probe timed out after {:?} during {}",
+                target.timeout,
+                trace.phase.map_or("start", <&str>::from)
+            ),
         )),
     };
     let duration = t0.elapsed().as_secs_f64();
@@ -109,7 +121,7 @@ pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str
     };
     let (success, error_kind, error) = match outcome {
         Ok(()) => (true, None, None),
-        Err(f) => (false, Some(f.kind.as_str().to_string()), Some(f.message)),
+        Err(f) => (false, Some(f.kind.to_string()), Some(f.message)),
     };
     ProbeResult {
         schema_version: SCHEMA_VERSION,
@@ -129,7 +141,7 @@ pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str
         first_status_code: trace.first_status,
         redirects: trace.redirects,
         final_url: trace.final_url,
-        http_version: trace.http_version.map(str::to_string),
+        http_version: trace.http_version.map(|v| v.to_string()),
         ip_address: trace.peer.map(|p| p.ip().to_string()),
         ip_family: trace
             .peer
@@ -276,8 +288,7 @@ async fn read_body(
     }
     let (parts, mut body) = resp.into_parts();
     trace.headers = parts.headers;
-    trace.phase = "transfer";
-    let t = Instant::now();
+    let t = trace.enter(Phase::Transfer);
     let mut raw = Vec::new();
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -300,7 +311,7 @@ async fn read_body(
         Ok(())
     };
     let result = read.await;
-    add(&mut trace.phases.transfer, t);
+    trace.add(Phase::Transfer, t);
     result?;
     trace.body = Some(decode(encoding.as_deref(), raw, cap)?);
     Ok(())
@@ -351,67 +362,101 @@ async fn hop(
     body: Bytes,
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
+    // Taken for this hop's URL: a redirect may lead to a host NO_PROXY exempts, or back.
+    let proxy = target.proxy.for_url(url);
+    let tcp = connect(target, url, proxy.as_ref(), trace).await?;
+    trace.tls = None;
+    let (stream, h2): (Box<dyn Io>, bool) = if url.scheme() == "https" {
+        let tcp = match &proxy {
+            Some(p) => proxy::tunnel(tcp, p, url)
+                .await
+                .map_err(|e| fail(ErrorKind::Proxy, e))?,
+            None => tcp,
+        };
+        let tls = handshake(target, url, tcp, trace).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        (Box::new(tls), h2)
+    } else {
+        (Box::new(tcp), false)
+    };
+    // Plain http through a proxy: the request goes to the proxy, in absolute form.
+    let via_proxy = proxy.filter(|_| url.scheme() == "http");
+    let req = build_request(target, url, method, body, h2, via_proxy.as_ref())?;
+    exchange(stream, h2, req, trace).await
+}
+
+/// Resolves and connects to the proxy when there is one, else to `url`'s host; the
+/// connection is timed as the `connect` phase and its address recorded as the peer.
+async fn connect(
+    target: &Target,
+    url: &Url,
+    proxy: Option<&proxy::Intercept>,
+    trace: &mut Trace,
+) -> Result<TcpStream, Failure> {
     let host = url
         .host()
         .ok_or_else(|| fail(ErrorKind::Request, format!("{url} has no host")))?;
-    let host_str = url.host_str().unwrap_or_default();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let https = url.scheme() == "https";
-    // Taken for this hop's URL: a redirect may lead to a host NO_PROXY exempts, or back.
-    let proxy = target.proxy.for_url(url);
-    let (connect_host, connect_port) = match proxy {
+    let (host, port) = match proxy {
         Some(p) => (
-            p.host()
-                .ok_or_else(|| fail(ErrorKind::Proxy, "the proxy URL has no host"))?,
-            p.port_or_known_default().unwrap_or(3128),
+            p.uri()
+                .host()
+                .and_then(|h| Host::parse(h).ok())
+                .ok_or_else(|| fail(ErrorKind::Proxy, "the proxy URL has no valid host"))?,
+            // Only http:// proxies are accepted (see `proxy::parse_proxy_url`).
+            p.uri().port_u16().unwrap_or(80),
         ),
-        None => (host, port),
+        None => (host.to_owned(), url.port_or_known_default().unwrap_or(80)),
     };
-
-    let addrs = addresses(target, connect_host, connect_port, trace).await?;
-    trace.phase = "connect";
+    let addrs = addresses(target, &host, port, trace).await?;
+    let t = trace.enter(Phase::Connect);
     trace.peer = None;
-    let t = Instant::now();
     let connected = happy_eyeballs(&addrs, CONNECTION_ATTEMPT_DELAY, &mut trace.peer).await;
-    add(&mut trace.phases.connect, t);
+    trace.add(Phase::Connect, t);
     let (tcp, _) = connected.map_err(|e| fail(ErrorKind::Connect, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
 
-    let mut stream: Box<dyn Io> = Box::new(tcp);
-    if let (Some(p), true) = (proxy, https) {
-        stream = connect_tunnel(stream, p, host_str, port).await?;
-    }
-    let mut alpn_h2 = false;
-    trace.tls = None;
-    if https {
-        trace.phase = "tls";
-        // The client certificate and the server_name override belong to the configured host.
-        let configured_host = target.url.host_str().unwrap_or_default();
-        let is_configured_host = host_str.eq_ignore_ascii_case(configured_host);
-        let override_name = target.tls_server_name.as_deref().filter(|_| is_configured_host);
-        let name = tls::server_name(host_str, override_name).map_err(|e| fail(ErrorKind::Tls, e))?;
-        let connector = tokio_rustls::TlsConnector::from(target.tls.config_for(host_str, configured_host));
-        let t = Instant::now();
-        let tls = connector.connect(name, stream).await;
-        add(&mut trace.phases.tls, t);
-        let tls = tls.map_err(|e| {
-            fail(
-                ErrorKind::Tls,
-                format!("TLS handshake with {host_str}: {}", common::telemetry::chain(&e)),
-            )
-        })?;
-        let conn = tls.get_ref().1;
-        trace.tls = Some(tls::handshake_info(conn, &target.tls));
-        alpn_h2 = conn.alpn_protocol() == Some(b"h2");
-        stream = Box::new(tls);
-    }
-
-    trace.phase = "processing";
-    let absolute_form = proxy.is_some() && !https;
-    let req = build_request(target, url, method, body, alpn_h2, proxy.filter(|_| absolute_form))?;
+/// The TLS handshake with `url`'s host over `tcp`, timed as the `tls` phase; records what
+/// the handshake showed.
+async fn handshake(
+    target: &Target,
+    url: &Url,
+    tcp: TcpStream,
+    trace: &mut Trace,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+    trace.phase = Some(Phase::Tls);
+    let host = url.host_str().unwrap_or_default();
+    // The client certificate and the server_name override belong to the configured host.
+    let configured_host = target.url.host_str().unwrap_or_default();
+    let is_configured_host = host.eq_ignore_ascii_case(configured_host);
+    let override_name = target.tls_server_name.as_deref().filter(|_| is_configured_host);
+    let name = tls::server_name(host, override_name).map_err(|e| fail(ErrorKind::Tls, e))?;
+    let connector = tokio_rustls::TlsConnector::from(target.tls.config_for(host, configured_host));
     let t = Instant::now();
+    let tls = connector.connect(name, tcp).await;
+    trace.add(Phase::Tls, t);
+    let tls = tls.map_err(|e| {
+        fail(
+            ErrorKind::Tls,
+            format!("TLS handshake with {host}: {}", common::telemetry::chain(&e)),
+        )
+    })?;
+    trace.tls = Some(tls::handshake_info(tls.get_ref().1, &target.tls));
+    Ok(tls)
+}
+
+/// Sends `req` over `stream`, HTTP/2 when ALPN chose `h2`, else HTTP/1.1; timed as the
+/// `processing` phase, until the response headers arrived.
+async fn exchange(
+    stream: Box<dyn Io>,
+    h2: bool,
+    req: Request<Full<Bytes>>,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, Failure> {
+    let t = trace.enter(Phase::Processing);
     let io = TokioIo::new(stream);
-    let resp = if alpn_h2 {
+    let resp = if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(http_failure)?;
@@ -422,14 +467,14 @@ async fn hop(
         tokio::spawn(conn);
         sender.send_request(req).await
     };
-    add(&mut trace.phases.processing, t);
+    trace.add(Phase::Processing, t);
     let resp = resp.map_err(http_failure)?;
     trace.http_version = Some(match resp.version() {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
+        Version::HTTP_09 => HttpVersion::Http09,
+        Version::HTTP_10 => HttpVersion::Http10,
+        Version::HTTP_2 => HttpVersion::Http2,
+        Version::HTTP_3 => HttpVersion::Http3,
+        _ => HttpVersion::Http11,
     });
     Ok(resp)
 }
@@ -447,18 +492,17 @@ fn http_failure(e: hyper::Error) -> Failure {
 /// through the target's resolver (timed as the `resolve` phase).
 async fn addresses(
     target: &Target,
-    host: Host<&str>,
+    host: &Host<String>,
     port: u16,
     trace: &mut Trace,
 ) -> Result<Vec<SocketAddr>, Failure> {
-    let literal = match host {
+    let literal = match *host {
         Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
         Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
-        Host::Domain(name) => {
-            trace.phase = "resolve";
-            let t = Instant::now();
+        Host::Domain(ref name) => {
+            let t = trace.enter(Phase::Resolve);
             let found = target.resolver.lookup(name, port, target.ip_family).await;
-            add(&mut trace.phases.resolve, t);
+            trace.add(Phase::Resolve, t);
             return found.map_err(|e| fail(ErrorKind::Dns, e));
         }
     };
@@ -476,72 +520,16 @@ async fn addresses(
     Ok(vec![SocketAddr::new(literal, port)])
 }
 
-/// Opens a `CONNECT` tunnel through an HTTP proxy (RFC 9110 §9.3.6).
-async fn connect_tunnel(mut stream: Box<dyn Io>, proxy: &Url, host: &str, port: u16) -> Result<Box<dyn Io>, Failure> {
-    let mut req = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
-    if let Some(auth) = proxy_authorization(proxy) {
-        req.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| fail(ErrorKind::Proxy, format!("writing CONNECT: {e}")))?;
-    // Read the proxy's response head byte by byte: nothing after it may be consumed, it belongs
-    // to the TLS handshake.
-    let mut head = Vec::with_capacity(256);
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 * 1024 {
-            return Err(fail(ErrorKind::Proxy, "proxy response head too long"));
-        }
-        let b = stream
-            .read_u8()
-            .await
-            .map_err(|e| fail(ErrorKind::Proxy, format!("reading the proxy's CONNECT response: {e}")))?;
-        head.push(b);
-    }
-    let status_line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
-        .trim()
-        .to_string();
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok());
-    if !code.is_some_and(|c| (200..300).contains(&c)) {
-        return Err(fail(
-            ErrorKind::Proxy,
-            format!("proxy refused the tunnel: {status_line}"),
-        ));
-    }
-    Ok(stream)
-}
-
-fn proxy_authorization(proxy: &Url) -> Option<String> {
-    use base64::Engine as _;
-    if proxy.username().is_empty() {
-        return None;
-    }
-    let user = percent_decode(proxy.username());
-    let pass = percent_decode(proxy.password().unwrap_or(""));
-    Some(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    ))
-}
-
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
-}
-
 /// The request for `url`. `via_proxy`: the proxy an absolute-form request goes to (plain
-/// `http` through a proxy), whose credentials are then sent as `Proxy-Authorization`.
+/// `http` through a proxy), whose credentials are then sent as `Proxy-Authorization`
+/// (hyper-util marks the value sensitive).
 fn build_request(
     target: &Target,
     url: &Url,
     method: &Method,
     body: Bytes,
     h2: bool,
-    via_proxy: Option<&Url>,
+    via_proxy: Option<&proxy::Intercept>,
 ) -> Result<Request<Full<Bytes>>, Failure> {
     let absolute_form = via_proxy.is_some();
     // `host_str` already brackets IPv6 literals (`[::1]`).
@@ -580,11 +568,8 @@ fn build_request(
     if h2 {
         req.headers_mut().remove(header::HOST);
     }
-    if let Some(p) = via_proxy {
-        if let Some(mut auth) = proxy_authorization(p).and_then(|a| HeaderValue::from_str(&a).ok()) {
-            auth.set_sensitive(true);
-            req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth);
-        }
+    if let Some(auth) = via_proxy.and_then(proxy::Intercept::basic_auth) {
+        req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth.clone());
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         req.headers_mut()
@@ -631,17 +616,5 @@ mod tests {
         let e = decode(Some("gzip"), bomb, 1 << 20).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BodyTooLarge);
         assert_eq!(decode(Some("zstd"), vec![1], 10).unwrap_err().kind, ErrorKind::Body);
-    }
-
-    #[test]
-    fn proxy_credentials_are_percent_decoded() {
-        let url = Url::parse("http://us%40er:p%3Ass@proxy:3128").unwrap();
-        assert_eq!(
-            proxy_authorization(&url).unwrap(),
-            format!(
-                "Basic {}",
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "us@er:p:ss")
-            )
-        );
     }
 }

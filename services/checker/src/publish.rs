@@ -53,7 +53,7 @@
 //!
 //! This module must never block a probe task, busy-wait, or hold more than `limit` results.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +61,7 @@ use std::time::{Duration, Instant};
 use common::config::ConfigError;
 use common::kafka::{KafkaSettings, Protected};
 use common::result::ProbeResult;
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -72,7 +73,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics, PublishFailure};
 
 /// librdkafka property that bounds the messages in the producer's queue, and so the results
 /// waiting in the checker (see the module doc).
@@ -297,7 +298,7 @@ impl Publisher {
     pub fn submit(&self, result: &ProbeResult) -> bool {
         let shared = &self.shared;
         let Ok(permit) = shared.waiting.clone().try_acquire_owned() else {
-            shared.metrics.results_dropped.with_label_values(&["buffer_full"]).inc();
+            shared.metrics.results_dropped.inc(DropReason::BufferFull);
             shared.dropped_while_full.fetch_add(1, Ordering::Relaxed);
             if !shared.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -315,7 +316,7 @@ impl Publisher {
             Ok(p) => p,
             Err(e) => {
                 drop(permit);
-                shared.metrics.publish_failures.with_label_values(&["encode"]).inc();
+                shared.metrics.publish_failures.inc(PublishFailure::Encode);
                 tracing::error!(check_id = %result.check_id, error = %e, "Could not encode a result.");
                 return false;
             }
@@ -328,7 +329,7 @@ impl Publisher {
         };
         let sent = self.tx.send(pending).is_ok();
         if !sent {
-            shared.metrics.results_dropped.with_label_values(&["shutdown"]).inc();
+            shared.metrics.results_dropped.inc(DropReason::Shutdown);
         }
         shared.update_waiting();
         sent
@@ -373,7 +374,7 @@ fn create(config: &ClientConfig, fatal: &Arc<Notify>) -> Result<Kafka, KafkaErro
 /// What became of an attempt to enqueue.
 enum Enqueued {
     /// In librdkafka's queue; the future resolves with its delivery report.
-    Sent(futures::future::BoxFuture<'static, Delivered>),
+    Sent(BoxFuture<'static, Delivered>),
     /// Not now (librdkafka's queue is full, or the producer hit a fatal error): try again.
     Later(Pending, KafkaError),
     /// Never (e.g. a message larger than `message.max.bytes`): counted and dropped.
@@ -385,6 +386,33 @@ struct Delivered {
     report: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
     permit: OwnedSemaphorePermit,
     generation: u64,
+}
+
+/// The producer in use and the ones it replaced that still owe delivery reports.
+struct Producers {
+    current: Kafka,
+    /// Counts replacements; every delivery report carries the generation that sent it.
+    generation: u64,
+    /// Producers replaced after a fatal error or a stall, kept until their last delivery
+    /// report (dropping one would cancel its reports and lose the results they hand back).
+    retired: Vec<(u64, Kafka)>,
+    /// Delivery reports outstanding per producer generation.
+    outstanding: BTreeMap<u64, usize>,
+    /// When a stalled producer was last replaced (start-up before the first): the stall
+    /// timeout counts from it too.
+    stall_replaced: Instant,
+}
+
+impl Producers {
+    fn new(current: Kafka) -> Self {
+        Self {
+            current,
+            generation: 0,
+            retired: Vec::new(),
+            outstanding: BTreeMap::new(),
+            stall_replaced: Instant::now(),
+        }
+    }
 }
 
 impl PublishLoop {
@@ -406,13 +434,7 @@ impl PublishLoop {
     /// librdkafka refused to create a new producer after a fatal error (it accepted the same
     /// configuration at start-up, so this does not happen in practice).
     pub async fn run(mut self) -> Result<(), KafkaError> {
-        let mut producer = self.shared.producer.lock().expect("producer lock").clone();
-        let mut generation = 0u64;
-        // Producers replaced after a fatal error, kept until their last delivery report
-        // (dropping one would cancel its reports and lose the results they hand back).
-        let mut retired: Vec<(u64, Kafka)> = Vec::new();
-        // Delivery reports outstanding per producer generation.
-        let mut outstanding: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+        let mut producers = Producers::new(self.shared.producer.lock().expect("producer lock").clone());
         let mut rx_closed = false;
         let mut deliveries = FuturesUnordered::new();
         // Results to send before any new one, oldest first: returned by a fatal producer, or
@@ -420,48 +442,22 @@ impl PublishLoop {
         let mut again: VecDeque<Pending> = VecDeque::new();
         let mut blocked = false;
         let mut input_open = true;
-        let mut last_replaced = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            while !blocked {
-                let Some(p) = again.pop_front() else { break };
-                match self.enqueue(&producer, generation, p) {
-                    Enqueued::Sent(d) => {
-                        *outstanding.entry(generation).or_default() += 1;
-                        deliveries.push(d);
-                    }
-                    Enqueued::Later(p, e) => {
-                        again.push_front(p);
-                        if !self.rebuild_if_fatal(&mut producer, &mut generation, &mut retired, &outstanding)? {
-                            tracing::debug!(error = %e, "librdkafka's queue is full; waiting for a delivery.");
-                            blocked = true;
-                        }
-                    }
-                    Enqueued::Rejected => {}
-                }
+            if !blocked {
+                blocked = self.send_again(&mut producers, &mut again, &mut deliveries)?;
             }
             if !input_open && again.is_empty() && deliveries.is_empty() {
                 break;
             }
             tokio::select! {
                 () = self.fatal.notified() => {
-                    self.rebuild_if_fatal(&mut producer, &mut generation, &mut retired, &outstanding)?;
+                    self.rebuild_if_fatal(&mut producers)?;
                 }
                 Some(d) = deliveries.next(), if !deliveries.is_empty() => {
                     blocked = false;
-                    let g = d.generation;
-                    if let Some(p) = self.delivered(d, &producer, generation) {
-                        again.push_back(p);
-                    }
-                    if let Some(n) = outstanding.get_mut(&g) {
-                        *n -= 1;
-                        if *n == 0 {
-                            outstanding.remove(&g);
-                            retired.retain(|(r, _)| *r != g);
-                        }
-                    }
-                    self.shared.update_waiting();
+                    self.on_delivery(d, &mut producers, &mut again);
                 }
                 p = self.rx.recv(), if input_open && !blocked && again.is_empty() => match p {
                     Some(p) => again.push_back(p),
@@ -473,21 +469,71 @@ impl PublishLoop {
                     rx_closed = true;
                 }
                 () = tokio::time::sleep(Duration::from_millis(100)), if blocked => blocked = false,
-                _ = tick.tick() => {
-                    self.shared.metrics.producer_queue.set(i64::from(producer.in_flight_count()));
-                    self.shared.update_waiting();
-                    if self.stalled(&producer, last_replaced).await {
-                        self.replace(&mut producer, &mut generation, &mut retired, &outstanding)?;
-                        self.shared.metrics.producer_stall_replacements.inc();
-                        last_replaced = Instant::now();
-                    }
-                }
+                _ = tick.tick() => self.on_tick(&mut producers).await?,
             }
         }
         self.shared.update_waiting();
+        let producer = producers.current;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "Producer flush did not complete.");
+        }
+        Ok(())
+    }
+
+    /// Enqueues `again`, oldest first, until it is empty or librdkafka's queue is full;
+    /// returns whether it is (blocked until the next delivery report, or 100 ms).
+    fn send_again(
+        &self,
+        producers: &mut Producers,
+        again: &mut VecDeque<Pending>,
+        deliveries: &mut FuturesUnordered<BoxFuture<'static, Delivered>>,
+    ) -> Result<bool, KafkaError> {
+        while let Some(p) = again.pop_front() {
+            match self.enqueue(&producers.current, producers.generation, p) {
+                Enqueued::Sent(d) => {
+                    *producers.outstanding.entry(producers.generation).or_default() += 1;
+                    deliveries.push(d);
+                }
+                Enqueued::Later(p, e) => {
+                    again.push_front(p);
+                    if !self.rebuild_if_fatal(producers)? {
+                        tracing::debug!(error = %e, "librdkafka's queue is full; waiting for a delivery.");
+                        return Ok(true);
+                    }
+                }
+                Enqueued::Rejected => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Accounts for one delivery report: a result to send again joins `again`, and a retired
+    /// producer whose last report this was is dropped.
+    fn on_delivery(&self, d: Delivered, producers: &mut Producers, again: &mut VecDeque<Pending>) {
+        let g = d.generation;
+        if let Some(p) = self.delivered(d, &producers.current, producers.generation) {
+            again.push_back(p);
+        }
+        if let Some(n) = producers.outstanding.get_mut(&g) {
+            *n -= 1;
+            if *n == 0 {
+                producers.outstanding.remove(&g);
+                producers.retired.retain(|(r, _)| *r != g);
+            }
+        }
+        self.shared.update_waiting();
+    }
+
+    /// Every second: the queue gauges, and a stalled producer replaced.
+    async fn on_tick(&self, producers: &mut Producers) -> Result<(), KafkaError> {
+        let queued = producers.current.in_flight_count();
+        self.shared.metrics.producer_queue.set(i64::from(queued));
+        self.shared.update_waiting();
+        if self.stalled(&producers.current, producers.stall_replaced).await {
+            self.replace(producers)?;
+            self.shared.metrics.producer_stall_replacements.inc();
+            producers.stall_replaced = Instant::now();
         }
         Ok(())
     }
@@ -515,11 +561,7 @@ impl PublishLoop {
                 Enqueued::Later(p, e)
             }
             Err((e, _)) => {
-                self.shared
-                    .metrics
-                    .publish_failures
-                    .with_label_values(&["enqueue"])
-                    .inc();
+                self.shared.metrics.publish_failures.inc(PublishFailure::Enqueue);
                 tracing::error!(target_name = %String::from_utf8_lossy(&p.key), error = %e, "Could not enqueue a result.");
                 Enqueued::Rejected
             }
@@ -551,13 +593,13 @@ impl PublishLoop {
                     // Sent again by the next producer (this one is unusable).
                     Some(Pending::from_failed(&msg, d.permit))
                 } else {
-                    metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                    metrics.publish_failures.inc(PublishFailure::Delivery);
                     tracing::error!(target_name = %String::from_utf8_lossy(msg.key().unwrap_or_default()), error = %e, "Result delivery failed.");
                     None
                 }
             }
             Err(_canceled) => {
-                metrics.publish_failures.with_label_values(&["delivery"]).inc();
+                metrics.publish_failures.inc(PublishFailure::Delivery);
                 tracing::error!("Result delivery was cancelled (producer closed).");
                 None
             }
@@ -566,14 +608,8 @@ impl PublishLoop {
 
     /// When `producer` hit a fatal error, replaces it with a new one (the old one is kept until
     /// its last delivery report). Returns whether it did.
-    fn rebuild_if_fatal(
-        &self,
-        producer: &mut Kafka,
-        generation: &mut u64,
-        retired: &mut Vec<(u64, Kafka)>,
-        outstanding: &std::collections::BTreeMap<u64, usize>,
-    ) -> Result<bool, KafkaError> {
-        let Some((code, reason)) = producer.client().fatal_error() else {
+    fn rebuild_if_fatal(&self, producers: &mut Producers) -> Result<bool, KafkaError> {
+        let Some((code, reason)) = producers.current.client().fatal_error() else {
             return Ok(false);
         };
         self.shared.metrics.producer_fatal_errors.inc();
@@ -583,7 +619,7 @@ impl PublishLoop {
             waiting = self.shared.waiting_now(),
             "Kafka producer is unusable after a fatal error; replacing it and sending its undelivered results again."
         );
-        self.replace(producer, generation, retired, outstanding)?;
+        self.replace(producers)?;
         Ok(true)
     }
 
@@ -610,24 +646,19 @@ impl PublishLoop {
     /// Puts a new producer in `producer`'s place and purges the old one's queue and requests
     /// in flight: their failed delivery reports hand the results back, to be sent again (the
     /// old producer is kept until its last report).
-    fn replace(
-        &self,
-        producer: &mut Kafka,
-        generation: &mut u64,
-        retired: &mut Vec<(u64, Kafka)>,
-        outstanding: &std::collections::BTreeMap<u64, usize>,
-    ) -> Result<(), KafkaError> {
+    fn replace(&self, producers: &mut Producers) -> Result<(), KafkaError> {
         tracing::warn!(
             waiting = self.shared.waiting_now(),
             "Replacing the Kafka producer; its undelivered results are sent again."
         );
         let new = create(&self.config, &self.fatal)?;
-        let old = std::mem::replace(producer, new.clone());
+        let old = std::mem::replace(&mut producers.current, new.clone());
         old.purge(PurgeConfig::default().queue().inflight());
-        retired.push((*generation, old));
+        producers.retired.push((producers.generation, old));
         // A producer with no report outstanding is not kept.
-        retired.retain(|(g, _)| outstanding.contains_key(g));
-        *generation += 1;
+        let outstanding = &producers.outstanding;
+        producers.retired.retain(|(g, _)| outstanding.contains_key(g));
+        producers.generation += 1;
         *self.shared.producer.lock().expect("producer lock") = new;
         Ok(())
     }

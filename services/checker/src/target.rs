@@ -19,6 +19,9 @@ use regex::bytes::Regex;
 use serde::Deserialize;
 use url::Url;
 
+// The proxy types live in `proxy`; re-exported where the target list has always had them.
+use crate::proxy::parse_proxy_url;
+pub use crate::proxy::{ProxyEnv, ProxyMode};
 use crate::resolve::Resolver;
 use crate::tls::{self, TlsClient, TlsOptions};
 
@@ -94,54 +97,6 @@ pub enum IpFamily {
     Ipv6,
 }
 
-/// How the checker reaches a target. `Debug` shows proxy URLs without their password.
-#[derive(Clone, PartialEq, Eq)]
-pub enum ProxyMode {
-    /// Directly.
-    Direct,
-    /// Through this HTTP proxy: absolute-form requests for `http`, a `CONNECT` tunnel for
-    /// `https` (RFC 9110 §9.3.6). Credentials in the URL are sent as `Proxy-Authorization`.
-    Http(Url),
-    /// As the proxy environment says for each hop's URL (`NO_PROXY` is matched again after
-    /// every redirect).
-    Env(Arc<ProxyEnv>),
-}
-
-impl std::fmt::Debug for ProxyMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Direct => f.write_str("Direct"),
-            Self::Http(p) => f.debug_tuple("Http").field(&Redacted(Some(p))).finish(),
-            Self::Env(env) => f.debug_tuple("Env").field(env).finish(),
-        }
-    }
-}
-
-/// A proxy URL for `Debug`, its password replaced by `***`.
-struct Redacted<'a>(Option<&'a Url>);
-
-impl std::fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(url) = self.0 else { return f.write_str("None") };
-        let mut shown = url.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        write!(f, "{:?}", shown.as_str())
-    }
-}
-
-impl ProxyMode {
-    /// The proxy to use for a request to `url`, if any.
-    pub fn for_url(&self, url: &Url) -> Option<&Url> {
-        match self {
-            Self::Direct => None,
-            Self::Http(p) => Some(p),
-            Self::Env(env) => env.for_url(url),
-        }
-    }
-}
-
 /// Defaults applied to targets that do not set an option.
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -153,91 +108,6 @@ pub struct Defaults {
     pub body_max_bytes: u64,
     /// The proxy environment (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`, either case).
     pub proxy_env: ProxyEnv,
-}
-
-/// The standard proxy variables, read once at start-up. `Debug` hides proxy passwords.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ProxyEnv {
-    http: Option<Url>,
-    https: Option<Url>,
-    no_proxy: Vec<String>,
-}
-
-impl std::fmt::Debug for ProxyEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyEnv")
-            .field("http", &Redacted(self.http.as_ref()))
-            .field("https", &Redacted(self.https.as_ref()))
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
-}
-
-impl ProxyEnv {
-    /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (upper case first, then lower case).
-    ///
-    /// # Errors
-    /// A proxy URL that does not parse or is not `http://`.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let url = |names: [&'static str; 2]| -> Result<Option<Url>, ConfigError> {
-            match env.get_any(&names) {
-                None => Ok(None),
-                Some((var, v)) => parse_proxy_url(var, v).map(Some),
-            }
-        };
-        let no_proxy = env
-            .get_any(&["NO_PROXY", "no_proxy"])
-            .map(|(_, v)| {
-                v.split(',')
-                    .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self {
-            http: url(["HTTP_PROXY", "http_proxy"])?,
-            https: url(["HTTPS_PROXY", "https_proxy"])?,
-            no_proxy,
-        })
-    }
-
-    /// The proxy for `url` by the usual rules: `NO_PROXY` entries match the host or a parent
-    /// domain; `*` disables proxying.
-    pub fn for_url(&self, url: &Url) -> Option<&Url> {
-        let proxy = if url.scheme() == "https" {
-            &self.https
-        } else {
-            &self.http
-        };
-        let proxy = proxy.as_ref()?;
-        let host = url
-            .host_str()
-            .unwrap_or("")
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        let excluded = self
-            .no_proxy
-            .iter()
-            .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")));
-        (!excluded).then_some(proxy)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.http.is_none() && self.https.is_none()
-    }
-}
-
-fn parse_proxy_url(var: &str, v: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(v)
-        .map_err(|e| ConfigError::new(var, format!("{v:?} is not a URL: {e}"), "http://proxy.internal:3128"))?;
-    if url.scheme() != "http" || url.host_str().is_none() {
-        return Err(ConfigError::new(
-            var,
-            "only http:// proxies are supported",
-            "http://proxy.internal:3128",
-        ));
-    }
-    Ok(url)
 }
 
 /// A duration given as a string (`"30s"`) or a number of seconds (`30`).
@@ -929,26 +799,5 @@ mod tests {
             assert!(t.headers[name].is_sensitive(), "{name}");
         }
         assert!(!t.headers["accept"].is_sensitive());
-    }
-
-    #[test]
-    fn no_proxy_rules() {
-        let env = Env::from_pairs([
-            ("HTTP_PROXY", "http://p:3128"),
-            ("NO_PROXY", "internal.example, .svc,127.0.0.1"),
-        ]);
-        let pe = ProxyEnv::from_env(&env).unwrap();
-        let mode = |u: &str| pe.for_url(&Url::parse(u).unwrap()).map(Url::to_string);
-        assert_eq!(mode("http://a.internal.example/"), None);
-        assert_eq!(mode("http://x.svc/"), None);
-        assert_eq!(mode("http://127.0.0.1:80/"), None);
-        assert_eq!(mode("http://example.com/").as_deref(), Some("http://p:3128/"));
-        assert_eq!(mode("https://example.com/"), None, "no HTTPS_PROXY set");
-        assert_eq!(
-            ProxyEnv::from_env(&Env::from_pairs([("HTTPS_PROXY", "socks5://p")]))
-                .unwrap_err()
-                .var,
-            "HTTPS_PROXY"
-        );
     }
 }

@@ -29,9 +29,27 @@ pub fn check_id(target: &str, scheduled_at: DateTime<Utc>) -> Uuid {
     Uuid::new_v5(&CHECK_ID_NAMESPACE, name.as_bytes())
 }
 
-/// Why a probe failed: a closed set, stored as its `snake_case` name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Why a probe failed: a closed set, stored as its `snake_case` name (`body_too_large`).
+///
+/// The name is derived twice, by serde for the wire and by strum for labels and
+/// [`ErrorKind::as_str`]; the unit test `error_kind_names_are_stable` proves they agree.
+/// [`strum::IntoEnumIterator::iter`] lists every kind (metrics pre-register each label value).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorKind {
     /// The host name did not resolve (NXDOMAIN, no address of the wanted family, resolver error).
     Dns,
@@ -62,47 +80,48 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// All kinds, for metrics that pre-register every label value.
-    pub const ALL: [ErrorKind; 13] = [
-        Self::Dns,
-        Self::Connect,
-        Self::Tls,
-        Self::Timeout,
-        Self::Http,
-        Self::Status,
-        Self::Body,
-        Self::BodyTooLarge,
-        Self::Regex,
-        Self::Header,
-        Self::TooManyRedirects,
-        Self::Request,
-        Self::Proxy,
-    ];
-
     /// The `snake_case` name, as stored and used as a metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Dns => "dns",
-            Self::Connect => "connect",
-            Self::Tls => "tls",
-            Self::Timeout => "timeout",
-            Self::Http => "http",
-            Self::Status => "status",
-            Self::Body => "body",
-            Self::BodyTooLarge => "body_too_large",
-            Self::Regex => "regex",
-            Self::Header => "header",
-            Self::TooManyRedirects => "too_many_redirects",
-            Self::Request => "request",
-            Self::Proxy => "proxy",
-        }
+        self.into()
     }
 }
 
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// A phase of a probe, as blackbox_exporter names them in
+/// `probe_http_duration_seconds{phase}`; [`Phases`] holds the time spent in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum Phase {
+    /// Name resolution.
+    Resolve,
+    /// TCP connect.
+    Connect,
+    /// TLS handshake.
+    Tls,
+    /// Request sent until the response headers arrived.
+    Processing,
+    /// Response headers until the last body byte.
+    Transfer,
+}
+
+/// The HTTP version of a response, in the form [`ProbeResult::http_version`] stores
+/// (`HTTP/1.1`, `HTTP/2`; RFC 9110 §2.5 spells versions `HTTP/1.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display, strum::EnumString)]
+pub enum HttpVersion {
+    /// HTTP/0.9.
+    #[strum(serialize = "HTTP/0.9")]
+    Http09,
+    /// HTTP/1.0.
+    #[strum(serialize = "HTTP/1.0")]
+    Http10,
+    /// HTTP/1.1.
+    #[strum(serialize = "HTTP/1.1")]
+    Http11,
+    /// HTTP/2.
+    #[strum(serialize = "HTTP/2")]
+    Http2,
+    /// HTTP/3.
+    #[strum(serialize = "HTTP/3")]
+    Http3,
 }
 
 /// Time spent in each phase of the probe, in seconds, summed over redirect hops. Names and
@@ -122,6 +141,39 @@ pub struct Phases {
     pub processing: Option<f64>,
     /// Response headers until the last body byte.
     pub transfer: Option<f64>,
+}
+
+impl Phases {
+    /// The time spent in `phase`, seconds; `None` when it did not happen.
+    pub fn get(&self, phase: Phase) -> Option<f64> {
+        *self.slot(phase)
+    }
+
+    /// Adds `seconds` to `phase` (hops of one probe add up).
+    pub fn add(&mut self, phase: Phase, seconds: f64) {
+        let slot = self.slot_mut(phase);
+        *slot = Some(slot.unwrap_or(0.0) + seconds);
+    }
+
+    fn slot(&self, phase: Phase) -> &Option<f64> {
+        match phase {
+            Phase::Resolve => &self.resolve,
+            Phase::Connect => &self.connect,
+            Phase::Tls => &self.tls,
+            Phase::Processing => &self.processing,
+            Phase::Transfer => &self.transfer,
+        }
+    }
+
+    fn slot_mut(&mut self, phase: Phase) -> &mut Option<f64> {
+        match phase {
+            Phase::Resolve => &mut self.resolve,
+            Phase::Connect => &mut self.connect,
+            Phase::Tls => &mut self.tls,
+            Phase::Processing => &mut self.processing,
+            Phase::Transfer => &mut self.transfer,
+        }
+    }
 }
 
 /// What the TLS handshake of the final hop showed. Absent when no certificate was read.
@@ -276,8 +328,29 @@ mod tests {
 
     #[test]
     fn error_kind_names_are_stable() {
-        for k in ErrorKind::ALL {
+        use strum::IntoEnumIterator;
+        assert_eq!(ErrorKind::iter().count(), 13);
+        for k in ErrorKind::iter() {
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+            assert_eq!(k.as_str().parse::<ErrorKind>().unwrap(), k);
         }
+        assert_eq!(ErrorKind::BodyTooLarge.as_str(), "body_too_large");
+        assert_eq!(ErrorKind::TooManyRedirects.to_string(), "too_many_redirects");
+    }
+
+    #[test]
+    fn phases_and_versions_have_blackbox_names() {
+        use strum::IntoEnumIterator;
+        let names: Vec<&str> = Phase::iter().map(Into::into).collect();
+        assert_eq!(names, ["resolve", "connect", "tls", "processing", "transfer"]);
+        let mut p = Phases::default();
+        p.add(Phase::Tls, 0.25);
+        p.add(Phase::Tls, 0.5);
+        assert_eq!(
+            (p.tls, p.get(Phase::Tls), p.get(Phase::Connect)),
+            (Some(0.75), Some(0.75), None)
+        );
+        assert_eq!(HttpVersion::Http11.to_string(), "HTTP/1.1");
+        assert_eq!("HTTP/2".parse::<HttpVersion>().unwrap(), HttpVersion::Http2);
     }
 }
