@@ -28,6 +28,8 @@ import jsonschema
 import kubernetes_validate.utils as kv
 import referencing
 import yaml
+from checkov.kubernetes.runner import Runner
+from checkov.runner_filter import RunnerFilter
 from kubernetes.utils import parse_quantity
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +56,7 @@ CHECKOV_CHECKS = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def policy_ids():
     """The ids of the custom checkov policies (scripts/k8s/policies/*.yaml)."""
     ids = []
@@ -61,8 +64,7 @@ def policy_ids():
         if f.endswith(".yaml"):
             with open(os.path.join(POLICIES, f)) as fh:
                 ids.append(yaml.safe_load(fh)["metadata"]["id"])
-    return ids
-
+    return tuple(ids)
 
 
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -130,11 +132,8 @@ def checkov(path):
     """checkov's kubernetes runner (what its CLI runs) on one rendered file, so that one graph
     holds one render and a connection (Service -> Pod, ...) never crosses renders. Returns
     ([(object, message)], number of checks passed)."""
-    from checkov.kubernetes.runner import Runner
-    from checkov.runner_filter import RunnerFilter
-
     report = Runner().run(root_folder=None, files=[path], external_checks_dir=[POLICIES], runner_filter=RunnerFilter(
-        framework=["kubernetes"], checks=CHECKOV_CHECKS + policy_ids(), download_external_modules=False))
+        framework=["kubernetes"], checks=CHECKOV_CHECKS + list(policy_ids()), download_external_modules=False))
     out = []
     for r in report.failed_checks:
         kind, ns, name = (r.resource.split(".") + ["", ""])[:3]  # Pod.<ns>.<name>.<labels>
@@ -274,20 +273,23 @@ def checker_validate(content, work):
 
 
 # ------------------------------------------------------------------------------ renders
+def kustomizations(root, sub):
+    """The folders under deploy/<sub> that hold a kustomization.yaml, sorted."""
+    top = os.path.join(root, sub)
+    return sorted(d for d in os.listdir(top) if os.path.isfile(os.path.join(top, d, "kustomization.yaml"))) \
+        if os.path.isdir(top) else []
+
+
 def renders(root):
     """[(label, kustomization dir or None, manifest file or None)] of a deploy/ copy: base, every
     overlay, every overlay with every component (added to a copy of the overlay, as a user
     enables it), every *.example.yaml."""
     examples = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                       if f.endswith((".example.yaml", ".example.yml")))
-    listed = lambda sub: sorted(d for d in os.listdir(os.path.join(root, sub))  # noqa: E731
-                                if os.path.isfile(os.path.join(root, sub, d, "kustomization.yaml"))) \
-        if os.path.isdir(os.path.join(root, sub)) else []
     out = [("base", os.path.join(root, "base"), None)]
-    components = listed("components")
-    for ov in listed("overlays"):
+    for ov in kustomizations(root, "overlays"):
         out.append(("overlays/" + ov, os.path.join(root, "overlays", ov), None))
-        for comp in components:
+        for comp in kustomizations(root, "components"):
             combo = os.path.join(root, "overlays", "%s+%s" % (ov, comp))
             shutil.copytree(os.path.join(root, "overlays", ov), combo)
             with open(os.path.join(combo, "kustomization.yaml")) as f:
@@ -300,63 +302,69 @@ def renders(root):
     return out + [(os.path.relpath(p, root), None, p) for p in examples]
 
 
+def render_all(root, work):
+    """Renders a deploy/ copy (all kustomizations at once). Returns (problems,
+    [(label, rendered file or None for an example, objects)], external Secrets: name -> data)."""
+    todo = renders(root)
+    procs = {kdir: subprocess.Popen([os.path.join(VENV_BIN, "kubectl"), "kustomize", kdir], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for _, kdir, _ in todo if kdir}
+    problems, rendered, external = [], [], {}
+    for label, kdir, mfile in todo:
+        if kdir:
+            text, err = procs[kdir].communicate()
+            if procs[kdir].returncode:
+                problems.append((label, "-", "render", err.strip().replace(work + "/", "")))
+                continue
+            mfile = os.path.join(os.path.dirname(root), "rendered", label.replace("/", "_") + ".yaml")
+            os.makedirs(os.path.dirname(mfile), exist_ok=True)
+            with open(mfile, "w") as f:
+                f.write(text)
+        try:
+            with open(mfile) as f:
+                objs = load_docs(f.read())
+        except yaml.YAMLError as e:
+            problems.append((label, "-", "render", "YAML: %s" % e))
+            continue
+        if not objs:
+            problems.append((label, "-", "render", "no objects"))
+        if not kdir:  # Secrets created out of band are documented in *.example.yaml
+            external.update({(d.get("metadata") or {}).get("name"): dict(d.get("data") or {}, **(d.get("stringData") or {}))
+                             for d in objs if d.get("kind") == "Secret"})
+        rendered.append((label, mfile if kdir else None, objs))
+    return problems, rendered, external
+
+
+def validate_copy(root, work, versions, log):
+    """Validates one deploy/ copy; returns (problems, n_objects, n_renders) where a problem is
+    (render, object, tool, message)."""
+    problems, rendered, external = render_all(root, work)
+    n_checkov = 0
+    for label, path, objs in rendered:
+        before = len(problems)
+        problems.extend((label, oid(o), tool, m) for o in objs for v in versions for tool, m in schema_errors(o, v))
+        if path:  # an example only needs its schema
+            failed, passed = checkov(path)
+            problems.extend((label, ident, "checkov", m) for ident, m in failed)
+            n_checkov += passed
+            rule_problems, targets = project_rules(objs, external)
+            problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
+            problems.extend((label, ident, "checker", err) for ident, content in targets
+                            for err in [checker_validate(content, work)] if err)
+        log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
+    log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
+    return problems, sum(len(objs) for _, _, objs in rendered), len(rendered)
+
+
 def run_many(deploy_dirs, versions, log=print):
-    """Validates copies of deploy/; returns {dir: (problems, n_objects, n_renders)} where a
-    problem is (render, object, tool, message). checkov runs once over all of them."""
-    kubectl = os.path.join(VENV_BIN, "kubectl")
+    """Validates copies of deploy/ (in a scratch folder); returns {dir: validate_copy(...)}."""
     work = tempfile.mkdtemp(prefix="k8s-validate-")
-    results = {}
     try:
+        results = {}
         for i, deploy_dir in enumerate(deploy_dirs):
             root = os.path.join(work, str(i), "deploy")
             shutil.copytree(deploy_dir, root)
-            todo = renders(root)
-            problems, n_objects, n_checkov = [], 0, 0
-            external = {}  # Secrets created out of band, documented in *.example.yaml: name -> data
-            procs = {kdir: subprocess.Popen([kubectl, "kustomize", kdir], stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-                     for _, kdir, _ in todo if kdir}
-            rendered = []
-            for label, kdir, mfile in todo:
-                if kdir:
-                    out, err = procs[kdir].communicate()
-                    if procs[kdir].returncode:
-                        problems.append((label, "-", "render", err.strip().replace(work + "/", "")))
-                        continue
-                else:
-                    with open(mfile) as f:
-                        out = f.read()
-                try:
-                    objs = load_docs(out)
-                except yaml.YAMLError as e:
-                    problems.append((label, "-", "render", "YAML: %s" % e))
-                    continue
-                if not kdir:
-                    external.update({(d.get("metadata") or {}).get("name"): dict(d.get("data") or {}, **(d.get("stringData") or {}))
-                                     for d in objs if d.get("kind") == "Secret"})
-                rendered.append((label, kdir, out, objs))
-            for label, kdir, text, objs in rendered:
-                before = len(problems)
-                for o in objs:
-                    problems.extend((label, oid(o), tool, m) for v in versions for tool, m in schema_errors(o, v))
-                if kdir:  # examples only need their schema
-                    path = os.path.join(work, str(i), "rendered", label.replace("/", "_") + ".yaml")
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    with open(path, "w") as f:
-                        f.write(text)
-                    failed, passed = checkov(path)
-                    problems.extend((label, ident, "checkov", m) for ident, m in failed)
-                    n_checkov += passed
-                    rule_problems, targets = project_rules(objs, external)
-                    problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
-                    for ident, content in targets:
-                        err = checker_validate(content, work)
-                        if err:
-                            problems.append((label, ident, "checker", err))
-                n_objects += len(objs)
-                log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
-            log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
-            results[deploy_dir] = (problems, n_objects, len(todo))
+            results[deploy_dir] = validate_copy(root, work, versions, log)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
