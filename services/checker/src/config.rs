@@ -43,12 +43,43 @@ pub struct Config {
 struct Raw {
     instance_id: Option<String>,
     probe_concurrency: Option<usize>,
-    body_max_bytes: Option<u64>,
-    default_interval: Option<String>,
-    default_timeout: Option<String>,
     shutdown_grace_period: Option<String>,
     delivery_stall_timeout: Option<String>,
     log_format: Option<String>,
+}
+
+/// The variables behind [`Defaults`], deserialized by envy.
+#[derive(Debug, Deserialize)]
+struct RawDefaults {
+    body_max_bytes: Option<u64>,
+    default_interval: Option<String>,
+    default_timeout: Option<String>,
+}
+
+fn duration_or(var: &str, v: Option<&str>, default_secs: u64) -> Result<Duration, ConfigError> {
+    v.map_or(Ok(Duration::from_secs(default_secs)), |v| {
+        parse_positive_duration(var, v)
+    })
+}
+
+/// Reads the defaults of targets that do not set an option (`DEFAULT_INTERVAL`,
+/// `DEFAULT_TIMEOUT`, `BODY_MAX_BYTES`, the proxy variables); shared with
+/// `checker targets validate`, so a file is judged with the service's own defaults.
+///
+/// # Errors
+/// A [`ConfigError`] naming the first invalid variable.
+pub fn target_defaults(env: &Env) -> Result<Defaults, ConfigError> {
+    let raw: RawDefaults = env.deserialize()?;
+    let defaults = Defaults {
+        interval: duration_or("DEFAULT_INTERVAL", raw.default_interval.as_deref(), 30)?,
+        timeout: duration_or("DEFAULT_TIMEOUT", raw.default_timeout.as_deref(), 10)?,
+        body_max_bytes: raw.body_max_bytes.unwrap_or(1 << 20),
+        proxy_env: ProxyEnv::from_env(env)?,
+    };
+    if defaults.body_max_bytes == 0 {
+        return Err(ConfigError::new("BODY_MAX_BYTES", "must be positive", "1048576"));
+    }
+    Ok(defaults)
 }
 
 /// Parses `ADMIN_ADDR` (`host:port`); shared with the `healthcheck` subcommand.
@@ -68,19 +99,8 @@ impl Config {
     /// The first invalid value, as a [`ConfigError`] naming its variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw: Raw = env.deserialize()?;
-        let duration = |var: &str, v: &Option<String>, default: u64| match v {
-            Some(v) => parse_positive_duration(var, v),
-            None => Ok(Duration::from_secs(default)),
-        };
-        let defaults = Defaults {
-            interval: duration("DEFAULT_INTERVAL", &raw.default_interval, 30)?,
-            timeout: duration("DEFAULT_TIMEOUT", &raw.default_timeout, 10)?,
-            body_max_bytes: raw.body_max_bytes.unwrap_or(1 << 20),
-            proxy_env: ProxyEnv::from_env(env)?,
-        };
-        if defaults.body_max_bytes == 0 {
-            return Err(ConfigError::new("BODY_MAX_BYTES", "must be positive", "1048576"));
-        }
+        let duration = |var: &str, v: &Option<String>, default: u64| duration_or(var, v.as_deref(), default);
+        let defaults = target_defaults(env)?;
         let probe_concurrency = raw.probe_concurrency.unwrap_or(512);
         if probe_concurrency == 0 {
             return Err(ConfigError::new("PROBE_CONCURRENCY", "must be positive", "512"));

