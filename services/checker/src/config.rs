@@ -1,12 +1,13 @@
 //! The checker's configuration, read once from environment variables at start-up.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
-use common::config::{parse_positive_duration, ConfigError, Env};
+use common::config::{duration, ConfigError, Env};
 use common::kafka::KafkaSettings;
 use common::telemetry::LogFormat;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::target::{load_targets, Defaults, ProxyEnv, Target};
 
@@ -38,28 +39,69 @@ pub struct Config {
     pub delivery_stall_timeout: Duration,
 }
 
-/// The scalar variables, deserialized by envy (which names the variable in its errors).
-#[derive(Debug, Deserialize)]
+/// The scalar variables, typed, with their defaults: the one place they are written (README's
+/// tables are checked against it by a test). Deserialized by [`Env::deserialize`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default)]
 struct Raw {
+    /// `None`: the host name.
     instance_id: Option<String>,
-    probe_concurrency: Option<usize>,
-    shutdown_grace_period: Option<String>,
-    delivery_stall_timeout: Option<String>,
-    log_format: Option<String>,
+    probe_concurrency: NonZeroUsize,
+    body_max_bytes: NonZeroU64,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    default_interval: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    default_timeout: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    shutdown_grace_period: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    delivery_stall_timeout: Duration,
+    log_format: String,
 }
 
-/// The variables behind [`Defaults`], deserialized by envy.
-#[derive(Debug, Deserialize)]
-struct RawDefaults {
-    body_max_bytes: Option<u64>,
-    default_interval: Option<String>,
-    default_timeout: Option<String>,
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            probe_concurrency: NonZeroUsize::new(512).expect("positive"),
+            body_max_bytes: NonZeroU64::new(1 << 20).expect("positive"),
+            default_interval: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(10),
+            shutdown_grace_period: Duration::from_secs(25),
+            delivery_stall_timeout: Duration::from_secs(30),
+            log_format: "auto".to_string(),
+        }
+    }
 }
 
-fn duration_or(var: &str, v: Option<&str>, default_secs: u64) -> Result<Duration, ConfigError> {
-    v.map_or(Ok(Duration::from_secs(default_secs)), |v| {
-        parse_positive_duration(var, v)
-    })
+/// Variables the checker reads outside [`Raw`] and [`KafkaSettings`]: the target list
+/// ([`load_targets`]), the proxy environment ([`ProxyEnv`]), the results buffer
+/// (`crate::publish::results_waiting_limit`) and the log filter (`common::telemetry`).
+#[cfg(test)]
+const OTHER_VARIABLES: &[&str] = &[
+    "TARGETS",
+    "TARGETS_FILE",
+    "TARGET",
+    "PATTERN",
+    "INTERVAL",
+    "DELAY",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES",
+    "RUST_LOG",
+];
+
+impl Raw {
+    /// The defaults of targets that do not set an option.
+    fn target_defaults(&self, env: &Env) -> Result<Defaults, ConfigError> {
+        Ok(Defaults {
+            interval: self.default_interval,
+            timeout: self.default_timeout,
+            body_max_bytes: self.body_max_bytes.get(),
+            proxy_env: ProxyEnv::from_env(env)?,
+        })
+    }
 }
 
 /// Reads the defaults of targets that do not set an option (`DEFAULT_INTERVAL`,
@@ -69,17 +111,7 @@ fn duration_or(var: &str, v: Option<&str>, default_secs: u64) -> Result<Duration
 /// # Errors
 /// A [`ConfigError`] naming the first invalid variable.
 pub fn target_defaults(env: &Env) -> Result<Defaults, ConfigError> {
-    let raw: RawDefaults = env.deserialize()?;
-    let defaults = Defaults {
-        interval: duration_or("DEFAULT_INTERVAL", raw.default_interval.as_deref(), 30)?,
-        timeout: duration_or("DEFAULT_TIMEOUT", raw.default_timeout.as_deref(), 10)?,
-        body_max_bytes: raw.body_max_bytes.unwrap_or(1 << 20),
-        proxy_env: ProxyEnv::from_env(env)?,
-    };
-    if defaults.body_max_bytes == 0 {
-        return Err(ConfigError::new("BODY_MAX_BYTES", "must be positive", "1048576"));
-    }
-    Ok(defaults)
+    env.deserialize::<Raw>()?.target_defaults(env)
 }
 
 /// Parses `ADMIN_ADDR` (`host:port`); shared with the `healthcheck` subcommand.
@@ -99,24 +131,19 @@ impl Config {
     /// The first invalid value, as a [`ConfigError`] naming its variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw: Raw = env.deserialize()?;
-        let duration = |var: &str, v: &Option<String>, default: u64| duration_or(var, v.as_deref(), default);
-        let defaults = target_defaults(env)?;
-        let probe_concurrency = raw.probe_concurrency.unwrap_or(512);
-        if probe_concurrency == 0 {
-            return Err(ConfigError::new("PROBE_CONCURRENCY", "must be positive", "512"));
-        }
+        let defaults = raw.target_defaults(env)?;
         let kafka = KafkaSettings::from_env(env)?;
         kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
         Ok(Self {
             results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
-            delivery_stall_timeout: duration("DELIVERY_STALL_TIMEOUT", &raw.delivery_stall_timeout, 30)?,
+            delivery_stall_timeout: raw.delivery_stall_timeout,
             kafka,
             targets: load_targets(env, &defaults)?,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
-            instance_id: raw.instance_id.unwrap_or_else(common::config::hostname),
-            probe_concurrency,
-            shutdown_grace: duration("SHUTDOWN_GRACE_PERIOD", &raw.shutdown_grace_period, 25)?,
-            log_format: LogFormat::parse(raw.log_format.as_deref())?,
+            instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),
+            probe_concurrency: raw.probe_concurrency.get(),
+            shutdown_grace: raw.shutdown_grace_period,
+            log_format: LogFormat::parse(Some(&raw.log_format))?,
         })
     }
 }
@@ -185,6 +212,45 @@ mod tests {
                 "{field}={value}: {e}"
             );
         }
+    }
+
+    /// README's "Both services" and "Checker" tables list exactly the variables the checker
+    /// reads, with the defaults of [`Raw`] and [`KafkaSettings`].
+    #[test]
+    fn readme_tables_match_the_code() {
+        let mut code = common::config::documented_defaults(&Raw::default());
+        code.push(("ADMIN_ADDR".to_string(), Some(DEFAULT_ADMIN_ADDR.to_string())));
+        let readme = include_str!("../../../README.md");
+        common::config::check_service_readme(readme, "### Checker", code, OTHER_VARIABLES)
+            .unwrap_or_else(|e| panic!("README.md's configuration tables and the code disagree:\n{e}"));
+    }
+
+    #[test]
+    fn counts_and_durations_are_typed_naming_the_variable() {
+        let base = ("TARGET", "http://127.0.0.1:1/");
+        let load = |k: &'static str, v: &'static str| Config::from_env(&Env::from_pairs([base, (k, v)]));
+        let c = load("DEFAULT_INTERVAL", "45").unwrap();
+        assert_eq!(
+            c.targets[0].interval,
+            Duration::from_secs(45),
+            "a bare number of seconds"
+        );
+        assert_eq!(
+            load("SHUTDOWN_GRACE_PERIOD", "1m30s").unwrap().shutdown_grace,
+            Duration::from_secs(90)
+        );
+        for (var, value) in [
+            ("PROBE_CONCURRENCY", "0"),
+            ("BODY_MAX_BYTES", "0"),
+            ("DEFAULT_INTERVAL", "0"),
+            ("DELIVERY_STALL_TIMEOUT", "30 parsecs"),
+            ("DEFAULT_TIMEOUT", "5q"),
+        ] {
+            let e = load(var, value).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}: {e}");
+        }
+        let c = Config::from_env(&Env::from_pairs([base, ("HOSTNAME", "pod-7")])).unwrap();
+        assert_eq!(c.instance_id, "pod-7", "the host name comes from the snapshot");
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! target's position and the field, e.g. `TARGETS[2].timeout`.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use common::config::{parse_positive_duration, ConfigError, Env};
+use common::config::{duration, parse_positive_duration, ConfigError, Env};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use regex::bytes::Regex;
@@ -110,14 +111,6 @@ pub struct Defaults {
     pub proxy_env: ProxyEnv,
 }
 
-/// A duration given as a string (`"30s"`) or a number of seconds (`30`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum DurationSpec {
-    Seconds(f64),
-    Text(String),
-}
-
 /// A status code (`200`) or a range (`"200-299"`, `"2xx"`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -163,8 +156,10 @@ struct TargetSpec {
     fail_if_header_matches: Vec<HeaderRuleSpec>,
     #[serde(default)]
     fail_if_header_not_matches: Vec<HeaderRuleSpec>,
-    interval: Option<DurationSpec>,
-    timeout: Option<DurationSpec>,
+    #[serde(default, deserialize_with = "duration::option::positive")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::option::positive")]
+    timeout: Option<Duration>,
     follow_redirects: Option<bool>,
     max_redirects: Option<u32>,
     #[serde(default)]
@@ -174,7 +169,20 @@ struct TargetSpec {
     basic_auth: Option<BasicAuthSpec>,
     bearer_token_file: Option<String>,
     bearer_token_env: Option<String>,
-    body_max_bytes: Option<u64>,
+    body_max_bytes: Option<NonZeroU64>,
+}
+
+/// A valid target list, shown with errors about the list.
+const EXAMPLE: &str =
+    r#"[{"name":"api","url":"https://api.example.com/health","regex":"ok","interval":"30s","timeout":"5s"}]"#;
+
+/// What building a target needs besides its spec.
+struct Context<'a> {
+    /// Where `*_env` credential references are looked up.
+    env: &'a Env,
+    defaults: &'a Defaults,
+    /// One copy for all targets; the proxy is chosen for each hop's URL.
+    proxy_env: Arc<ProxyEnv>,
 }
 
 /// Reads the target list from `env`: `TARGETS` (JSON array), else `TARGETS_FILE` (YAML or JSON
@@ -184,67 +192,53 @@ struct TargetSpec {
 /// A [`ConfigError`] naming the variable (and the target index and field) of the first invalid
 /// value, or saying that no target is configured.
 pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, ConfigError> {
-    let example =
-        r#"[{"name":"api","url":"https://api.example.com/health","regex":"ok","interval":"30s","timeout":"5s"}]"#;
-    // One copy for all targets; the proxy is chosen for each hop's URL.
-    let proxy_env = Arc::new(defaults.proxy_env.clone());
-    let (var, specs): (&str, Vec<TargetSpec>) = if let Some(json) = env.get("TARGETS") {
-        let specs = serde_json::from_str(json).map_err(|e| {
-            ConfigError::new(
-                "TARGETS",
-                format!("not a JSON array of targets: {e}"),
-                format!("'{example}'"),
-            )
+    let ctx = Context {
+        env,
+        defaults,
+        proxy_env: Arc::new(defaults.proxy_env.clone()),
+    };
+    let (var, specs) = if let Some(json) = env.get("TARGETS") {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let specs = typed_list("TARGETS", &mut de)
+            .and_then(|specs| de.end().map(|()| specs).map_err(|e| ("TARGETS".to_string(), e)));
+        let specs = specs.map_err(|(var, e)| {
+            ConfigError::new(var, format!("not a JSON array of targets: {e}"), format!("'{EXAMPLE}'"))
         })?;
         ("TARGETS", specs)
     } else if let Some(path) = env.get("TARGETS_FILE") {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                "TARGETS_FILE",
-                format!("cannot read {path:?}: {e}"),
-                "/etc/healthcheck/targets.yaml",
-            )
-        })?;
+        let example = "/etc/healthcheck/targets.yaml";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("TARGETS_FILE", format!("cannot read {path:?}: {e}"), example))?;
         // YAML is a superset of JSON, so one parser reads both.
-        let specs = serde_yaml::from_str(&text).map_err(|e| {
+        let specs = typed_list("TARGETS_FILE", serde_yaml::Deserializer::from_str(&text)).map_err(|(var, e)| {
             ConfigError::new(
-                "TARGETS_FILE",
+                var,
                 format!("{path:?} is not a YAML/JSON list of targets: {e}"),
-                "/etc/healthcheck/targets.yaml",
+                example,
             )
         })?;
         ("TARGETS_FILE", specs)
     } else if let Some(url) = env.get("TARGET") {
-        let interval = match env.get_any(&["INTERVAL", "DELAY"]) {
-            Some((var, v)) => Some((var, parse_positive_duration(var, v)?)),
-            None => None,
-        };
-        let spec = TargetSpec {
-            url: url.to_string(),
-            regex: env.get("PATTERN").map(str::to_string),
-            interval: interval.map(|(_, d)| DurationSpec::Seconds(d.as_secs_f64())),
-            ..TargetSpec::default()
-        };
-        // The single-target form reports errors under the variable that holds the value.
-        return build(spec, defaults, &proxy_env, &SingleNames).map(|t| vec![t]);
+        return single_target(env, url, &ctx).map(|t| vec![t]);
     } else {
         return Err(ConfigError::new(
             "TARGETS",
             "no target configured: set TARGETS, TARGETS_FILE or TARGET",
-            format!("'{example}'"),
+            format!("'{EXAMPLE}'"),
         ));
     };
     if specs.is_empty() {
         return Err(ConfigError::new(
             var,
             "the target list is empty",
-            format!("'{example}'"),
+            format!("'{EXAMPLE}'"),
         ));
     }
-    let mut targets = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.into_iter().enumerate() {
-        targets.push(build(spec, defaults, &proxy_env, &ListNames { var, index: i })?);
-    }
+    let targets = specs
+        .into_iter()
+        .enumerate()
+        .map(|(index, spec)| build(spec, &ctx, &ListNames { var, index }))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -255,6 +249,87 @@ pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, Confi
         ));
     }
     Ok(targets)
+}
+
+/// The target list in `var`, typed in one pass (durations, counts, options). A value that does
+/// not fit its field is named by the path `serde_path_to_error` tracked, `TARGETS[2].timeout`;
+/// an error outside any field (syntax, an unknown or missing field) by `var` alone.
+fn typed_list<'de, D>(var: &str, de: D) -> Result<Vec<TargetSpec>, (String, D::Error)>
+where
+    D: serde::Deserializer<'de>,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let fields = struct_fields::<TargetSpec>();
+        let in_field = e
+            .path()
+            .iter()
+            .any(|s| matches!(s, serde_path_to_error::Segment::Map { key } if fields.contains(&key.as_str())));
+        let named = if in_field {
+            format!("{var}{}", e.path())
+        } else {
+            var.to_string()
+        };
+        (named, e.into_inner())
+    })
+}
+
+/// The field names of a struct that derives `Deserialize`, as its derive hands them to
+/// `deserialize_struct` (so an unknown key, a typo, is told apart from a known field).
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Fields(&'static [&'static str]);
+    impl std::fmt::Display for Fields {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields")
+        }
+    }
+    impl std::error::Error for Fields {}
+    impl de::Error for Fields {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Self(&[])
+        }
+    }
+    struct Probe;
+    impl<'de> de::Deserializer<'de> for Probe {
+        type Error = Fields;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+            Err(Fields(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fields> {
+            Err(Fields(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Fields(fields)) => fields,
+        Ok(_) => &[],
+    }
+}
+
+/// The single-target form of the tool this replaces: `TARGET`, `PATTERN`, `INTERVAL` (or
+/// `DELAY`). Errors name the variable that holds the value.
+fn single_target(env: &Env, url: &str, ctx: &Context<'_>) -> Result<Target, ConfigError> {
+    let interval = match env.get_any(&["INTERVAL", "DELAY"]) {
+        Some((var, v)) => Some(parse_positive_duration(var, v)?),
+        None => None,
+    };
+    let spec = TargetSpec {
+        url: url.to_string(),
+        regex: env.get("PATTERN").map(str::to_string),
+        interval,
+        ..TargetSpec::default()
+    };
+    build(spec, ctx, &SingleNames)
 }
 
 /// How to name a field in an error: `TARGETS[3].timeout` or, in the single-target form, the
@@ -302,62 +377,16 @@ fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
     Ok(r)
 }
 
-fn build(
-    spec: TargetSpec,
-    defaults: &Defaults,
-    proxy_env: &Arc<ProxyEnv>,
-    names: &dyn FieldNames,
-) -> Result<Target, ConfigError> {
-    let err = |field: &str, problem: String, example: &str| ConfigError::new(names.field(field), problem, example);
-    let mut auth = auth_header(&spec, names)?;
+/// `ConfigError` for `field` of the target `names` describes.
+fn field_error(names: &dyn FieldNames, field: &str, problem: impl Into<String>, example: &str) -> ConfigError {
+    ConfigError::new(names.field(field), problem, example)
+}
 
-    // Errors show the URL without its credentials: they are logged.
-    let shown = redact_userinfo(spec.url.trim());
-    let mut url = Url::parse(spec.url.trim()).map_err(|e| {
-        err(
-            "url",
-            format!("{shown:?} is not a URL: {e}"),
-            "https://example.com/health",
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(err(
-            "url",
-            format!("{shown:?} must be an http:// or https:// URL with a host"),
-            "https://example.com/health",
-        ));
-    }
-    // `https://user:pass@host/` means basic auth (as curl and browsers read it). The
-    // credentials leave the URL here, so the URL (and the default name, which is the metrics
-    // label and the Kafka key) never carries them.
-    if !url.username().is_empty() || url.password().is_some() {
-        let has_auth_header = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization"));
-        if auth.is_some() || has_auth_header {
-            return Err(err(
-                "url",
-                format!("{shown:?} holds credentials and the target also sets basic_auth, a bearer token or an Authorization header; keep one"),
-                "https://example.com/health with basic_auth",
-            ));
-        }
-        let user = percent_decode(url.username());
-        let password = percent_decode(url.password().unwrap_or(""));
-        auth = Some(sensitive(&basic_credentials(&user, &password)).map_err(|()| {
-            err(
-                "url",
-                "the URL's credentials contain characters not allowed in a header".into(),
-                "https://user:pass@example.com/",
-            )
-        })?);
-        url.set_username("")
-            .and_then(|()| url.set_password(None))
-            .map_err(|()| {
-                err(
-                    "url",
-                    format!("{shown:?}: cannot remove the credentials"),
-                    "https://example.com/",
-                )
-            })?;
-    }
+fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<Target, ConfigError> {
+    let err = |field: &str, problem: String, example: &str| field_error(names, field, problem, example);
+    let has_auth_header = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization"));
+    let auth = auth_header(&spec, ctx.env, names)?;
+    let (url, auth) = url_and_credentials(&spec.url, auth, has_auth_header, names)?;
     let name = spec.name.unwrap_or_else(|| url.as_str().to_string());
     if name.is_empty() || name.len() > 200 {
         return Err(err("name", "must be 1 to 200 characters".into(), "api"));
@@ -367,25 +396,8 @@ fn build(
         Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
             .map_err(|_| err("method", format!("{m:?} is not an HTTP method"), "GET"))?,
     };
-    let duration = |field: &str, d: Option<DurationSpec>, default: Duration| -> Result<Duration, ConfigError> {
-        match d {
-            None => Ok(default),
-            // Too large, negative, or so small it rounds to zero: an error.
-            Some(DurationSpec::Seconds(s)) if s.is_finite() && s > 0.0 => {
-                common::config::duration_from_secs(&names.field(field), s).and_then(|d| {
-                    if d.is_zero() {
-                        Err(err(field, format!("{s} is not a positive duration"), "30s"))
-                    } else {
-                        Ok(d)
-                    }
-                })
-            }
-            Some(DurationSpec::Seconds(s)) => Err(err(field, format!("{s} is not a positive duration"), "30s")),
-            Some(DurationSpec::Text(t)) => parse_positive_duration(&names.field(field), &t),
-        }
-    };
-    let interval = duration("interval", spec.interval, defaults.interval)?;
-    let timeout = duration("timeout", spec.timeout, defaults.timeout.min(interval))?;
+    let interval = spec.interval.unwrap_or(ctx.defaults.interval);
+    let timeout = spec.timeout.unwrap_or(ctx.defaults.timeout.min(interval));
     if timeout > interval {
         return Err(err(
             "timeout",
@@ -400,86 +412,19 @@ fn build(
         .as_deref()
         .map(|r| regex("fail_if_body_matches", r))
         .transpose()?;
-
-    let mut header_rules = Vec::new();
-    for (field, fail_if_matches, rules) in [
-        ("fail_if_header_matches", true, spec.fail_if_header_matches),
-        ("fail_if_header_not_matches", false, spec.fail_if_header_not_matches),
-    ] {
-        for r in rules {
-            header_rules.push(HeaderRule {
-                header: HeaderName::from_bytes(r.header.as_bytes())
-                    .map_err(|_| err(field, format!("{:?} is not a header name", r.header), "content-type"))?,
-                regex: regex(field, &r.regex)?,
-                fail_if_matches,
-                allow_missing: r.allow_missing,
-            });
-        }
-    }
-
-    let mut headers = HeaderMap::new();
-    for (k, v) in &spec.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-            err(
-                "headers",
-                format!("{k:?} is not a header name"),
-                "{\"accept\":\"application/json\"}",
-            )
-        })?;
-        let mut value = HeaderValue::from_str(v).map_err(|_| {
-            err(
-                "headers",
-                format!("the value of {k:?} is not a valid header value"),
-                "{\"accept\":\"application/json\"}",
-            )
-        })?;
-        value.set_sensitive(is_credential_header(&name));
-        headers.append(name, value);
-    }
+    let header_rules = header_rules(spec.fail_if_header_matches, spec.fail_if_header_not_matches, names)?;
+    let mut headers = request_headers(&spec.headers, names)?;
     if let Some(auth) = auth {
         headers.insert(http::header::AUTHORIZATION, auth);
     }
-
-    let valid_status = match spec.valid_status_codes {
-        None => vec![200..=299],
-        Some(list) if list.is_empty() => {
-            return Err(err(
-                "valid_status_codes",
-                "must list at least one code".into(),
-                "[200, \"300-399\"]",
-            ))
-        }
-        Some(list) => list
-            .iter()
-            .map(|s| parse_status(s).map_err(|p| err("valid_status_codes", p, "[200, \"300-399\", \"4xx\"]")))
-            .collect::<Result<_, _>>()?,
-    };
-
-    let ip_family = match spec.ip_family.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("any") => IpFamily::Any,
-        Some("ipv4" | "ip4" | "4") => IpFamily::Ipv4,
-        Some("ipv6" | "ip6" | "6") => IpFamily::Ipv6,
-        Some(other) => return Err(err("ip_family", format!("{other:?} is not any, ipv4 or ipv6"), "ipv4")),
-    };
-    let proxy = match spec.proxy.as_deref() {
-        None | Some("env") if proxy_env.is_empty() => ProxyMode::Direct,
-        None | Some("env") => ProxyMode::Env(proxy_env.clone()),
-        Some("none" | "direct") => ProxyMode::Direct,
-        Some(p) => ProxyMode::Http(parse_proxy_url(&names.field("proxy"), p)?),
-    };
-    let tls_cfg =
-        tls::client_config(&spec.tls).map_err(|p| err("tls", p, "{\"ca_file\":\"/etc/ssl/private-ca.pem\"}"))?;
-    let body_max_bytes = spec.body_max_bytes.unwrap_or(defaults.body_max_bytes);
-    if body_max_bytes == 0 {
-        return Err(err("body_max_bytes", "must be positive".into(), "1048576"));
-    }
+    let tls = tls::client_config(&spec.tls).map_err(|p| err("tls", p, "{\"ca_file\":\"/etc/ssl/private-ca.pem\"}"))?;
     Ok(Target {
         name,
         url,
         method,
         headers,
         body: Bytes::from(spec.body.unwrap_or_default()),
-        valid_status,
+        valid_status: valid_status(spec.valid_status_codes, names)?,
         body_regex,
         body_regex_not,
         header_rules,
@@ -487,15 +432,149 @@ fn build(
         timeout,
         follow_redirects: spec.follow_redirects.unwrap_or(true),
         max_redirects: spec.max_redirects.unwrap_or(10),
-        tls: tls_cfg,
+        tls,
         tls_server_name: spec.tls.server_name.clone(),
-        ip_family,
-        proxy,
+        ip_family: ip_family(spec.ip_family.as_deref(), names)?,
+        proxy: proxy_mode(spec.proxy.as_deref(), &ctx.proxy_env, names)?,
         resolver: Resolver::system(),
-        body_max_bytes,
+        body_max_bytes: spec.body_max_bytes.map_or(ctx.defaults.body_max_bytes, NonZeroU64::get),
     })
 }
 
+/// The target's URL, without credentials, and the `Authorization` to send: `auth` (from
+/// `basic_auth` or a bearer token) or the URL's own `user:pass@`.
+///
+/// `https://user:pass@host/` means basic auth (as curl and browsers read it). The credentials
+/// leave the URL here, so the URL (and the default name, which is the metrics label and the
+/// Kafka key) never carries them; errors show the URL without them too (they are logged).
+fn url_and_credentials(
+    raw: &str,
+    auth: Option<HeaderValue>,
+    has_auth_header: bool,
+    names: &dyn FieldNames,
+) -> Result<(Url, Option<HeaderValue>), ConfigError> {
+    let err = |problem: String, example: &str| field_error(names, "url", problem, example);
+    let shown = redact_userinfo(raw.trim());
+    let mut url = Url::parse(raw.trim())
+        .map_err(|e| err(format!("{shown:?} is not a URL: {e}"), "https://example.com/health"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(err(
+            format!("{shown:?} must be an http:// or https:// URL with a host"),
+            "https://example.com/health",
+        ));
+    }
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok((url, auth));
+    }
+    if auth.is_some() || has_auth_header {
+        return Err(err(
+            format!("{shown:?} holds credentials and the target also sets basic_auth, a bearer token or an Authorization header; keep one"),
+            "https://example.com/health with basic_auth",
+        ));
+    }
+    let user = percent_decode(url.username());
+    let password = percent_decode(url.password().unwrap_or(""));
+    let auth = sensitive(&basic_credentials(&user, &password)).map_err(|()| {
+        err(
+            "the URL's credentials contain characters not allowed in a header".into(),
+            "https://user:pass@example.com/",
+        )
+    })?;
+    url.set_username("")
+        .and_then(|()| url.set_password(None))
+        .map_err(|()| {
+            err(
+                format!("{shown:?}: cannot remove the credentials"),
+                "https://example.com/",
+            )
+        })?;
+    Ok((url, Some(auth)))
+}
+
+/// `fail_if_header_matches` and `fail_if_header_not_matches`, compiled.
+fn header_rules(
+    matches: Vec<HeaderRuleSpec>,
+    not_matches: Vec<HeaderRuleSpec>,
+    names: &dyn FieldNames,
+) -> Result<Vec<HeaderRule>, ConfigError> {
+    let mut rules = Vec::new();
+    for (field, fail_if_matches, specs) in [
+        ("fail_if_header_matches", true, matches),
+        ("fail_if_header_not_matches", false, not_matches),
+    ] {
+        for r in specs {
+            let err = |problem: String, example: &str| field_error(names, field, problem, example);
+            rules.push(HeaderRule {
+                header: HeaderName::from_bytes(r.header.as_bytes())
+                    .map_err(|_| err(format!("{:?} is not a header name", r.header), "content-type"))?,
+                regex: compiled(&r.regex).map_err(|e| err(format!("invalid regex: {e}"), "ok|healthy"))?,
+                fail_if_matches,
+                allow_missing: r.allow_missing,
+            });
+        }
+    }
+    Ok(rules)
+}
+
+/// The target's own request headers; credential headers are marked sensitive.
+fn request_headers(spec: &BTreeMap<String, String>, names: &dyn FieldNames) -> Result<HeaderMap, ConfigError> {
+    let err = |problem: String| field_error(names, "headers", problem, "{\"accept\":\"application/json\"}");
+    let mut headers = HeaderMap::new();
+    for (k, v) in spec {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| err(format!("{k:?} is not a header name")))?;
+        let mut value =
+            HeaderValue::from_str(v).map_err(|_| err(format!("the value of {k:?} is not a valid header value")))?;
+        value.set_sensitive(is_credential_header(&name));
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// `valid_status_codes` as ranges; 200-299 when unset.
+fn valid_status(
+    spec: Option<Vec<StatusSpec>>,
+    names: &dyn FieldNames,
+) -> Result<Vec<RangeInclusive<u16>>, ConfigError> {
+    match spec {
+        None => Ok(vec![200..=299]),
+        Some(list) if list.is_empty() => Err(field_error(
+            names,
+            "valid_status_codes",
+            "must list at least one code",
+            "[200, \"300-399\"]",
+        )),
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                parse_status(s).map_err(|p| field_error(names, "valid_status_codes", p, "[200, \"300-399\", \"4xx\"]"))
+            })
+            .collect(),
+    }
+}
+
+fn ip_family(spec: Option<&str>, names: &dyn FieldNames) -> Result<IpFamily, ConfigError> {
+    match spec.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("any") => Ok(IpFamily::Any),
+        Some("ipv4" | "ip4" | "4") => Ok(IpFamily::Ipv4),
+        Some("ipv6" | "ip6" | "6") => Ok(IpFamily::Ipv6),
+        Some(other) => Err(field_error(
+            names,
+            "ip_family",
+            format!("{other:?} is not any, ipv4 or ipv6"),
+            "ipv4",
+        )),
+    }
+}
+
+/// `proxy`: `env` (the default: as the proxy environment says), `none`/`direct`, or a URL.
+fn proxy_mode(spec: Option<&str>, proxy_env: &Arc<ProxyEnv>, names: &dyn FieldNames) -> Result<ProxyMode, ConfigError> {
+    Ok(match spec {
+        None | Some("env") if proxy_env.is_empty() => ProxyMode::Direct,
+        None | Some("env") => ProxyMode::Env(proxy_env.clone()),
+        Some("none" | "direct") => ProxyMode::Direct,
+        Some(p) => ProxyMode::Http(parse_proxy_url(&names.field("proxy"), p)?),
+    })
+}
 /// Whether a header carries a credential, so that it is marked sensitive (never logged) and
 /// sent to the configured origin only: `Authorization`, `Proxy-Authorization`, `Cookie`, and
 /// any name containing `auth`, `token`, `secret`, `key`, `password`, `session` or `credential`
@@ -540,7 +619,7 @@ pub fn redact_userinfo(raw: &str) -> String {
 
 /// `Authorization` from `basic_auth` or a bearer token, read now from a file or a variable and
 /// marked sensitive so it is never logged.
-fn auth_header(spec: &TargetSpec, names: &dyn FieldNames) -> Result<Option<HeaderValue>, ConfigError> {
+fn auth_header(spec: &TargetSpec, env: &Env, names: &dyn FieldNames) -> Result<Option<HeaderValue>, ConfigError> {
     let read_secret = |field: &str,
                        file: &Option<String>,
                        var: &Option<String>,
@@ -557,7 +636,7 @@ fn auth_header(spec: &TargetSpec, names: &dyn FieldNames) -> Result<Option<Heade
             return Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()));
         }
         if let Some(var) = var {
-            let v = std::env::var(var).map_err(|_| {
+            let v = env.var(var).map(str::to_string).ok_or_else(|| {
                 ConfigError::new(
                     names.field(field),
                     format!("environment variable {var:?} is not set"),
@@ -759,6 +838,49 @@ mod tests {
         assert!(e.problem.contains("used twice"), "{e}");
         let e = load(&[("TARGETS", r#"[{"url":"http://a/","valid_status_codes":["700"]}]"#)]).unwrap_err();
         assert_eq!(e.var, "TARGETS[0].valid_status_codes");
+    }
+
+    #[test]
+    fn spec_fields_are_typed_naming_the_field() {
+        let t = &load(&[("TARGETS", r#"[{"url":"http://a/","interval":"90","timeout":2.5}]"#)]).unwrap()[0];
+        assert_eq!(
+            (t.interval, t.timeout),
+            (Duration::from_secs(90), Duration::from_millis(2500))
+        );
+        for (json, field) in [
+            (
+                r#"[{"url":"http://a/","interval":"5 fortnights"}]"#,
+                "TARGETS[0].interval",
+            ),
+            (
+                r#"[{"url":"http://a/"},{"url":"http://b/","timeout":"0s"}]"#,
+                "TARGETS[1].timeout",
+            ),
+            (
+                r#"[{"url":"http://a/","body_max_bytes":0}]"#,
+                "TARGETS[0].body_max_bytes",
+            ),
+            (
+                r#"[{"url":"http://a/","max_redirects":"many"}]"#,
+                "TARGETS[0].max_redirects",
+            ),
+            // Not inside a known field: the list.
+            (r#"[{"url":"http://a/","intervall":"5s"}]"#, "TARGETS"),
+            (r#"[{"name":"no url"}]"#, "TARGETS"),
+            (r#"[{"url":"http://a/"}] trailing"#, "TARGETS"),
+        ] {
+            assert_eq!(load(&[("TARGETS", json)]).unwrap_err().var, field, "{json}");
+        }
+    }
+
+    /// A credential named by `*_env` is read from the same snapshot as the rest of the
+    /// configuration, not from the process environment.
+    #[test]
+    fn credential_variables_come_from_the_snapshot() {
+        let json = r#"[{"url":"http://h/","bearer_token_env":"PROBE_TOKEN"}]"#;
+        let t = &load(&[("TARGETS", json), ("PROBE_TOKEN", "t0k")]).unwrap()[0];
+        assert_eq!(t.headers["authorization"], "Bearer t0k");
+        assert_eq!(load(&[("TARGETS", json)]).unwrap_err().var, "TARGETS[0].bearer_token");
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! Helpers to read configuration from environment variables.
 //!
-//! Each service owns one typed configuration struct; this module holds what they share: the
-//! error that names the offending variable, duration parsing, secret wrapping and the
-//! environment snapshot that tests feed in place of the process environment.
+//! Each service owns one typed configuration struct, deserialized in one pass by
+//! [`Env::deserialize`] (envy, with `serde_path_to_error` finding the variable at fault); its
+//! defaults live once, in the struct's `Default` impl, which README's tables are checked
+//! against ([`documented_defaults`], [`check_readme`]). This module holds what the services
+//! share: the error that names the offending variable, duration (de)serialization bounded by
+//! [`MAX_DURATION`], secret wrapping and the environment snapshot that tests feed in place of
+//! the process environment.
+//!
+//! Nothing here reads the process environment except [`Env::from_process`]: every other
+//! value comes from an [`Env`] snapshot, so tests never need `std::env::set_var`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,18 +92,186 @@ impl Env {
             .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
     }
 
-    /// Deserializes the variables into `T` with `envy`, mapping envy's errors to [`ConfigError`].
-    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        envy::from_iter(self.pairs()).map_err(|e| match e {
-            envy::Error::MissingValue(field) => {
-                ConfigError::new(field.to_uppercase(), "is required but not set", "<see README>")
-            }
-            envy::Error::Custom(msg) => {
-                // envy says "... while parsing value 'x' provided by NAME".
-                let var = msg.rsplit("provided by ").next().unwrap_or("environment").to_string();
-                ConfigError::new(var, msg, "<see README>")
-            }
+    /// The value of `name` as set, even when empty (`None` when unset): what
+    /// `std::env::var` would say, for a variable a target names as a credential's source.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Deserializes the variables into `T` with `envy`, each field named after its variable
+    /// in lower case (`probe_concurrency` reads `PROBE_CONCURRENCY`).
+    ///
+    /// A field that fails is found by the path `serde_path_to_error` tracked, never from the
+    /// text of envy's message. Fields need defaults (`#[serde(default)]`, see
+    /// [`documented_defaults`]): the example shown with an error is the variable's default.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable, saying what is wrong (envy's or the field's own
+    /// message) and showing the default as the example.
+    pub fn deserialize<T>(&self) -> Result<T, ConfigError>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize + Default,
+    {
+        let Tracked(result) = envy::from_iter::<_, Tracked<T>>(self.pairs()).map_err(|e| {
+            // Only a field without a default gets here; envy says which.
+            let var = match &e {
+                envy::Error::MissingValue(field) => field.to_uppercase(),
+                envy::Error::Custom(_) => "environment".to_string(),
+            };
+            ConfigError::new(var, e.to_string(), "<see README>")
+        })?;
+        result.map_err(|(var, problem)| {
+            let example = documented_defaults(&T::default())
+                .into_iter()
+                .find(|(name, _)| *name == var)
+                .and_then(|(_, default)| default)
+                .unwrap_or_else(|| "<see README>".to_string());
+            ConfigError::new(var, problem, example)
         })
+    }
+}
+
+/// `T` deserialized with its path tracked. envy keeps its deserializer private, so the
+/// tracking wraps it inside this `Deserialize` impl, and the failure comes out as a value:
+/// the variable (the path's first segment, upper-cased) and the problem.
+struct Tracked<T>(Result<T, (String, String)>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Tracked<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_path_to_error::deserialize(deserializer) {
+            Ok(value) => Ok(Self(Ok(value))),
+            Err(e) => match e.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => {
+                    Ok(Self(Err((key.to_uppercase(), e.into_inner().to_string()))))
+                }
+                // Not inside a field (a missing one): envy's own error names it.
+                _ => Err(e.into_inner()),
+            },
+        }
+    }
+}
+
+/// The variables of a configuration struct and their defaults, as `README.md` shows them:
+/// each field's name upper-cased (its variable), with the value `defaults` holds rendered as
+/// text (`30s`, `512`, `copy`; durations in humantime's form), or `None` when the default is
+/// no value (an `Option` field).
+///
+/// It is the source that README's configuration tables are checked against (see
+/// [`readme_table`]), and of the example in an error from [`Env::deserialize`].
+///
+/// # Panics
+/// When `T` does not serialize to a map of scalars (a programming error).
+pub fn documented_defaults<T: serde::Serialize>(defaults: &T) -> Vec<(String, Option<String>)> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(defaults).expect("config defaults serialize") else {
+        panic!("config defaults are not a struct");
+    };
+    fields
+        .into_iter()
+        .map(|(name, value)| {
+            let shown = match value {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            };
+            (name.to_uppercase(), shown)
+        })
+        .collect()
+}
+
+/// The rows of the Markdown table that follows the heading `heading` (e.g. `### Sink`) in
+/// `markdown`: every variable written in backquotes in a row's first cell, with the row's
+/// second cell (its default as README shows it, e.g. `` `30s` `` or `host name`).
+///
+/// # Panics
+/// When there is no such heading or no table under it (README changed shape).
+pub fn readme_table(markdown: &str, heading: &str) -> Vec<(String, String)> {
+    let rest = markdown
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading:?} heading"))
+        .1;
+    let rows: Vec<(String, String)> = rest
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // the header row and the |---| row
+        .flat_map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (names, default) = (cells.get(1).copied().unwrap_or(""), cells.get(2).copied().unwrap_or(""));
+            code_spans(names)
+                .map(|name| (name.to_string(), default.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!rows.is_empty(), "no table under {heading:?}");
+    rows
+}
+
+/// The texts in backquotes in `cell`.
+pub fn code_spans(cell: &str) -> impl Iterator<Item = &str> {
+    cell.split('`').skip(1).step_by(2)
+}
+
+/// Checks one service's configuration against README's tables: its own (under `heading`)
+/// and "Both services", which holds the Kafka settings ([`crate::kafka::KafkaSettings`]) and
+/// what every service reads. `code` is the service's typed struct
+/// ([`documented_defaults`]) and any other (variable, default) pair it reads; `elsewhere`
+/// names variables it reads without a default to compare (lists, secrets, `RUST_LOG`).
+///
+/// # Errors
+/// Every difference, one per line (see [`check_readme`]).
+pub fn check_service_readme(
+    readme: &str,
+    heading: &str,
+    mut code: Vec<(String, Option<String>)>,
+    elsewhere: &[&str],
+) -> Result<(), String> {
+    let mut tables = readme_table(readme, "### Both services");
+    tables.extend(readme_table(readme, heading));
+    code.extend(crate::kafka::KafkaSettings::documented_defaults());
+    let elsewhere = [elsewhere, crate::kafka::OTHER_VARIABLES].concat();
+    check_readme(&tables, &code, &elsewhere)
+}
+
+/// Checks a service's configuration against README's tables: every variable in `code`
+/// (name, default) is in one of `tables` with the same default (in backquotes, as the same
+/// text or the same duration: `60s` is `1m`; or no value in backquotes when `None`), and every variable in `tables` is in `code` or in `elsewhere`
+/// (variables the service reads outside its typed struct).
+///
+/// # Errors
+/// Every difference, one per line.
+pub fn check_readme(
+    tables: &[(String, String)],
+    code: &[(String, Option<String>)],
+    elsewhere: &[&str],
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (var, default) in code {
+        match tables.iter().find(|(name, _)| name == var) {
+            None => problems.push(format!("{var} is not in README's table")),
+            Some((_, shown)) => {
+                let documented: Vec<&str> = code_spans(shown).collect();
+                let agrees = match default {
+                    // `60s` in README is the `1m` humantime writes.
+                    Some(d) => documented.iter().any(|shown| {
+                        shown == d || matches!((from_text(shown), from_text(d)), (Ok(a), Ok(b)) if a == b)
+                    }),
+                    None => documented.is_empty(),
+                };
+                if !agrees {
+                    problems.push(format!("{var}: README says {shown:?}, the code {default:?}"));
+                }
+            }
+        }
+    }
+    for (name, _) in tables {
+        if !code.iter().any(|(var, _)| var == name) && !elsewhere.contains(&name.as_str()) {
+            problems.push(format!("{name} is in README's table but the code does not read it"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
     }
 }
 
@@ -109,54 +284,73 @@ impl Env {
 /// those places can overflow or panic, whatever the input (e.g. `INTERVAL=10000000000000000d`).
 pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
 
+/// Why a value is not an accepted duration; `Display` is the problem shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Neither humantime's form nor a number of seconds, or negative.
+    #[error("{0:?} is not a duration")]
+    NotADuration(String),
+    /// Longer than [`MAX_DURATION`].
+    #[error("{0:?} is longer than the longest duration accepted, 100 years ({max}s)", max = MAX_DURATION.as_secs())]
+    TooLong(String),
+    /// Zero (or so small it rounds to zero nanoseconds) where a positive duration is needed.
+    #[error("{0:?} is not a positive duration")]
+    Zero(String),
+}
+
+/// A duration of `secs` seconds: finite, not negative, at most [`MAX_DURATION`].
+fn from_secs(secs: f64, shown: &str) -> Result<Duration, DurationError> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(DurationError::NotADuration(shown.to_string()));
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(DurationError::TooLong(shown.to_string()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Reads `30s`, `1m30s`, `250ms`, `400d` (humantime's form) or a bare number of seconds
+/// (`30`, `0.5`, which humantime does not take), at most [`MAX_DURATION`].
+fn from_text(value: &str) -> Result<Duration, DurationError> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return from_secs(secs, value);
+    }
+    let d = match humantime::parse_duration(v) {
+        Ok(d) => d,
+        // More seconds than a u64 holds: a duration, only far too long.
+        Err(humantime::DurationError::NumberOverflow) => return Err(DurationError::TooLong(value.to_string())),
+        Err(_) => return Err(DurationError::NotADuration(value.to_string())),
+    };
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLong(value.to_string()));
+    }
+    Ok(d)
+}
+
+fn nonzero(d: Duration, shown: &str) -> Result<Duration, DurationError> {
+    if d.is_zero() {
+        Err(DurationError::Zero(shown.to_string()))
+    } else {
+        Ok(d)
+    }
+}
+
 /// A duration of `secs` seconds for `var`: finite, not negative, at most [`MAX_DURATION`].
 ///
 /// # Errors
 /// A [`ConfigError`] naming `var` otherwise.
 pub fn duration_from_secs(var: &str, secs: f64) -> Result<Duration, ConfigError> {
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(ConfigError::new(var, format!("{secs} is not a duration"), "30s"));
-    }
-    if secs > MAX_DURATION.as_secs_f64() {
-        return Err(too_long(var, &secs.to_string()));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn too_long(var: &str, value: &str) -> ConfigError {
-    ConfigError::new(
-        var,
-        format!(
-            "{value:?} is longer than the longest duration accepted, 100 years ({}s)",
-            MAX_DURATION.as_secs()
-        ),
-        "30s",
-    )
+    from_secs(secs, &secs.to_string()).map_err(|e| ConfigError::new(var, e.to_string(), "30s"))
 }
 
 /// Parses a duration such as `30s`, `1m30s`, `250ms`, `400d` or a bare number of seconds
 /// (`30`, `0.5`), at most [`MAX_DURATION`].
 ///
-/// Errors name `var`. Zero is allowed; callers that need a positive value check it.
+/// Errors name `var`. Zero is allowed; callers that need a positive value use
+/// [`parse_positive_duration`].
 pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
-    let v = value.trim();
-    let not_a_duration = || ConfigError::new(var, format!("{value:?} is not a duration"), "30s");
-    let d = match v.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-            return duration_from_secs(var, secs).map_err(|_| too_long(var, value));
-        }
-        Ok(_) => return Err(not_a_duration()),
-        Err(_) => match humantime::parse_duration(v) {
-            Ok(d) => d,
-            // More seconds than a u64 holds: a duration, only far too long.
-            Err(humantime::DurationError::NumberOverflow) => return Err(too_long(var, value)),
-            Err(_) => return Err(not_a_duration()),
-        },
-    };
-    if d > MAX_DURATION {
-        return Err(too_long(var, value));
-    }
-    Ok(d)
+    from_text(value).map_err(|e| ConfigError::new(var, e.to_string(), "30s"))
 }
 
 /// Parses a positive duration (see [`parse_duration`]); zero is rejected.
@@ -166,6 +360,127 @@ pub fn parse_positive_duration(var: &str, value: &str) -> Result<Duration, Confi
         return Err(ConfigError::new(var, "must be greater than zero", "30s"));
     }
     Ok(d)
+}
+
+/// Serde functions for `Duration` fields of configuration structs, in the accepted forms of
+/// [`parse_duration`], at most [`MAX_DURATION`]: text (`"30s"`, or `"30"` as envy hands every
+/// variable over) or, in JSON and YAML, a number of seconds (`30`, `0.5`).
+///
+/// `#[serde(with = "common::config::duration")]` for a duration that may be zero,
+/// `deserialize_with = "common::config::duration::positive"` for one that may not, and the
+/// [`option`](self::duration::option) functions for `Option<Duration>`. Serializing writes
+/// humantime's form (`30s`, `100ms`), as README shows defaults.
+///
+/// humantime does the text (the same `humantime::parse_duration` the `humantime-serde` crate
+/// wraps); this module adds what that crate lacks: bare numbers of seconds, the
+/// [`MAX_DURATION`] bound, and "too long" told apart from "not a
+/// duration" by humantime's typed error rather than its message.
+pub mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serializer};
+
+    use super::{from_secs, from_text, nonzero, DurationError};
+
+    struct DurationVisitor {
+        positive: bool,
+    }
+
+    impl DurationVisitor {
+        fn check<E: de::Error>(&self, d: Result<Duration, DurationError>, shown: &str) -> Result<Duration, E> {
+            d.and_then(|d| if self.positive { nonzero(d, shown) } else { Ok(d) })
+                .map_err(E::custom)
+        }
+    }
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"30s\", \"250ms\" or a number of seconds")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            self.check(from_text(v), v)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            let shown = v.to_string();
+            self.check(from_secs(v, &shown), &shown)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            self.visit_f64(v as f64)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            self.visit_f64(v as f64)
+        }
+    }
+
+    /// A duration, zero allowed.
+    ///
+    /// # Errors
+    /// `D::Error` with a [`DurationError`]'s text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor { positive: false })
+    }
+
+    /// A duration greater than zero.
+    ///
+    /// # Errors
+    /// `D::Error` with a [`DurationError`]'s text.
+    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor { positive: true })
+    }
+
+    /// Writes `d` in humantime's form (`30s`, `100ms`, `1m 30s`).
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// The same for `Option<Duration>` fields (use with `#[serde(default)]`).
+    pub mod option {
+        use super::*;
+
+        #[derive(Deserialize)]
+        struct Any(#[serde(deserialize_with = "super::deserialize")] Duration);
+
+        #[derive(Deserialize)]
+        struct Positive(#[serde(deserialize_with = "super::positive")] Duration);
+
+        /// An optional duration, zero allowed.
+        ///
+        /// # Errors
+        /// `D::Error` with a [`DurationError`]'s text.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Ok(Option::<Any>::deserialize(d)?.map(|Any(d)| d))
+        }
+
+        /// An optional duration greater than zero.
+        ///
+        /// # Errors
+        /// `D::Error` with a [`DurationError`]'s text.
+        pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Ok(Option::<Positive>::deserialize(d)?.map(|Positive(d)| d))
+        }
+
+        /// Writes the duration in humantime's form, or nothing.
+        ///
+        /// # Errors
+        /// The serializer's.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.collect_str(&humantime::format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
 /// A value that must never appear in logs, `Debug` output or metrics (passwords, tokens, DSNs).
@@ -190,11 +505,11 @@ impl<T> fmt::Debug for Secret<T> {
     }
 }
 
-/// The host name of this machine (Kubernetes: the pod name), used as the default instance id.
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
+/// The host name of this machine (Kubernetes: the pod name), used as the default instance id:
+/// `HOSTNAME` from `env`, else `/etc/hostname`, else `unknown`.
+pub fn hostname(env: &Env) -> String {
+    env.get("HOSTNAME")
+        .map(str::to_string)
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -269,6 +584,90 @@ mod tests {
         assert_eq!(duration_from_secs("timeout", 1e300).unwrap_err().var, "timeout");
         assert_eq!(duration_from_secs("timeout", f64::NAN).unwrap_err().var, "timeout");
         assert_eq!(duration_from_secs("t", 1.5).unwrap(), Duration::from_millis(1500));
+    }
+
+    /// A configuration struct as the services write theirs.
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    #[serde(default)]
+    struct Sample {
+        #[serde(with = "duration")]
+        linger: Duration,
+        #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+        grace_period: Duration,
+        #[serde(with = "duration::option")]
+        retention: Option<Duration>,
+        pool_size: std::num::NonZeroUsize,
+        group: Option<String>,
+    }
+
+    impl Default for Sample {
+        fn default() -> Self {
+            Self {
+                linger: Duration::from_millis(100),
+                grace_period: Duration::from_secs(25),
+                retention: None,
+                pool_size: std::num::NonZeroUsize::new(5).unwrap(),
+                group: None,
+            }
+        }
+    }
+
+    fn sample(pairs: &[(&str, &str)]) -> Result<Sample, ConfigError> {
+        Env::from_pairs(pairs.iter().copied()).deserialize()
+    }
+
+    #[test]
+    fn typed_fields_take_units_bare_seconds_and_defaults() {
+        let s = sample(&[("LINGER", "0.25"), ("GRACE_PERIOD", "1m30s"), ("RETENTION", "400d")]).unwrap();
+        assert_eq!(s.linger, Duration::from_millis(250));
+        assert_eq!(s.grace_period, Duration::from_secs(90));
+        assert_eq!(s.retention, Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(s.pool_size.get(), 5);
+        let s = sample(&[("GRACE_PERIOD", "30"), ("POOL_SIZE", "7")]).unwrap();
+        assert_eq!((s.grace_period, s.pool_size.get()), (Duration::from_secs(30), 7));
+        assert_eq!(s.linger, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn typed_field_errors_name_the_variable_and_show_its_default() {
+        for (var, value, example) in [
+            ("POOL_SIZE", "0", "5"),
+            ("POOL_SIZE", "many", "5"),
+            ("GRACE_PERIOD", "0", "25s"),
+            ("GRACE_PERIOD", "30 fortnights", "25s"),
+            ("LINGER", "10000000000000000d", "100ms"),
+            ("LINGER", "-1", "100ms"),
+            ("RETENTION", "5x", "<see README>"),
+        ] {
+            let e = sample(&[(var, value)]).unwrap_err();
+            assert_eq!(
+                (e.var.as_str(), e.example.as_str()),
+                (var, example),
+                "{var}={value}: {e}"
+            );
+        }
+        let e = sample(&[("GRACE_PERIOD", "5x")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GRACE_PERIOD: \"5x\" is not a duration (example: GRACE_PERIOD=25s)"
+        );
+    }
+
+    #[test]
+    fn readme_tables_are_checked_both_ways() {
+        let readme = "# x\n\n### Sample\n\n| Variable | Default | Meaning |\n|---|---|---|\n\
+            | `LINGER` | `100ms` | a |\n| `GRACE_PERIOD` | `25s` | b |\n| `RETENTION` | keep forever | c |\n\
+            | `POOL_SIZE` (or `POOL`) | `5` | d |\n| `GROUP` | — | e |\n\ntext\n";
+        let table = readme_table(readme, "### Sample");
+        let code = documented_defaults(&Sample::default());
+        assert_eq!(check_readme(&table, &code, &["POOL"]), Ok(()));
+        // A default that drifted, a variable README lacks, one the code lacks.
+        let drifted = readme.replace("`25s`", "`30s`");
+        let e = check_readme(&readme_table(&drifted, "### Sample"), &code, &["POOL"]).unwrap_err();
+        assert!(e.contains("GRACE_PERIOD"), "{e}");
+        let missing = readme.replace("| `GROUP` | — | e |\n", "");
+        assert!(check_readme(&readme_table(&missing, "### Sample"), &code, &["POOL"]).is_err());
+        assert!(check_readme(&table, &code, &[]).is_err(), "POOL is read nowhere");
     }
 
     #[test]

@@ -10,12 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+use serde::Deserialize as _;
 
 use crate::config::{ConfigError, Env};
 
@@ -85,30 +87,78 @@ fn is_secret_property(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// `bootstrap.servers` when neither `KAFKA_BOOTSTRAP_SERVERS` nor `KAFKA_BROKER` is set.
+pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
+
+/// The variables read by [`KafkaSettings::from_env`] outside its typed struct: the older name of
+/// `KAFKA_BOOTSTRAP_SERVERS` and the librdkafka properties (as README's table writes them).
+pub const OTHER_VARIABLES: &[&str] = &["KAFKA_BROKER", "KAFKA_CFG_<PROPERTY>"];
+
+/// The scalar Kafka variables, typed, with their defaults (the one place they are written).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+struct Raw {
+    kafka_bootstrap_servers: String,
+    kafka_topic: String,
+    #[serde(deserialize_with = "flag")]
+    kafka_create_topic: bool,
+    kafka_topic_partitions: NonZeroU32,
+    kafka_topic_replication_factor: NonZeroU32,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            kafka_bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_string(),
+            kafka_topic: DEFAULT_TOPIC.to_string(),
+            kafka_create_topic: true,
+            kafka_topic_partitions: NonZeroU32::new(6).expect("positive"),
+            kafka_topic_replication_factor: NonZeroU32::new(1).expect("positive"),
+        }
+    }
+}
+
+/// A boolean written `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off` (any case).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!("{v:?} is not a boolean"))),
+    }
+}
+
+/// A count for librdkafka's admin API, which takes an `i32`.
+fn to_i32(var: &str, n: NonZeroU32) -> Result<i32, ConfigError> {
+    i32::try_from(n.get()).map_err(|_| ConfigError::new(var, format!("{n} is more than {}", i32::MAX), "6"))
+}
+
 impl KafkaSettings {
+    /// The variables [`KafkaSettings::from_env`] reads into its typed struct, with their
+    /// defaults as README's table shows them (see [`crate::config::documented_defaults`]);
+    /// the others are [`OTHER_VARIABLES`].
+    pub fn documented_defaults() -> Vec<(String, Option<String>)> {
+        crate::config::documented_defaults(&Raw::default())
+    }
+
     /// Reads the settings from `env`.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable when a value is invalid (an empty bootstrap list, a
     /// topic name with characters Kafka rejects, a non-numeric partition count).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let (servers_var, bootstrap_servers) = env
-            .get_any(&["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BROKER"])
-            .unwrap_or(("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"));
-        for server in bootstrap_servers.split(',') {
-            let server = server.trim();
-            let ok = server
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
-                return Err(ConfigError::new(
-                    servers_var,
-                    format!("{server:?} is not host:port"),
-                    "kafka-0.kafka:9092,kafka-1.kafka:9092",
-                ));
-            }
-        }
-        let topic = env.get("KAFKA_TOPIC").unwrap_or(DEFAULT_TOPIC).to_string();
+        let raw: Raw = env.deserialize()?;
+        // The older name counts only when the current one is not set.
+        let (servers_var, bootstrap_servers) = match env.get("KAFKA_BOOTSTRAP_SERVERS") {
+            None => env
+                .get("KAFKA_BROKER")
+                .map_or(("KAFKA_BOOTSTRAP_SERVERS", raw.kafka_bootstrap_servers.as_str()), |v| {
+                    ("KAFKA_BROKER", v)
+                }),
+            Some(_) => ("KAFKA_BOOTSTRAP_SERVERS", raw.kafka_bootstrap_servers.as_str()),
+        };
+        check_servers(servers_var, bootstrap_servers)?;
+        let topic = raw.kafka_topic;
         // Kafka topic names: [a-zA-Z0-9._-], at most 249 characters (Kafka's Topic.java).
         if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(ConfigError::new(
@@ -122,19 +172,13 @@ impl KafkaSettings {
             .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v.to_string()))
             .collect();
         check_files(&properties)?;
-        let create_topic = match env.get("KAFKA_CREATE_TOPIC") {
-            None => true,
-            Some(v) => parse_bool("KAFKA_CREATE_TOPIC", v)?,
-        };
-        let topic_partitions = parse_positive_i32(env, "KAFKA_TOPIC_PARTITIONS", 6)?;
-        let topic_replication_factor = parse_positive_i32(env, "KAFKA_TOPIC_REPLICATION_FACTOR", 1)?;
         Ok(Self {
             bootstrap_servers: bootstrap_servers.trim().to_string(),
             topic,
             properties,
-            create_topic,
-            topic_partitions,
-            topic_replication_factor,
+            create_topic: raw.kafka_create_topic,
+            topic_partitions: to_i32("KAFKA_TOPIC_PARTITIONS", raw.kafka_topic_partitions)?,
+            topic_replication_factor: to_i32("KAFKA_TOPIC_REPLICATION_FACTOR", raw.kafka_topic_replication_factor)?,
         })
     }
 
@@ -310,24 +354,22 @@ fn check_files(properties: &BTreeMap<String, String>) -> Result<(), ConfigError>
     Ok(())
 }
 
-fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(var, format!("{v:?} is not a boolean"), "true")),
+/// Each server of a comma-separated list must be `host:port`.
+fn check_servers(var: &str, servers: &str) -> Result<(), ConfigError> {
+    for server in servers.split(',') {
+        let server = server.trim();
+        let ok = server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(ConfigError::new(
+                var,
+                format!("{server:?} is not host:port"),
+                "kafka-0.kafka:9092,kafka-1.kafka:9092",
+            ));
+        }
     }
-}
-
-fn parse_positive_i32(env: &Env, var: &str, default: i32) -> Result<i32, ConfigError> {
-    match env.get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::new(var, format!("{v:?} is not a positive integer"), default.to_string())),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -443,7 +485,35 @@ mod tests {
         assert_eq!(e.var, "KAFKA_BROKER");
         let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_TOPIC", "bad topic")])).unwrap_err();
         assert_eq!(e.var, "KAFKA_TOPIC");
-        let e = KafkaSettings::from_env(&Env::from_pairs([("KAFKA_TOPIC_PARTITIONS", "0")])).unwrap_err();
-        assert_eq!(e.var, "KAFKA_TOPIC_PARTITIONS");
+        for (var, value) in [
+            ("KAFKA_TOPIC_PARTITIONS", "0"),
+            ("KAFKA_TOPIC_PARTITIONS", "-3"),
+            ("KAFKA_TOPIC_REPLICATION_FACTOR", "3000000000"),
+            ("KAFKA_CREATE_TOPIC", "maybe"),
+        ] {
+            let e = KafkaSettings::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn typed_values_and_defaults() {
+        let k = KafkaSettings::from_env(&Env::default()).unwrap();
+        assert_eq!(k.bootstrap_servers, DEFAULT_BOOTSTRAP_SERVERS);
+        assert_eq!(
+            (k.create_topic, k.topic_partitions, k.topic_replication_factor),
+            (true, 6, 1)
+        );
+        let k = KafkaSettings::from_env(&Env::from_pairs([
+            ("KAFKA_BOOTSTRAP_SERVERS", "a:1"),
+            ("KAFKA_BROKER", "b:2"),
+            ("KAFKA_CREATE_TOPIC", "Off"),
+            ("KAFKA_TOPIC_PARTITIONS", "12"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (k.bootstrap_servers.as_str(), k.create_topic, k.topic_partitions),
+            ("a:1", false, 12)
+        );
     }
 }

@@ -1,13 +1,14 @@
 //! The sink's configuration, read once from environment variables at start-up.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use crate::store::WriteMethod;
-use common::config::{parse_duration, parse_positive_duration, ConfigError, Env, Secret};
+use common::config::{duration, ConfigError, Env, Secret};
 use common::kafka::KafkaSettings;
 use common::telemetry::LogFormat;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default admin address of the sink.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8081";
@@ -60,23 +61,61 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Deserialize)]
+/// The scalar variables, typed, with their defaults: the one place they are written (README's
+/// tables are checked against it by a test). Deserialized by [`Env::deserialize`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default)]
 struct Raw {
-    kafka_group_id: Option<String>,
+    kafka_group_id: String,
     kafka_group_instance_id: Option<String>,
-    db_pool_size: Option<usize>,
-    batch_max_rows: Option<usize>,
-    batch_max_bytes: Option<usize>,
-    batch_linger: Option<String>,
-    write_concurrency: Option<usize>,
-    write_method: Option<String>,
-    retention: Option<String>,
-    partitions_ahead: Option<u32>,
-    db_statement_timeout: Option<String>,
-    shutdown_grace_period: Option<String>,
-    stall_timeout: Option<String>,
-    log_format: Option<String>,
+    db_pool_size: NonZeroUsize,
+    batch_max_rows: NonZeroUsize,
+    batch_max_bytes: NonZeroUsize,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    batch_linger: Duration,
+    write_concurrency: NonZeroUsize,
+    /// Parsed as a [`WriteMethod`].
+    write_method: String,
+    /// `None` or zero: keep everything.
+    #[serde(with = "duration::option")]
+    retention: Option<Duration>,
+    /// At least 1: with 0, the first rows of every month would land in the default partition.
+    partitions_ahead: NonZeroU32,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    db_statement_timeout: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    shutdown_grace_period: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    stall_timeout: Duration,
+    log_format: String,
 }
+
+impl Default for Raw {
+    fn default() -> Self {
+        let positive = |n| NonZeroUsize::new(n).expect("positive");
+        Self {
+            kafka_group_id: "healthcheck-sink".to_string(),
+            kafka_group_instance_id: None,
+            db_pool_size: positive(5),
+            batch_max_rows: positive(5000),
+            batch_max_bytes: positive(8 << 20),
+            batch_linger: Duration::from_millis(100),
+            write_concurrency: positive(3),
+            write_method: "copy".to_string(),
+            retention: None,
+            partitions_ahead: NonZeroU32::new(3).expect("positive"),
+            db_statement_timeout: crate::store::DEFAULT_STATEMENT_TIMEOUT,
+            shutdown_grace_period: Duration::from_secs(25),
+            stall_timeout: Duration::from_secs(60),
+            log_format: "auto".to_string(),
+        }
+    }
+}
+
+/// Variables the sink reads outside [`Raw`] and [`KafkaSettings`]: the DSN (a secret, with
+/// its older name; see [`database_url`]) and the log filter (`common::telemetry`).
+#[cfg(test)]
+const OTHER_VARIABLES: &[&str] = &["DATABASE_URL", "POSTGRESQL_DSN", "RUST_LOG"];
 
 /// Parses `ADMIN_ADDR`; shared with the `healthcheck` subcommand.
 ///
@@ -93,6 +132,32 @@ pub fn admin_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// The DSN from `DATABASE_URL` (or `POSTGRESQL_DSN`), parsed now, TLS files included, so a
+/// typo fails at start-up. The error never echoes the DSN (it holds the password).
+fn database_url(env: &Env) -> Result<Secret<String>, ConfigError> {
+    let example_dsn = "postgres://sink:secret@postgres:5432/healthcheck";
+    let (dsn_var, dsn) = env
+        .get_any(&["DATABASE_URL", "POSTGRESQL_DSN"])
+        .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set", example_dsn))?;
+    if let Err(e) = crate::pg_tls::connect_config(dsn) {
+        return Err(ConfigError::new(dsn_var, e.to_string(), example_dsn));
+    }
+    Ok(Secret::new(dsn.to_string()))
+}
+
+/// `RETENTION`: zero means keep everything; otherwise at least a month, as partitions are.
+fn retention(raw: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+    let retention = raw.filter(|d| !d.is_zero());
+    if retention.is_some_and(|r| r < Duration::from_secs(31 * 86_400)) {
+        return Err(ConfigError::new(
+            "RETENTION",
+            "must be at least 31 days (partitions are monthly) or 0 to keep everything",
+            "400d",
+        ));
+    }
+    Ok(retention)
+}
+
 impl Config {
     /// Reads and validates the configuration.
     ///
@@ -100,39 +165,9 @@ impl Config {
     /// The first invalid value, as a [`ConfigError`] naming its variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw: Raw = env.deserialize()?;
-        let example_dsn = "postgres://sink:secret@postgres:5432/healthcheck";
-        let (dsn_var, dsn) = env
-            .get_any(&["DATABASE_URL", "POSTGRESQL_DSN"])
-            .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set", example_dsn))?;
-        // Parse now, TLS files included, so a typo fails at start-up; the error never echoes
-        // the DSN (it holds the password).
-        if let Err(e) = crate::pg_tls::connect_config(dsn) {
-            return Err(ConfigError::new(dsn_var, e.to_string(), example_dsn));
-        }
-        let positive = |var: &str, v: Option<usize>, default: usize| match v {
-            Some(0) => Err(ConfigError::new(var, "must be positive", default.to_string())),
-            Some(n) => Ok(n),
-            None => Ok(default),
-        };
-        let retention = match raw.retention.as_deref() {
-            None => None,
-            Some(v) => Some(parse_duration("RETENTION", v)?).filter(|d| !d.is_zero()),
-        };
-        if retention.is_some_and(|r| r < Duration::from_secs(31 * 86_400)) {
-            return Err(ConfigError::new(
-                "RETENTION",
-                "must be at least 31 days (partitions are monthly) or 0 to keep everything",
-                "400d",
-            ));
-        }
-        let pool_size = positive("DB_POOL_SIZE", raw.db_pool_size, 5)?;
-        let write_concurrency = positive("WRITE_CONCURRENCY", raw.write_concurrency, 3)?;
-        let write_method = match raw.write_method.as_deref() {
-            None => WriteMethod::default(),
-            Some(v) => v
-                .parse()
-                .map_err(|e: String| ConfigError::new("WRITE_METHOD", e, "copy"))?,
-        };
+        let database_url = database_url(env)?;
+        let pool_size = raw.db_pool_size.get();
+        let write_concurrency = raw.write_concurrency.get();
         if write_concurrency >= pool_size {
             return Err(ConfigError::new(
                 "WRITE_CONCURRENCY",
@@ -140,48 +175,30 @@ impl Config {
                 (pool_size - 1).max(1).to_string(),
             ));
         }
+        let write_method = raw
+            .write_method
+            .parse()
+            .map_err(|e: String| ConfigError::new("WRITE_METHOD", e, "copy"))?;
         let kafka = KafkaSettings::from_env(env)?;
         kafka.check_properties(crate::consume::CONSUMER_DEFAULTS, crate::consume::PROTECTED)?;
         Ok(Self {
             kafka,
-            group_id: raw.kafka_group_id.unwrap_or_else(|| "healthcheck-sink".to_string()),
+            group_id: raw.kafka_group_id,
             group_instance_id: raw.kafka_group_instance_id,
-            database_url: Secret::new(dsn.to_string()),
+            database_url,
             pool_size,
-            batch_max_rows: positive("BATCH_MAX_ROWS", raw.batch_max_rows, 5000)?,
-            batch_max_bytes: positive("BATCH_MAX_BYTES", raw.batch_max_bytes, 8 << 20)?,
-            batch_linger: match raw.batch_linger.as_deref() {
-                Some(v) => parse_positive_duration("BATCH_LINGER", v)?,
-                None => Duration::from_millis(100),
-            },
+            batch_max_rows: raw.batch_max_rows.get(),
+            batch_max_bytes: raw.batch_max_bytes.get(),
+            batch_linger: raw.batch_linger,
             write_concurrency,
             write_method,
-            retention,
-            partitions_ahead: match raw.partitions_ahead {
-                Some(0) => {
-                    return Err(ConfigError::new(
-                        "PARTITIONS_AHEAD",
-                        "must be at least 1: with 0, the first rows of every month land in the default partition",
-                        "3",
-                    ))
-                }
-                Some(n) => n,
-                None => 3,
-            },
-            statement_timeout: match raw.db_statement_timeout.as_deref() {
-                Some(v) => parse_positive_duration("DB_STATEMENT_TIMEOUT", v)?,
-                None => crate::store::DEFAULT_STATEMENT_TIMEOUT,
-            },
+            retention: retention(raw.retention)?,
+            partitions_ahead: raw.partitions_ahead.get(),
+            statement_timeout: raw.db_statement_timeout,
             admin_addr: admin_addr(env)?,
-            shutdown_grace: match raw.shutdown_grace_period.as_deref() {
-                Some(v) => parse_positive_duration("SHUTDOWN_GRACE_PERIOD", v)?,
-                None => Duration::from_secs(25),
-            },
-            stall_timeout: match raw.stall_timeout.as_deref() {
-                Some(v) => parse_positive_duration("STALL_TIMEOUT", v)?,
-                None => Duration::from_secs(60),
-            },
-            log_format: LogFormat::parse(raw.log_format.as_deref())?,
+            shutdown_grace: raw.shutdown_grace_period,
+            stall_timeout: raw.stall_timeout,
+            log_format: LogFormat::parse(Some(&raw.log_format))?,
         })
     }
 }
@@ -256,6 +273,44 @@ mod tests {
             ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest"),
         ] {
             assert_eq!(load(&[(var, value)]).unwrap_err().var, var);
+        }
+    }
+
+    /// README's "Both services" and "Sink" tables list exactly the variables the sink reads,
+    /// with the defaults of [`Raw`] and [`KafkaSettings`].
+    #[test]
+    fn readme_tables_match_the_code() {
+        let mut code = common::config::documented_defaults(&Raw::default());
+        code.push(("ADMIN_ADDR".to_string(), Some(DEFAULT_ADMIN_ADDR.to_string())));
+        let readme = include_str!("../../../README.md");
+        common::config::check_service_readme(readme, "### Sink", code, OTHER_VARIABLES)
+            .unwrap_or_else(|e| panic!("README.md's configuration tables and the code disagree:\n{e}"));
+        assert_eq!(
+            Raw::default().write_method.parse::<WriteMethod>(),
+            Ok(WriteMethod::default()),
+            "the default WRITE_METHOD is the store's default"
+        );
+    }
+
+    #[test]
+    fn counts_and_durations_are_typed_naming_the_variable() {
+        let c = load(&[
+            ("BATCH_LINGER", "0.25"),
+            ("STALL_TIMEOUT", "2m"),
+            ("BATCH_MAX_ROWS", "100"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.batch_linger, c.stall_timeout, c.batch_max_rows),
+            (Duration::from_millis(250), Duration::from_secs(120), 100)
+        );
+        for (var, value) in [
+            ("BATCH_MAX_BYTES", "0"),
+            ("PARTITIONS_AHEAD", "-1"),
+            ("BATCH_LINGER", "5 jiffies"),
+            ("RETENTION", "1 eon"),
+        ] {
+            assert_eq!(load(&[(var, value)]).unwrap_err().var, var, "{var}={value}");
         }
     }
 
