@@ -173,6 +173,10 @@ mod tests {
         }
     }
 
+    fn paused(since: Instant, taken: bool) -> State {
+        State::Paused { since, taken }
+    }
+
     fn ok() -> Fake {
         Fake {
             pause_ok: true,
@@ -220,18 +224,12 @@ mod tests {
         let almost = t0 + PAUSE_AFTER - Duration::from_millis(1);
         assert_eq!(held.turn(full_busy, almost, &p), (false, held));
         assert_eq!(p.pauses.get(), 0);
-        let (_, paused) = held.turn(full_busy, t0 + PAUSE_AFTER, &p);
-        assert_eq!(
-            paused,
-            State::Paused {
-                since: t0,
-                taken: false
-            }
-        );
-        assert!(paused.polls(true), "paused: polling goes on");
+        let (_, s) = held.turn(full_busy, t0 + PAUSE_AFTER, &p);
+        assert_eq!(s, paused(t0, false));
+        assert!(s.polls(true), "paused: polling goes on");
         assert_eq!(p.pauses.get(), 1);
         // Still full and busy: no new pause.
-        assert_eq!(paused.turn(full_busy, t0 + PAUSE_AFTER * 2, &p), (false, paused));
+        assert_eq!(s.turn(full_busy, t0 + PAUSE_AFTER * 2, &p), (false, s));
         assert_eq!(p.pauses.get(), 1);
     }
 
@@ -249,35 +247,19 @@ mod tests {
     #[test]
     fn a_message_taken_while_paused_renews_the_pause() {
         let (t0, p) = (Instant::now(), ok());
-        let paused = State::Paused {
-            since: t0,
-            taken: false,
-        }
-        .taken();
-        assert_eq!(paused, State::Paused { since: t0, taken: true });
-        let (_, s) = paused.turn(turn(Some(t0), true, false), t0, &p);
-        assert_eq!(
-            (s, p.pauses.get()),
-            (
-                State::Paused {
-                    since: t0,
-                    taken: false
-                },
-                1
-            )
-        );
+        let s0 = paused(t0, false).taken();
+        assert_eq!(s0, paused(t0, true));
+        let (_, s) = s0.turn(turn(Some(t0), true, false), t0, &p);
+        assert_eq!((s, p.pauses.get()), (paused(t0, false), 1));
         assert_eq!(State::Filling.taken(), State::Filling);
     }
 
     #[test]
     fn a_finished_write_writes_the_held_batch_and_resumes() {
         let (t0, p) = (Instant::now(), ok());
-        let paused = State::Paused {
-            since: t0,
-            taken: false,
-        };
+        let s0 = paused(t0, false);
         // A slot came free: the full batch is written and the partitions resumed.
-        let (write, s) = paused.turn(turn(Some(t0), true, true), t0 + PAUSE_AFTER * 3, &p);
+        let (write, s) = s0.turn(turn(Some(t0), true, true), t0 + PAUSE_AFTER * 3, &p);
         assert_eq!((write, s, p.resumes.get()), (true, State::Filling, 1));
         assert!(s.held_since().is_none());
         // Held back without a pause: written, nothing to resume.
@@ -290,11 +272,8 @@ mod tests {
     #[test]
     fn a_revoke_that_empties_the_held_batch_resumes_and_lingers_on_what_is_left() {
         let (t0, p) = (Instant::now(), ok());
-        let paused = State::Paused {
-            since: t0,
-            taken: false,
-        };
-        let (write, s) = paused.turn(turn(Some(t0), false, false), t0, &p);
+        let s0 = paused(t0, false);
+        let (write, s) = s0.turn(turn(Some(t0), false, false), t0, &p);
         assert_eq!((write, s, p.resumes.get()), (false, State::Filling, 1));
         let (write, s) = State::HeldBack { since: t0 }.turn(turn(Some(t0), false, true), t0, &p);
         assert_eq!((write, s), (false, State::Lingering { deadline: t0 + LINGER }));
