@@ -6,7 +6,7 @@
 //! failures retry ([`Failure`]), what ends a wait early (`stop`, and after a lost connection
 //! the database answering readiness's ping again) and that no attempt starts after `stop`
 //! ended a wait. It must never retry a failure that is not transient, and never swallow one:
-//! the caller gets the last failure back.
+//! every failure reaches the caller, as the error or through `on_retry`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - An offset is stored only after the transaction holding its row (or its dead letter) has
 //!   committed, and only when every batch consumed before it that holds messages of the same
-//!   partition has committed too (the [`Watermark`]): up to `WRITE_CONCURRENCY` batches are
+//!   partition has committed too (the `Watermark` in `offsets`): up to `WRITE_CONCURRENCY` batches are
 //!   written at once and may commit out of order. Auto-commit then commits stored offsets (librdkafka `enable.auto.offset.store=false`,
 //!   `enable.auto.commit=true`). After a crash the group resumes at or before the first
 //!   unwritten message: at-least-once delivery, and `ON CONFLICT DO NOTHING` on the
@@ -26,11 +26,11 @@
 //!   absorbed.
 //! - A message that is not a probe result is dead-lettered, never dropped and never fatal.
 //!
-//! The pieces, one job each: [`context`] (librdkafka's context: statistics, rebalances, the
-//! revoke drain), [`batch`] (messages gathered for one transaction), [`offsets`] (which
-//! offsets may be stored, and storing them), [`state`] (the loop's state machine: lingering,
-//! held back, paused), [`run`] (the loop carrying it out) and [`write`] (one batch write with
-//! its retries, [`crate::retry`]).
+//! The pieces, one job each: `context` ([`SinkContext`], librdkafka's context: statistics,
+//! rebalances, the revoke drain), `batch` (messages gathered for one transaction), `offsets`
+//! (which offsets may be stored, and storing them), `state` (the loop's state machine:
+//! lingering, held back, paused), `run` ([`Loop`], carrying it out) and `write` (one batch
+//! write with its retries, [`crate::retry`]).
 
 mod batch;
 mod context;
