@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use common::admin::{self, Health};
 use common::kafka;
+use rdkafka::error::KafkaError;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -93,34 +95,15 @@ impl App {
             }
         });
 
-        // Readiness: results are being delivered. The broker answers a metadata request for
-        // our topic, and results do not wait longer than DELIVERY_STALL_TIMEOUT without any
-        // delivery (a broker that answers metadata but takes no results, or a producer that
-        // cannot deliver, is not ready either).
-        let readiness = {
-            let (publisher, health, stop, stall) = (
-                publisher.clone(),
-                health.clone(),
-                shutdown.clone(),
-                config.delivery_stall_timeout,
-            );
-            let heartbeat = health.heartbeat("readiness");
-            tokio::spawn(async move {
-                loop {
-                    let p = publisher.clone();
-                    let state = kafka::check_metadata(move || p.metadata(Duration::from_secs(3)))
-                        .await
-                        .map_err(|e| format!("Kafka: {e}"))
-                        .and_then(|()| publisher.delivering(stall));
-                    health.set_ready(state);
-                    heartbeat.beat();
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    }
-                }
-            })
-        };
+        let readiness = tokio::spawn(admin::readiness_loop(
+            health.clone(),
+            admin::READINESS_INTERVAL,
+            shutdown.clone(),
+            Delivering {
+                publisher: publisher.clone(),
+                stall: config.delivery_stall_timeout,
+            },
+        ));
 
         let tracker = TaskTracker::new();
         let scheduler = Scheduler {
@@ -137,56 +120,103 @@ impl App {
         }
         schedules.close();
 
-        // Liveness: the supervisor loop turns while the runtime is healthy.
-        // A publish loop that ends before shutdown (it could not replace a producer after a
-        // fatal error) stops the checker with an error, so that the orchestrator restarts it
-        // rather than let it probe and drop every result.
-        let heartbeat = health.heartbeat("supervisor");
-        let failed = loop {
-            heartbeat.beat();
-            tokio::select! {
-                () = shutdown.cancelled() => break None,
-                ended = &mut publishing => break Some(match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the publish loop ended before shutdown"),
-                    Ok(Err(e)) => anyhow::Error::new(e).context("Kafka producer could not be replaced"),
-                    Err(e) => anyhow::Error::new(e).context("the publish task failed"),
-                }),
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
-        if let Some(e) = failed {
+        if let Some(e) = supervise(&health, &shutdown, &mut publishing).await {
             shutdown.cancel();
             readiness.abort();
             admin_stop.cancel();
             return Err(e);
         }
-
-        tracing::info!(
-            in_flight = metrics.in_flight.get(),
-            "Stopping: no new probes; waiting for in-flight probes and deliveries."
-        );
-        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-        schedules.wait().await;
-        let drained = common::shutdown::drain(&tracker, config.shutdown_grace).await;
-        publisher.close();
-        match tokio::time::timeout_at(deadline, &mut publishing).await {
-            Ok(Ok(Ok(()))) => tracing::info!(drained, "Every result delivered; checker stopped."),
-            Ok(Ok(Err(e))) => {
-                tracing::error!(error = %e, "Publishing stopped with an error; waiting results are lost.")
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "Publish task failed."),
-            Err(_) => {
-                publishing.abort();
-                let lost = publisher.waiting();
-                metrics.results_dropped.inc_by(DropReason::Shutdown, lost as u64);
-                tracing::error!(
-                    lost,
-                    "Grace period over with results still waiting for the broker; they are lost."
-                );
-            }
-        }
+        finish(
+            config.shutdown_grace,
+            &metrics,
+            &publisher,
+            schedules,
+            tracker,
+            publishing,
+        )
+        .await;
         readiness.abort();
         admin_stop.cancel();
         Ok(())
+    }
+}
+
+/// Readiness: results are being delivered. The broker answers a metadata request for our
+/// topic, and results do not wait longer than `stall` (DELIVERY_STALL_TIMEOUT) without any
+/// delivery (a broker that answers metadata but takes no results, or a producer that cannot
+/// deliver, is not ready either).
+struct Delivering {
+    publisher: Publisher,
+    stall: Duration,
+}
+
+impl admin::Check for Delivering {
+    async fn check(&mut self) -> Result<(), String> {
+        let p = self.publisher.clone();
+        kafka::check_metadata(move || p.metadata(Duration::from_secs(3)))
+            .await
+            .map_err(|e| format!("Kafka: {e}"))
+            .and_then(|()| self.publisher.delivering(self.stall))
+    }
+}
+
+/// The supervisor loop (liveness: it turns while the runtime is healthy), until shutdown.
+/// A publish loop that ends before shutdown (it could not replace a producer after a fatal
+/// error) ends it with that error, so that the orchestrator restarts the checker rather than
+/// let it probe and drop every result.
+async fn supervise(
+    health: &Health,
+    shutdown: &CancellationToken,
+    publishing: &mut JoinHandle<Result<(), KafkaError>>,
+) -> Option<anyhow::Error> {
+    let heartbeat = health.heartbeat("supervisor");
+    loop {
+        heartbeat.beat();
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            ended = &mut *publishing => return Some(match ended {
+                Ok(Ok(())) => anyhow::anyhow!("the publish loop ended before shutdown"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("Kafka producer could not be replaced"),
+                Err(e) => anyhow::Error::new(e).context("the publish task failed"),
+            }),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Shutdown, within `grace`: no new probes (`schedules` end), in-flight probes (`tracker`)
+/// finish and publish, then the publish loop delivers what waits; what is still waiting when
+/// the grace period is over is counted as dropped.
+async fn finish(
+    grace: Duration,
+    metrics: &Metrics,
+    publisher: &Publisher,
+    schedules: TaskTracker,
+    tracker: TaskTracker,
+    mut publishing: JoinHandle<Result<(), KafkaError>>,
+) {
+    tracing::info!(
+        in_flight = metrics.in_flight.get(),
+        "Stopping: no new probes; waiting for in-flight probes and deliveries."
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    schedules.wait().await;
+    let drained = common::shutdown::drain(&tracker, grace).await;
+    publisher.close();
+    match tokio::time::timeout_at(deadline, &mut publishing).await {
+        Ok(Ok(Ok(()))) => tracing::info!(drained, "Every result delivered; checker stopped."),
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "Publishing stopped with an error; waiting results are lost.")
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "Publish task failed."),
+        Err(_) => {
+            publishing.abort();
+            let lost = publisher.waiting();
+            metrics.results_dropped.inc_by(DropReason::Shutdown, lost as u64);
+            tracing::error!(
+                lost,
+                "Grace period over with results still waiting for the broker; they are lost."
+            );
+        }
     }
 }

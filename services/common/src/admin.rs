@@ -6,7 +6,10 @@
 //!   reason otherwise. The state is set by the service (see [`Health::set_ready`]); a request
 //!   never waits on a dependency.
 //! - `/metrics` is the Prometheus text exposition format (version 0.0.4) of the given registry.
+//!
+//! [`readiness_loop`] is the loop both services run to keep the readiness state current.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,6 +109,52 @@ impl Health {
     /// Current readiness.
     pub fn ready(&self) -> Result<(), String> {
         self.ready.lock().expect("health lock").clone()
+    }
+}
+
+/// How often the services check their dependencies for readiness.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A readiness check: `Ok` when the service's dependencies are reachable, `Err(reason)`
+/// (shown by `/readyz`) otherwise. A closure returning such a future is a check; a check that
+/// keeps state between calls implements it with `async fn check(&mut self)`.
+pub trait Check: Send {
+    /// Checks the dependencies once.
+    fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl<F, Fut> Check for F
+where
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+        self()
+    }
+}
+
+/// The readiness loop: runs `check` every `interval` (after the previous check ended) and
+/// sets `health`'s readiness from it, until `stop` is cancelled. It beats a heartbeat named
+/// `readiness`, registered when this is called (so liveness watches it from then on), after
+/// every check.
+pub fn readiness_loop(
+    health: Arc<Health>,
+    interval: Duration,
+    stop: CancellationToken,
+    mut check: impl Check + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let heartbeat = health.heartbeat("readiness");
+    async move {
+        loop {
+            health.set_ready(check.check().await);
+            heartbeat.beat();
+            if crate::shutdown::until_cancelled(&stop, tokio::time::sleep(interval))
+                .await
+                .is_none()
+            {
+                break;
+            }
+        }
     }
 }
 
@@ -238,6 +287,53 @@ pub async fn self_check(admin_addr: SocketAddr) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_readiness_loop_follows_its_check_until_stopped() {
+        let health = Health::new(Duration::from_secs(60));
+        let stop = CancellationToken::new();
+        let calls = Arc::new(AtomicU64::new(0));
+        let check = {
+            let calls = calls.clone();
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Err(format!("check {n} failed"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let task = tokio::spawn(readiness_loop(
+            health.clone(),
+            Duration::from_millis(5),
+            stop.clone(),
+            check,
+        ));
+        assert_eq!(
+            health.ready(),
+            Err("starting".to_string()),
+            "nothing checked before the task runs"
+        );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while calls.load(Ordering::SeqCst) < 4 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the check runs every interval");
+        assert_eq!(health.ready(), Ok(()));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the loop ends on stop")
+            .unwrap();
+        let after = calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), after, "no check after stop");
+    }
 
     #[tokio::test]
     async fn endpoints_answer_by_state() {

@@ -1,10 +1,10 @@
 //! Wiring: configuration → admin server, pool, consumer → migrate → consume until stopped.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::admin::{self, Health};
+use common::admin::{self, Health, Heartbeat};
 use common::kafka;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::consume::{BatchLimits, Loop, SinkContext, CONSUMER_DEFAULTS};
 use crate::metrics::Metrics;
+use crate::retry::{self, GaveUp};
 use crate::stall::{self, StallDetector};
-use crate::store::{ErrorClass, Store};
+use crate::store::{Store, StoreError};
 
 /// The sink, built and listening, not yet consuming.
 pub struct App {
@@ -81,174 +82,191 @@ impl App {
     /// visible without a restart loop.
     ///
     /// # Errors
-    /// None today; fatal conditions are logged and reported by `/readyz`.
+    /// A subscription librdkafka refuses; fatal database conditions are logged and reported by
+    /// `/readyz`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            metrics,
-            health,
-            store,
-            consumer,
-            admin_stop,
-            ..
-        } = self;
-        let heartbeat = health.heartbeat("consumer");
-        let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-
-        // Readiness: PostgreSQL answers on a pooled connection, the broker knows the topic,
-        // and the partitions this sink answers for make progress (see `stall`).
-        let readiness = {
-            let (store, consumer, health, topic, fatal, stop, metrics) = (
-                store.clone(),
-                consumer.clone(),
-                health.clone(),
-                config.kafka.topic.clone(),
-                fatal.clone(),
+        let heartbeat = self.health.heartbeat("consumer");
+        let fatal = Fatal::default();
+        let readiness = tokio::spawn(admin::readiness_loop(
+            self.health.clone(),
+            admin::READINESS_INTERVAL,
+            shutdown.clone(),
+            Readiness {
+                store: self.store.clone(),
+                consumer: self.consumer.clone(),
+                topic: self.config.kafka.topic.clone(),
+                fatal: fatal.clone(),
+                metrics: self.metrics.clone(),
+                detector: StallDetector::new(&self.config.kafka.topic, self.config.stall_timeout, Instant::now()),
+            },
+        ));
+        if migrate(&self.store, &shutdown, &heartbeat, &fatal).await {
+            let maintenance = tokio::spawn(maintain_partitions(
+                self.store.clone(),
                 shutdown.clone(),
-                metrics.clone(),
-            );
-            let mut detector = StallDetector::new(&topic, config.stall_timeout, Instant::now());
-            let hb = health.heartbeat("readiness");
-            tokio::spawn(async move {
-                loop {
-                    let c = consumer.clone();
-                    let t = topic.clone();
-                    let kafka_state =
-                        kafka::check_metadata(move || kafka::topic_partitions(c.client(), &t, Duration::from_secs(3)))
-                            .await;
-                    let observation = match &kafka_state {
-                        Ok(()) => {
-                            let (c, t) = (consumer.clone(), topic.clone());
-                            tokio::task::spawn_blocking(move || stall::observe(&*c, &t, Duration::from_secs(3)))
-                                .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r)
-                        }
-                        Err(e) => Err(e.clone()),
-                    };
-                    let now = Instant::now();
-                    let verdict = detector.observe(now, observation.as_ref().map_err(String::as_str));
-                    tracing::debug!(?observation, ?verdict, "Progress observed.");
-                    metrics
-                        .last_progress
-                        .set(stall::unix_seconds(verdict.last_progress, now));
-                    if observation.is_ok() {
-                        metrics.partitions_assigned.set(verdict.assigned as i64);
-                    }
-                    let db_state = store.ping().await;
-                    let state = match (fatal.lock().expect("lock").clone(), kafka_state, db_state) {
-                        (Some(f), _, _) => Err(format!("stopped: {f}")),
-                        (None, Err(k), _) => Err(format!("Kafka: {k}")),
-                        (None, _, Err(d)) => Err(format!("PostgreSQL: {}", d.message)),
-                        (None, Ok(()), Ok(())) => verdict.state.map_err(|s| format!("stalled: {s}")),
-                    };
-                    health.set_ready(state);
-                    hb.beat();
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    }
-                }
-            })
-        };
-
-        // Migrations wait for the database.
-        let mut migrated = false;
-        while !shutdown.is_cancelled() {
-            heartbeat.beat();
-            match store.migrate().await {
-                Ok(()) => {
-                    migrated = true;
-                    break;
-                }
-                Err(e) if e.class == ErrorClass::Transient => {
-                    tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying migrations in 2s.");
-                    common::shutdown::until_cancelled(&shutdown, tokio::time::sleep(Duration::from_secs(2))).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Migrations failed.");
-                    *fatal.lock().expect("lock") = Some(format!("migrations failed: {e}"));
-                    break;
-                }
-            }
-        }
-
-        if migrated {
-            // Partitions now and every hour.
-            let maintenance = {
-                let (store, stop, ahead, retention) = (
-                    store.clone(),
-                    shutdown.clone(),
-                    config.partitions_ahead,
-                    config.retention,
-                );
-                tokio::spawn(async move {
-                    loop {
-                        if let Err(e) = store.maintain_partitions(chrono::Utc::now(), ahead, retention).await {
-                            tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
-                            if common::shutdown::until_cancelled(&stop, tokio::time::sleep(Duration::from_secs(60)))
-                                .await
-                                .is_none()
-                            {
-                                break;
-                            }
-                            continue;
-                        }
-                        if common::shutdown::until_cancelled(&stop, tokio::time::sleep(Duration::from_secs(3600)))
-                            .await
-                            .is_none()
-                        {
-                            break;
-                        }
-                    }
-                })
-            };
-            // Before subscribing (librdkafka looks for a missing subscribed topic again only at
-            // the next metadata refresh), but never holding up shutdown.
-            if let Some(Err(e)) = common::shutdown::until_cancelled(&shutdown, config.kafka.ensure_topic()).await {
-                tracing::warn!(error = %e, topic = %config.kafka.topic, "Could not create the topic; assuming it exists or will be created.");
-            }
-            consumer.subscribe(&[&config.kafka.topic])?;
-            let consume = Loop {
-                consumer: &consumer,
-                topic: config.kafka.topic.clone(),
-                store: store.clone(),
-                limits: BatchLimits {
-                    max_rows: config.batch_max_rows,
-                    max_bytes: config.batch_max_bytes,
-                    linger: config.batch_linger,
-                },
-                write_concurrency: config.write_concurrency,
-                metrics: metrics.clone(),
-                heartbeat: heartbeat.clone(),
-            };
-            let run = consume.run(shutdown.clone());
-            // The grace period bounds the final write and commit once shutdown starts.
-            let outcome = tokio::select! {
-                r = run => Some(r),
-                () = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => None,
-            };
-            match outcome {
-                Some(Ok(())) => tracing::info!("Sink stopped; offsets committed."),
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "Stopped consuming. Fix the database, then restart the sink.");
-                    *fatal.lock().expect("lock") = Some(e.to_string());
-                }
-                None => tracing::error!(
-                    grace_seconds = config.shutdown_grace.as_secs_f64(),
-                    "Grace period ran out during the final write; unwritten messages will be replayed."
-                ),
-            }
+                self.config.partitions_ahead,
+                self.config.retention,
+            ));
+            let consumed = self.consume(&shutdown, &heartbeat, &fatal).await;
             maintenance.abort();
+            consumed?;
         }
-
-        // After a fatal error, stay up (unready) until asked to stop.
-        while !shutdown.is_cancelled() {
-            heartbeat.beat();
-            common::shutdown::until_cancelled(&shutdown, tokio::time::sleep(Duration::from_secs(1))).await;
-        }
+        stay_up(&shutdown, &heartbeat).await;
         readiness.abort();
-        admin_stop.cancel();
+        self.admin_stop.cancel();
         Ok(())
+    }
+
+    /// Creates the topic if asked to, subscribes and runs the consume loop until shutdown
+    /// (bounded by the grace period once it starts) or a fatal database error, which it
+    /// records in `fatal`.
+    ///
+    /// # Errors
+    /// The subscription librdkafka refuses.
+    async fn consume(&self, shutdown: &CancellationToken, heartbeat: &Heartbeat, fatal: &Fatal) -> anyhow::Result<()> {
+        let config = &self.config;
+        // Before subscribing (librdkafka looks for a missing subscribed topic again only at
+        // the next metadata refresh), but never holding up shutdown.
+        if let Some(Err(e)) = common::shutdown::until_cancelled(shutdown, config.kafka.ensure_topic()).await {
+            tracing::warn!(error = %e, topic = %config.kafka.topic, "Could not create the topic; assuming it exists or will be created.");
+        }
+        self.consumer.subscribe(&[&config.kafka.topic])?;
+        let consume = Loop {
+            consumer: &self.consumer,
+            topic: config.kafka.topic.clone(),
+            store: self.store.clone(),
+            limits: BatchLimits {
+                max_rows: config.batch_max_rows,
+                max_bytes: config.batch_max_bytes,
+                linger: config.batch_linger,
+            },
+            write_concurrency: config.write_concurrency,
+            metrics: self.metrics.clone(),
+            heartbeat: heartbeat.clone(),
+        };
+        let run = consume.run(shutdown.clone());
+        // The grace period bounds the final write and commit once shutdown starts.
+        let outcome = tokio::select! {
+            r = run => Some(r),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => None,
+        };
+        match outcome {
+            Some(Ok(())) => tracing::info!("Sink stopped; offsets committed."),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "Stopped consuming. Fix the database, then restart the sink.");
+                *fatal.lock().expect("lock") = Some(e.to_string());
+            }
+            None => tracing::error!(
+                grace_seconds = config.shutdown_grace.as_secs_f64(),
+                "Grace period ran out during the final write; unwritten messages will be replayed."
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Why the sink stopped working for good (a fatal database error), shown by `/readyz`.
+type Fatal = Arc<Mutex<Option<String>>>;
+
+/// Readiness: PostgreSQL answers on a pooled connection, the broker knows the topic, and the
+/// partitions this sink answers for make progress (see [`stall`]); never ready after a fatal
+/// error.
+struct Readiness {
+    store: Store,
+    consumer: Arc<StreamConsumer<SinkContext>>,
+    topic: String,
+    fatal: Fatal,
+    metrics: Metrics,
+    detector: StallDetector,
+}
+
+impl admin::Check for Readiness {
+    async fn check(&mut self) -> Result<(), String> {
+        let (c, t) = (self.consumer.clone(), self.topic.clone());
+        let kafka_state =
+            kafka::check_metadata(move || kafka::topic_partitions(c.client(), &t, Duration::from_secs(3))).await;
+        let observation = match &kafka_state {
+            Ok(()) => {
+                let (c, t) = (self.consumer.clone(), self.topic.clone());
+                tokio::task::spawn_blocking(move || stall::observe(&*c, &t, Duration::from_secs(3)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let now = Instant::now();
+        let verdict = self.detector.observe(now, observation.as_ref().map_err(String::as_str));
+        tracing::debug!(?observation, ?verdict, "Progress observed.");
+        self.metrics
+            .last_progress
+            .set(stall::unix_seconds(verdict.last_progress, now));
+        if observation.is_ok() {
+            self.metrics.partitions_assigned.set(verdict.assigned as i64);
+        }
+        let db_state = self.store.ping().await;
+        let fatal = self.fatal.lock().expect("lock").clone();
+        match (fatal, kafka_state, db_state) {
+            (Some(f), _, _) => Err(format!("stopped: {f}")),
+            (None, Err(k), _) => Err(format!("Kafka: {k}")),
+            (None, _, Err(d)) => Err(format!("PostgreSQL: {}", d.message)),
+            (None, Ok(()), Ok(())) => verdict.state.map_err(|s| format!("stalled: {s}")),
+        }
+    }
+}
+
+/// Applies the migrations, retrying every 2 s ([`retry::MIGRATE`]) while PostgreSQL is not
+/// reachable; returns whether they were applied. A failure that is not transient is recorded
+/// in `fatal`; shutdown ends the wait.
+async fn migrate(store: &Store, shutdown: &CancellationToken, heartbeat: &Heartbeat, fatal: &Fatal) -> bool {
+    if shutdown.is_cancelled() {
+        return false;
+    }
+    let attempt = || {
+        heartbeat.beat();
+        store.migrate()
+    };
+    let on_retry = |e: &StoreError, wait: Duration| {
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL not reachable yet; retrying migrations.");
+    };
+    match retry::until_stopped(retry::MIGRATE, shutdown, None, attempt, on_retry).await {
+        Ok(()) => true,
+        Err(GaveUp::Fatal(e)) => {
+            tracing::error!(error = %e, "Migrations failed.");
+            *fatal.lock().expect("lock") = Some(format!("migrations failed: {e}"));
+            false
+        }
+        Err(GaveUp::Stopped(_)) => false,
+    }
+}
+
+/// Partition maintenance: now, then every hour (a minute after a failure), until `stop`.
+async fn maintain_partitions(store: Store, stop: CancellationToken, months_ahead: u32, retention: Option<Duration>) {
+    loop {
+        let wait = match store
+            .maintain_partitions(chrono::Utc::now(), months_ahead, retention)
+            .await
+        {
+            Ok(()) => Duration::from_secs(3600),
+            Err(e) => {
+                tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
+                Duration::from_secs(60)
+            }
+        };
+        if common::shutdown::until_cancelled(&stop, tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+}
+
+/// After a fatal error (or none, once shutdown started), stays up, unready, until asked to
+/// stop, beating the consumer's heartbeat so that liveness does not restart the sink.
+async fn stay_up(shutdown: &CancellationToken, heartbeat: &Heartbeat) {
+    while !shutdown.is_cancelled() {
+        heartbeat.beat();
+        common::shutdown::until_cancelled(shutdown, tokio::time::sleep(Duration::from_secs(1))).await;
     }
 }

@@ -10,5 +10,6 @@ pub mod consume;
 pub mod decode;
 pub mod metrics;
 pub mod pg_tls;
+pub mod retry;
 pub mod stall;
 pub mod store;

@@ -42,8 +42,6 @@ pub enum ErrorCode {
     Timeout,
     /// A migration failed (refinery).
     Migration,
-    /// The write was abandoned because the runtime shut down.
-    Cancelled,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -69,7 +67,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    /// A transient error of `code` (a client-side failure such as [`ErrorCode::Cancelled`]).
+    /// A transient error of `code` (a client-side failure such as [`ErrorCode::Io`]).
     pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             class: ErrorClass::Transient,
@@ -127,12 +125,12 @@ impl StoreError {
                     ]
                     .contains(s)
             }
-            ErrorCode::Migration | ErrorCode::Cancelled => false,
+            ErrorCode::Migration => false,
         }
     }
 
     /// The label of the retry metric: the SQLSTATE class (`08`, `40`, `53`, `57`, ...) or
-    /// the client-side code (`io`, `pool`, `timeout`, `cancelled`).
+    /// the client-side code (`io`, `pool`, `timeout`).
     pub fn retry_label(&self) -> &'static str {
         match &self.code {
             ErrorCode::Sqlstate(s) => SqlStateClass::of(s).as_str(),
@@ -219,7 +217,6 @@ mod tests {
             (StoreError::transient(ErrorCode::Io, ""), "io", true),
             (StoreError::transient(ErrorCode::Pool, ""), "pool", true),
             (StoreError::unanswered(Duration::from_secs(1)), "timeout", true),
-            (StoreError::transient(ErrorCode::Cancelled, ""), "cancelled", false),
         ];
         for (e, label, lost) in cases {
             assert_eq!((e.retry_label(), e.connection_lost()), (label, lost), "{}", e.code);
