@@ -91,6 +91,7 @@ minbase() {
     if [[ ! -s "$tarball" ]]; then
         [[ -n "$MIRROR" && -n "$SECURITY_MIRROR" ]] ||
             die "no debian and debian-security archives in /etc/apt/sources.list*; set DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR"
+        is_root || die "debootstrap needs root (or an existing $tarball)"
         command -v debootstrap >/dev/null || apt_install debootstrap
         local rootfs="$CACHE_DIR/rootfs-$SUITE-minbase"
         rm -rf "$rootfs"
@@ -141,8 +142,8 @@ EOF
 # 2. rust:1.95-bookworm with the host's toolchain (no toolchain can be downloaded here).
 rust_image() {
     want "$IMG_RUST" || return 0
-    local rustc_bin sysroot version ctx="$CACHE_DIR/ctx-rust"
-    rustc_bin=$(command -v rustc) || die "rustc not found on the host"
+    local sysroot version ctx="$CACHE_DIR/ctx-rust"
+    command -v rustc >/dev/null || die "rustc not found on the host"
     version=$(rustc --version | awk '{print $2}')
     [[ "$version" == "$RUST_VERSION".* ]] || die "host rustc is $version, image wants $RUST_VERSION"
     sysroot=$(rustc --print sysroot)
