@@ -203,10 +203,8 @@ mkdir -p "$DEMO_DIR"
 # One demo per set of ports: a second one would share, and on its way out
 # tear down, the first one's stack. The services get `8>&-` so that the lock
 # lives exactly as long as this script.
-exec 8>"$DEMO_DIR/demo-$PG_PORT.lock"
-if ! flock -n 8; then
+hold_lock 8 "$DEMO_DIR/demo-$PG_PORT.lock" 0 "" ||
     die "another demo is running on these ports (PostgreSQL $PG_PORT); stop it first, or set DEMO_PG_PORT, DEMO_BROKER_PORT and DEMO_PORT_BASE"
-fi
 
 log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the broker on $BROKER"
 scripts/stack.sh install

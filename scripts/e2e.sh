@@ -183,6 +183,10 @@ psql_q() { # psql_q SQL: one value per line, no headers
 health_of() { # health status of a service's container (or its state without a healthcheck)
     docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$(cid "$1")" 2>/dev/null
 }
+is_healthy() { [[ "$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null)" == healthy ]]; } # CONTAINER_ID
+wait_healthy() { # wait_healthy SERVICE DESCRIPTION: up to 120 s for the service's container to be healthy
+    wait_until "$2" 120 is_healthy "$(cid "$1")"
+}
 
 all_healthy() {
     local service status ok=0
@@ -209,15 +213,13 @@ topic_ids() {
 }
 
 # Compares the results the topic held with probe_results; sets DELIVERED (results in the
-# topic), ROWS, DISTINCT and MISSING (in the topic but not in the table).
+# topic) and MISSING (in the topic but not in the table).
 compare_results() {
     local delivered_file="$ARTIFACTS/delivered.txt" rows_file="$ARTIFACTS/rows.txt"
     topic_ids >"$delivered_file" || return 1
     psql_q "select check_id from probe_results where check_id is not null" >"$rows_file.all" 2>/dev/null || return 1
     sort "$rows_file.all" >"$rows_file"
     DELIVERED=$(wc -l <"$delivered_file")
-    ROWS=$(wc -l <"$rows_file")
-    DISTINCT=$(sort -u "$rows_file" | wc -l)
     MISSING=$(comm -23 "$delivered_file" <(sort -u "$rows_file") | wc -l)
 }
 
@@ -388,7 +390,7 @@ drill_postgres() {
     log "PostgreSQL stopped; the checker keeps producing for 15 s"
     sleep 15
     docker start "$(cid postgres)" >/dev/null
-    wait_until "PostgreSQL healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid postgres)) == healthy ]]"
+    wait_healthy postgres "PostgreSQL healthy again"
     exactly_once "postgres stop/start" $((before + 10))
 }
 
@@ -418,10 +420,10 @@ drill_broker() {
     log "broker stopped; the checker buffers its results for 15 s"
     sleep 15
     docker start "$(cid kafka)" >/dev/null
-    wait_until "broker healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid kafka)) == healthy ]]"
+    wait_healthy kafka "broker healthy again"
     if ((standin)); then
         docker start "$(cid sink)" >/dev/null
-        wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+        wait_healthy sink "sink healthy again"
     fi
     exactly_once "broker stop/start" $((before + 10))
 }
@@ -434,7 +436,7 @@ drill_sink_kill() {
     log "sink killed; the restart policy may bring it back on its own"
     sleep 5
     running sink || docker start "$(cid sink)" >/dev/null
-    wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+    wait_healthy sink "sink healthy again"
     exactly_once "sink kill/start" $((before + 10))
 }
 
@@ -448,7 +450,7 @@ drill_sink_network() {
     log "sink cut off from $network for 20 s"
     sleep 20
     docker network connect --alias sink "$network" "$id"
-    wait_until "sink healthy" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $id) == healthy ]]"
+    wait_until "sink healthy" 120 is_healthy "$id"
     exactly_once "sink network cut" $((before + 10))
 }
 

@@ -100,6 +100,21 @@ poll() {
     POLL_WAITED=$((SECONDS - start))
 }
 
+# hold_lock FD FILE SECONDS WHAT: takes an exclusive flock on FILE through file
+# descriptor FD of the calling shell (held until it exits or closes FD; give
+# long-lived children FD>&- so that they do not inherit it). When another
+# process holds it, logs "waiting for WHAT" and waits up to SECONDS (0: not at
+# all); returns 1 when the lock is still held after that.
+hold_lock() {
+    local fd=$1 file=$2 wait=$3 what=$4
+    mkdir -p "$(dirname "$file")"
+    eval "exec $fd>\"\$file\""
+    flock -n "$fd" && return 0
+    ((wait > 0)) || return 1
+    log "waiting for $what (up to ${wait}s)"
+    flock -w "$wait" "$fd"
+}
+
 # stop_process NAME PID GRACE: SIGTERM, up to GRACE seconds to exit, then SIGKILL.
 # Nothing when PID is empty or not running.
 stop_process() {

@@ -402,11 +402,8 @@ install_tansu() {
     mkdir -p "$TANSU_BUILD_DIR"
     # Another process may be building it right now: wait for it (the lock) rather
     # than compiling the same crates twice on a 2-core machine.
-    exec 8>"$TANSU_BUILD_DIR/.lock"
-    if ! flock -n 8; then
-        log "waiting for another tansu build in $TANSU_BUILD_DIR (up to ${TANSU_INSTALL_WAIT}s)"
-        flock -w "$TANSU_INSTALL_WAIT" 8 || die "another tansu build held $TANSU_BUILD_DIR/.lock for ${TANSU_INSTALL_WAIT}s"
-    fi
+    hold_lock 8 "$TANSU_BUILD_DIR/.lock" "$TANSU_INSTALL_WAIT" "another tansu build in $TANSU_BUILD_DIR" ||
+        die "another tansu build held $TANSU_BUILD_DIR/.lock for ${TANSU_INSTALL_WAIT}s"
     if tansu_ok; then
         log "tansu $TANSU_VERSION (patched) installed by the other process"
         exec 8>&-
@@ -485,11 +482,8 @@ install() {
 # Serialises up/down, so that two concurrent `up`s (say `make test` in two
 # terminals) do not both start a server on the same port.
 lock() {
-    mkdir -p "$REPO/.tmp"
-    exec 9>"$REPO/.tmp/stack.lock"
-    if ! flock -w 300 9; then
+    hold_lock 9 "$REPO/.tmp/stack.lock" 300 "another scripts/stack.sh up/down" ||
         die "another scripts/stack.sh up/down held .tmp/stack.lock for 300s"
-    fi
 }
 
 usage() {
