@@ -4,7 +4,7 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
 # Sets REPO (the repository's root) and LOG_NAME (the sourcing script's name
-# without .sh; a script may override it). Defines only functions and those two
+# without .sh, for log; a script may set it after sourcing). Defines only functions and those two
 # variables: sourcing it starts nothing, changes no directory and sets no shell
 # option, so every script keeps its own `set -euo pipefail` and traps.
 #
@@ -13,7 +13,7 @@
 # whatever cargo is configured with.
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LOG_NAME="${LOG_NAME:-$(basename "${BASH_SOURCE[1]:-$0}" .sh)}"
+LOG_NAME="$(basename "${BASH_SOURCE[1]:-$0}" .sh)"
 
 # ------------------------------------------------------------------- output
 
