@@ -49,6 +49,20 @@ ENV CARGO_TERM_COLOR=never \
 # ---------------------------------------------------------------------------
 # skeleton: manifests + lock file + empty target files. Re-runs on every
 # source change (cheap); its output only changes when a manifest does.
+#
+# This is what cargo-chef's `prepare` / `cook` do, kept by hand on purpose
+# (measured on this 2-core machine, shared with other builds, 2026-12-01):
+# - cargo-chef is not in the rust image; `cargo install cargo-chef --locked`
+#   (0.1.78) compiles 87 crates: 11 min 14 s here, about as long as the
+#   dependency layer it would cache (the whole first build of both images took
+#   11 min 34 s at the same time), paid again on every builder without a layer
+#   cache (a fresh CI machine). The stage below takes 8 s without any cache.
+# - the air-gapped build (vendor/ + CARGO_NET_OFFLINE=true, docker/README.md)
+#   could not install it at all: no registry to fetch it from.
+# - no prebuilt cargo-chef image can be pulled where no container registry is
+#   reached (docker/standins/ exist for that reason).
+# Switch when the builder image ships cargo-chef: it also covers layouts this
+# stage does not (e.g. targets declared at custom paths in a Cargo.toml).
 FROM toolchain AS skeleton
 COPY . /full
 RUN set -eu; cd /full; mkdir -p /skeleton; \

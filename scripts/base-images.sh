@@ -24,8 +24,9 @@
 # toolchain (rustup) and the tansu broker 0.6.0 with this repository's patches
 # (~/.cargo/bin/tansu; built by `scripts/stack.sh install-broker` when missing).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${HCP_CACHE_DIR:-/var/cache/healthcheck-pipeline}"
 SUITE=bookworm
 FORCE_REBUILD="${FORCE_REBUILD:-0}"
@@ -40,9 +41,6 @@ IMG_KAFKA=apache/kafka:3.9.0
 IMG_POSTGRES=postgres:16
 IMG_PROMETHEUS=prom/prometheus:v2.53.0
 IMG_TARGET=healthcheck-pipeline/target-site:local
-
-log() { printf '[base-images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -69,18 +67,10 @@ timed() { # timed LABEL CMD...: runs CMD, logs its duration
     log "$label: done in $((SECONDS - start))s"
 }
 
-# The Debian mirror this host's apt uses (deb822 or one-line format).
-detect_mirror() {
-    local kind=$1 uri
-    uri=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | grep -oE 'https?://[^ ]+' | sed 's:/*$::' | grep -E "/${kind}\$" | head -n1 || true)
-    if [[ -z "$uri" ]]; then
-        uri="http://deb.debian.org/${kind}"
-    fi
-    printf '%s\n' "$uri"
-}
-MIRROR="${DEBIAN_MIRROR:-$(detect_mirror debian)}"
-SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(detect_mirror debian-security)}"
+# The Debian archives this machine's apt uses (no host is named here); only
+# the minbase image needs them, and says so when apt has none.
+MIRROR="${DEBIAN_MIRROR:-$(debian_mirror debian || true)}"
+SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(debian_mirror debian-security || true)}"
 
 build() { # build IMAGE CONTEXT [docker build args...]
     local image=$1 context=$2 old
@@ -99,17 +89,16 @@ build() { # build IMAGE CONTEXT [docker build args...]
 minbase() {
     local tarball="$CACHE_DIR/${SUITE}-minbase.tar"
     if [[ ! -s "$tarball" ]]; then
-        command -v debootstrap >/dev/null || {
-            log "installing debootstrap"
-            apt-get update -qq >/dev/null || true
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-        }
+        [[ -n "$MIRROR" && -n "$SECURITY_MIRROR" ]] ||
+            die "no debian and debian-security archives in /etc/apt/sources.list*; set DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR"
+        is_root || die "debootstrap needs root (or an existing $tarball)"
+        command -v debootstrap >/dev/null || apt_install debootstrap
         local rootfs="$CACHE_DIR/rootfs-$SUITE-minbase"
         rm -rf "$rootfs"
         mkdir -p "$CACHE_DIR"
         log "debootstrap --variant=minbase $SUITE from $MIRROR (about 2 minutes)"
         debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$CACHE_DIR/debootstrap.log" 2>&1 \
-            || { tail -n 30 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE_DIR/debootstrap.log)"; }
+            || { tail_log "$CACHE_DIR/debootstrap.log"; die "debootstrap failed (log: $CACHE_DIR/debootstrap.log)"; }
         cat >"$rootfs/etc/apt/sources.list" <<EOF
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
@@ -153,8 +142,8 @@ EOF
 # 2. rust:1.95-bookworm with the host's toolchain (no toolchain can be downloaded here).
 rust_image() {
     want "$IMG_RUST" || return 0
-    local rustc_bin sysroot version ctx="$CACHE_DIR/ctx-rust"
-    rustc_bin=$(command -v rustc) || die "rustc not found on the host"
+    local sysroot version ctx="$CACHE_DIR/ctx-rust"
+    command -v rustc >/dev/null || die "rustc not found on the host"
     version=$(rustc --version | awk '{print $2}')
     [[ "$version" == "$RUST_VERSION".* ]] || die "host rustc is $version, image wants $RUST_VERSION"
     sysroot=$(rustc --print sysroot)
@@ -179,10 +168,10 @@ rust_image() {
         done
     fi
     # CA certificates added locally on this host (e.g. of a TLS-intercepting
-    # egress proxy): cargo inside the builder must trust them to reach crates.io.
+    # egress proxy): cargo inside the builder must trust them to reach the crate registry.
     mkdir -p "$ctx/extra-ca"
     find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} "$ctx/extra-ca/" \; 2>/dev/null || true
-    cp "$REPO_ROOT/docker/standins/rust/Dockerfile" "$ctx/Dockerfile"
+    cp "$REPO/docker/standins/rust/Dockerfile" "$ctx/Dockerfile"
     log "building $IMG_RUST (apt: build-essential, pkg-config, libssl-dev, zlib1g-dev, perl)"
     build "$IMG_RUST" "$ctx" --build-arg "RUST_VERSION=$version" --build-arg "TOOLCHAIN=$toolchain"
     rm -rf "$ctx"
@@ -191,7 +180,7 @@ rust_image() {
 # 3. distroless-like runtime image.
 distroless_image() {
     want "$IMG_DISTROLESS" || return 0
-    build "$IMG_DISTROLESS" "$REPO_ROOT/docker/standins/distroless"
+    build "$IMG_DISTROLESS" "$REPO/docker/standins/distroless"
 }
 
 # 4. apache/kafka stand-in running tansu.
@@ -199,7 +188,7 @@ kafka_image() {
     # The stand-in must run the same (patched) tansu as the tests: rebuild it when
     # the image's build differs from what scripts/stack.sh builds.
     local build_id
-    build_id=$("$REPO_ROOT/scripts/stack.sh" broker-id)
+    build_id=$("$REPO/scripts/stack.sh" broker-id)
     if [[ "$FORCE_REBUILD" != 1 ]] && have_image "$IMG_KAFKA" &&
         [[ "$(docker image inspect -f '{{ index .Config.Labels "io.healthcheck-pipeline.tansu-build" }}' "$IMG_KAFKA" 2>/dev/null)" != "$build_id" ]] &&
         [[ "$(docker image inspect -f "{{ index .Config.Labels \"$LABEL_STANDIN\" }}" "$IMG_KAFKA" 2>/dev/null)" == true ]]; then
@@ -207,11 +196,11 @@ kafka_image() {
     else
         want "$IMG_KAFKA" || return 0
     fi
-    "$REPO_ROOT/scripts/stack.sh" install-broker >&2
+    "$REPO/scripts/stack.sh" install-broker >&2
     local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
     local ctx="$CACHE_DIR/ctx-kafka"
     rm -rf "$ctx"
-    cp -r "$REPO_ROOT/docker/standins/kafka" "$ctx"
+    cp -r "$REPO/docker/standins/kafka" "$ctx"
     mkdir -p "$ctx/rootfs/usr/local/bin"
     cp "$tansu" "$ctx/rootfs/usr/local/bin/tansu"
     strip "$ctx/rootfs/usr/local/bin/tansu" 2>/dev/null || true
@@ -222,17 +211,17 @@ kafka_image() {
 
 postgres_image() {
     want "$IMG_POSTGRES" || return 0
-    build "$IMG_POSTGRES" "$REPO_ROOT/docker/standins/postgres"
+    build "$IMG_POSTGRES" "$REPO/docker/standins/postgres"
 }
 
 prometheus_image() {
     want "$IMG_PROMETHEUS" || return 0
-    build "$IMG_PROMETHEUS" "$REPO_ROOT/docker/standins/prometheus"
+    build "$IMG_PROMETHEUS" "$REPO/docker/standins/prometheus"
 }
 
 target_image() {
     want "$IMG_TARGET" || return 0
-    build "$IMG_TARGET" "$REPO_ROOT/docker/standins/target-site"
+    build "$IMG_TARGET" "$REPO/docker/standins/target-site"
 }
 
 remove_standins() {
@@ -261,7 +250,7 @@ run_logged() { # run_logged NAME FUNCTION: runs FUNCTION with output to a log fi
     if "$fn" >"$logfile" 2>&1; then
         log "$name: ok in $((SECONDS - start))s"
     else
-        tail -n 60 "$logfile" >&2
+        tail_log "$logfile" 60
         log "$name: FAILED after $((SECONDS - start))s (log: $logfile)"
         return 1
     fi

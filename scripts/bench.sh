@@ -22,8 +22,8 @@
 #                        work, so that it skews the figures less; the report says so)
 #   CHECKER_IMAGE, SINK_IMAGE  image names whose sizes are reported (default: from .env)
 set -euo pipefail
-
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 BENCH_PG_PORT="${BENCH_PG_PORT:-54340}"
 BENCH_BROKER_PORT="${BENCH_BROKER_PORT:-19100}"
@@ -31,9 +31,6 @@ WORK="$REPO/.tmp/bench"
 PIDS="$WORK/pids"
 CARGO="${CARGO:-cargo}"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-
-log() { printf '[bench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # ------------------------------------------------------------------- install
 
@@ -44,17 +41,10 @@ install_tools() {
     command -v prometheus-blackbox-exporter >/dev/null 2>&1 || missing+=(prometheus-blackbox-exporter)
     command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
     if [ "${#missing[@]}" -gt 0 ]; then
-        [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (install them as root)"
-        log "installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
         # linux-perf is optional: without it the profiles are skipped.
         local required=() p
         for p in "${missing[@]}"; do [ "$p" = linux-perf ] || required+=("$p"); done
-        if ! apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
-            [ "${#required[@]}" -eq 0 ] ||
-                apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${required[@]}" >/dev/null
-        fi
+        apt_install "${missing[@]}" || [ "${#required[@]}" -eq 0 ] || apt_install "${required[@]}"
     fi
     for tool in wrk prometheus-blackbox-exporter; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after install"
@@ -93,15 +83,6 @@ cleanup() {
 
 # ---------------------------------------------------------------------- main
 
-env_default() { # VAR: from the environment, else from .env (as scripts/images.sh reads it)
-    local var=$1 value="${!1:-}"
-    if [ -z "$value" ] && [ -f .env ]; then
-        value="$(sed -n "s/^${var}=//p" .env | tail -n1)"
-        value="${value#\'}"; value="${value%\'}"; value="${value#\"}"; value="${value%\"}"
-    fi
-    printf '%s\n' "$value"
-}
-
 install_tools
 log "building the release binaries"
 "$CARGO" build --release --locked -p checker -p sink -p bench
@@ -113,13 +94,12 @@ trap 'exit 130' INT TERM
 PG_PORT="$BENCH_PG_PORT" BROKER_PORT="$BENCH_BROKER_PORT" scripts/stack.sh up
 
 BENCH_BROKER_PID="$(cat "$REPO/.tmp/broker/$BENCH_BROKER_PORT/tansu.pid" 2>/dev/null || true)"
-CHECKER_IMAGE="$(env_default CHECKER_IMAGE)"
-SINK_IMAGE="$(env_default SINK_IMAGE)"
+CHECKER_IMAGE="$(env_value CHECKER_IMAGE healthcheck-pipeline/checker:local)"
+SINK_IMAGE="$(env_value SINK_IMAGE healthcheck-pipeline/sink:local)"
 export BENCH_REPO="$REPO" BENCH_WORK_DIR="$WORK" BENCH_PIDS_FILE="$PIDS" BENCH_BIN_DIR="$REPO/target/release"
 export BENCH_DATABASE_URL="postgres://healthcheck:healthcheck@127.0.0.1:$BENCH_PG_PORT/healthcheck"
 export BENCH_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BENCH_BROKER_PORT" BENCH_BROKER_PID
-export CHECKER_IMAGE="${CHECKER_IMAGE:-healthcheck-pipeline/checker:local}"
-export SINK_IMAGE="${SINK_IMAGE:-healthcheck-pipeline/sink:local}"
+export CHECKER_IMAGE SINK_IMAGE
 if [ -n "${BENCH_NICE:-}" ]; then
     # Our PostgreSQL (postmaster and backends) and broker, every thread; the harness and
     # what it starts inherit the value from `nice`.

@@ -20,19 +20,15 @@
 #   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release)
 # Logs: .tmp/demo/{targets,sink,checker,build}.log
 set -euo pipefail
-
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
 DEMO_SECONDS="${DEMO_SECONDS:-}"
 export PG_PORT="${DEMO_PG_PORT:-54330}"
 export BROKER_PORT="${DEMO_BROKER_PORT:-19093}"
 PORT_BASE="${DEMO_PORT_BASE:-18180}"
-for var in DEMO_SECONDS PG_PORT BROKER_PORT PORT_BASE; do
-    case "${!var}" in
-        *[!0-9]*) echo "demo: $var must be a number, got '${!var}'" >&2; exit 2 ;;
-    esac
-done
+require_number DEMO_SECONDS PG_PORT BROKER_PORT PORT_BASE
 
 HEALTHY_PORT=$((PORT_BASE + 1))
 MISMATCH_PORT=$((PORT_BASE + 2))
@@ -56,9 +52,6 @@ TARGETS_JSON="$(
 EOF
 )"
 
-# `|| true`: see cleanup.
-log() { printf 'demo: %s\n' "$*" >&2 || true; }
-
 # ------------------------------------------------------------------ cleanup
 
 TARGETS_PID=""
@@ -66,21 +59,6 @@ SINK_PID=""
 CHECKER_PID=""
 STACK_STARTED=0
 CLEANED=0
-
-# Sends SIGTERM and waits up to $2 seconds, then SIGKILL.
-stop_process() {
-    local name=$1 pid=$2 grace=$3 i
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 5; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.2
-    done
-    log "$name still running after ${grace}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     [ "$CLEANED" -eq 0 ] || return 0
@@ -114,33 +92,16 @@ psql_demo() {
     psql "$DB_URL" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"
 }
 
-port_open() {
-    # shellcheck disable=SC2016 # $0 expands in the inner shell
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
-}
-
-tail_log() {
-    printf 'demo: last lines of %s:\n' "${1#"$REPO"/}" >&2
-    tail -n 25 "$1" 2>/dev/null | sed 's/^/    /' >&2 || true
-}
+http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
 
 # Waits until $url answers 200, while process $pid lives, for at most $3 s.
 wait_http() {
-    local name=$1 url=$2 limit=$3 pid=$4 logfile=$5 waited=0
-    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail_log "$logfile"
-            log "$name exited during start-up"
-            exit 1
-        fi
-        if [ "$waited" -ge "$limit" ]; then
-            tail_log "$logfile"
-            log "$name did not answer $url within ${limit}s"
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    local name=$1 url=$2 limit=$3 pid=$4 logfile=$5 rc=0
+    poll --while-alive "$pid" "$limit" 1 http_ok "$url" || rc=$?
+    ((rc == 0)) && return
+    tail_log "$logfile" 25
+    ((rc == 2)) && die "$name exited during start-up"
+    die "$name did not answer $url within ${limit}s"
 }
 
 # Exits when the sink or the checker died.
@@ -151,9 +112,8 @@ check_alive() {
         if ! kill -0 "$pid" 2>/dev/null; then
             local rc=0
             wait "$pid" 2>/dev/null || rc=$?
-            tail_log "$DEMO_DIR/$name.log"
-            log "$name exited unexpectedly (exit code $rc)"
-            exit 1
+            tail_log "$DEMO_DIR/$name.log" 25
+            die "$name exited unexpectedly (exit code $rc)"
         fi
     done
 }
@@ -243,11 +203,8 @@ mkdir -p "$DEMO_DIR"
 # One demo per set of ports: a second one would share, and on its way out
 # tear down, the first one's stack. The services get `8>&-` so that the lock
 # lives exactly as long as this script.
-exec 8>"$DEMO_DIR/demo-$PG_PORT.lock"
-if ! flock -n 8; then
-    log "another demo is running on these ports (PostgreSQL $PG_PORT); stop it first, or set DEMO_PG_PORT, DEMO_BROKER_PORT and DEMO_PORT_BASE"
-    exit 1
-fi
+hold_lock 8 "$DEMO_DIR/demo-$PG_PORT.lock" 0 "" ||
+    die "another demo is running on these ports (PostgreSQL $PG_PORT); stop it first, or set DEMO_PG_PORT, DEMO_BROKER_PORT and DEMO_PORT_BASE"
 
 log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the broker on $BROKER"
 scripts/stack.sh install
@@ -257,23 +214,20 @@ scripts/stack.sh up 8>&-
 if [ "${DEMO_BUILD:-1}" != 0 ]; then
     log "building release binaries (cargo build --release -p checker -p sink; log: .tmp/demo/build.log)"
     if ! cargo build --release -p checker -p sink >"$DEMO_DIR/build.log" 2>&1; then
-        tail_log "$DEMO_DIR/build.log"
-        log "build failed"
-        exit 1
+        tail_log "$DEMO_DIR/build.log" 25
+        die "build failed"
     fi
 fi
 for bin in checker sink; do
-    [ -x "target/release/$bin" ] || { log "target/release/$bin missing"; exit 1; }
+    [ -x "target/release/$bin" ] || die "target/release/$bin missing"
 done
 
 if port_open "$REFUSED_PORT"; then
-    log "something listens on 127.0.0.1:$REFUSED_PORT, which must stay closed; set DEMO_PORT_BASE"
-    exit 1
+    die "something listens on 127.0.0.1:$REFUSED_PORT, which must stay closed; set DEMO_PORT_BASE"
 fi
 for port in "$HEALTHY_PORT" "$MISMATCH_PORT" "$HANG_PORT" "${CHECKER_ADMIN##*:}" "${SINK_ADMIN##*:}"; do
     if port_open "$port"; then
-        log "port 127.0.0.1:$port is taken; set DEMO_PORT_BASE to move the demo's ports"
-        exit 1
+        die "port 127.0.0.1:$port is taken; set DEMO_PORT_BASE to move the demo's ports"
     fi
 done
 
@@ -316,9 +270,9 @@ if [ -n "$DEMO_SECONDS" ]; then
     while [ $((SECONDS - started)) -lt "$DEMO_SECONDS" ]; do
         sleep 2
         check_alive
-        printf 'demo: t=%3ds  targets with rows: %s/%s  readyz: checker %s, sink %s\n' \
+        log "$(printf 't=%3ds  targets with rows: %s/%s  readyz: checker %s, sink %s' \
             "$((SECONDS - started))" "$(targets_with_rows)" "${#TARGET_NAMES[@]}" \
-            "$(ready_code "$CHECKER_ADMIN")" "$(ready_code "$SINK_ADMIN")" >&2
+            "$(ready_code "$CHECKER_ADMIN")" "$(ready_code "$SINK_ADMIN")")"
     done
     echo
     echo "Final summary after ${DEMO_SECONDS}s (table probe_results):"
@@ -332,8 +286,8 @@ if [ -n "$DEMO_SECONDS" ]; then
         exit 0
     fi
     echo "demo: FAILED: only $have of ${#TARGET_NAMES[@]} demo targets have rows in probe_results" >&2
-    tail_log "$DEMO_DIR/checker.log"
-    tail_log "$DEMO_DIR/sink.log"
+    tail_log "$DEMO_DIR/checker.log" 25
+    tail_log "$DEMO_DIR/sink.log" 25
     exit 1
 fi
 

@@ -22,15 +22,15 @@
 # E2E_DRILLS (default "postgres broker sink-kill sink-network"; "" for none),
 # E2E_COMPOSE (default "docker compose" when that works, else "docker-compose").
 set -Eeuo pipefail
-
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
 
 E2E_PROJECT="${E2E_PROJECT:-hcp-e2e-$$}"
 SIZE_LIMIT_MB="${SIZE_LIMIT_MB:-30}"   # goal: a larger image is flagged
 SIZE_FAIL_MB="${SIZE_FAIL_MB:-35}"     # a larger image fails the test
 E2E_DRILLS="${E2E_DRILLS-postgres broker sink-kill sink-network}"
-ARTIFACTS="${E2E_ARTIFACTS:-$REPO_ROOT/.tmp/e2e}"
+ARTIFACTS="${E2E_ARTIFACTS:-$REPO/.tmp/e2e}"
 mkdir -p "$ARTIFACTS"
 # What the topic held is collected across the run: never start from an earlier run's.
 rm -f "$ARTIFACTS/topic.txt" "$ARTIFACTS/topic-now.txt" "$ARTIFACTS/topic-ids.log"
@@ -48,18 +48,12 @@ export SINK_ADMIN_HOST_PORT="${E2E_SINK_ADMIN_HOST_PORT:-0}"
 export PROMETHEUS_HOST_PORT="${E2E_PROMETHEUS_HOST_PORT:-0}"
 export RUST_LOG="${E2E_RUST_LOG:-info}"
 
-env_value() { # value of VAR in .env (single or double quotes stripped)
-    local value
-    value=$(sed -n "s/^$1=//p" .env | tail -n1)
-    value="${value#\'}"; value="${value%\'}"; value="${value#\"}"; value="${value%\"}"
-    printf '%s\n' "$value"
-}
-PG_USER="${POSTGRES_USER:-$(env_value POSTGRES_USER)}"
-PG_DB="${POSTGRES_DB:-$(env_value POSTGRES_DB)}"
-CHECKER_IMAGE="${CHECKER_IMAGE:-$(env_value CHECKER_IMAGE)}"
-SINK_IMAGE="${SINK_IMAGE:-$(env_value SINK_IMAGE)}"
+PG_USER=$(env_value POSTGRES_USER)
+PG_DB=$(env_value POSTGRES_DB)
+CHECKER_IMAGE=$(env_value CHECKER_IMAGE)
+SINK_IMAGE=$(env_value SINK_IMAGE)
 export CHECKER_IMAGE SINK_IMAGE
-RESULTS_TOPIC="${KAFKA_TOPIC:-$(env_value KAFKA_TOPIC)}"
+RESULTS_TOPIC=$(env_value KAFKA_TOPIC)
 SAMPLE_TARGETS=(local-ok local-regex-miss local-http-500 local-slow local-refused)
 
 if [[ -n "${E2E_COMPOSE:-}" ]]; then
@@ -69,8 +63,7 @@ elif docker compose version >/dev/null 2>&1; then
 elif command -v docker-compose >/dev/null; then
     COMPOSE=(docker-compose)
 else
-    echo "e2e: neither 'docker compose' nor 'docker-compose' is available" >&2
-    exit 1
+    die "neither 'docker compose' nor 'docker-compose' is available"
 fi
 COMPOSE+=(-p "$E2E_PROJECT" -f docker-compose.yml -f docker-compose.local.yml)
 export COMPOSE_INTERACTIVE_NO_CLI=1 DOCKER_CLI_HINTS=false
@@ -79,14 +72,12 @@ export COMPOSE_INTERACTIVE_NO_CLI=1 DOCKER_CLI_HINTS=false
 # output, timings, failure handling
 
 T0=$SECONDS
+LOG_T0=$T0
 STEP_NAMES=()
 STEP_TIMES=()
 STEP_RESULT=()
 CURRENT_STEP=""
 STEP_START=0
-
-log() { printf '[e2e %(%H:%M:%S)T +%4ds] %s\n' -1 "$((SECONDS - T0))" "$*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
 
 step() { # step NAME: ends the previous step, starts NAME
     end_step ok
@@ -167,17 +158,17 @@ trap on_exit EXIT
 trap 'log "error at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT TERM
 
-# wait_until DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every 2 s
-wait_until() {
-    local what=$1 limit=$2 start=$SECONDS
+# wait_until_quiet DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every 2 s;
+# returns 1 when it did not succeed within the timeout.
+wait_until_quiet() {
+    local what=$1 limit=$2
     shift 2
-    until "$@"; do
-        if ((SECONDS - start >= limit)); then
-            fail "timed out after ${limit}s waiting for: $what"
-        fi
-        sleep 2
-    done
-    log "$what (after $((SECONDS - start))s)"
+    poll "$limit" 2 "$@" || return 1
+    log "$what (after ${POLL_WAITED}s)"
+}
+# wait_until DESCRIPTION TIMEOUT_SECONDS COMMAND...: the same, failing the test on a timeout
+wait_until() {
+    wait_until_quiet "$@" || die "timed out after ${2}s waiting for: $1"
 }
 
 # ---------------------------------------------------------------------------
@@ -191,6 +182,10 @@ psql_q() { # psql_q SQL: one value per line, no headers
 
 health_of() { # health status of a service's container (or its state without a healthcheck)
     docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$(cid "$1")" 2>/dev/null
+}
+is_healthy() { [[ "$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null)" == healthy ]]; } # CONTAINER_ID
+wait_healthy() { # wait_healthy SERVICE DESCRIPTION: up to 120 s for the service's container to be healthy
+    wait_until "$2" 120 is_healthy "$(cid "$1")"
 }
 
 all_healthy() {
@@ -208,7 +203,7 @@ all_healthy() {
 # check_ids of every result the topic holds, read back through the broker's host listener
 # (services/bench/src/bin/topic-ids.rs), added to $ARTIFACTS/topic.txt: the stand-in broker
 # forgets its log when it restarts, so what the topic held before is kept there.
-TOPIC_IDS_BIN="$REPO_ROOT/target/debug/topic-ids"
+TOPIC_IDS_BIN="$REPO/target/debug/topic-ids"
 topic_ids() {
     local now="$ARTIFACTS/topic-now.txt" seen="$ARTIFACTS/topic.txt"
     touch "$seen"
@@ -218,15 +213,13 @@ topic_ids() {
 }
 
 # Compares the results the topic held with probe_results; sets DELIVERED (results in the
-# topic), ROWS, DISTINCT and MISSING (in the topic but not in the table).
+# topic) and MISSING (in the topic but not in the table).
 compare_results() {
     local delivered_file="$ARTIFACTS/delivered.txt" rows_file="$ARTIFACTS/rows.txt"
     topic_ids >"$delivered_file" || return 1
     psql_q "select check_id from probe_results where check_id is not null" >"$rows_file.all" 2>/dev/null || return 1
     sort "$rows_file.all" >"$rows_file"
     DELIVERED=$(wc -l <"$delivered_file")
-    ROWS=$(wc -l <"$rows_file")
-    DISTINCT=$(sort -u "$rows_file" | wc -l)
     MISSING=$(comm -23 "$delivered_file" <(sort -u "$rows_file") | wc -l)
 }
 
@@ -243,7 +236,7 @@ exactly_once() {
     wait_until "$label: results in the topic since the fault ($min+)" 120 delivered_at_least "$min"
     if ! wait_until_quiet "$label: every result in the topic is in probe_results" 120 caught_up; then
         { comm -23 "$ARTIFACTS/delivered.txt" <(sort -u "$ARTIFACTS/rows.txt") | head -n 20 >&2; } || true
-        fail "$label: $MISSING of the topic's $DELIVERED results are missing from probe_results"
+        die "$label: $MISSING of the topic's $DELIVERED results are missing from probe_results"
     fi
     local total distinct counts
     # one statement, so both counts see the same snapshot while rows keep arriving
@@ -252,22 +245,13 @@ exactly_once() {
     local replays
     replays=$(sink_duplicates)
     log "$label: in_topic=$DELIVERED rows=$total distinct_check_ids=$distinct missing=$MISSING replays_absorbed_since_sink_start=$replays"
-    ((total == distinct)) || fail "$label: $((total - distinct)) duplicate rows (rows=$total, distinct check_ids=$distinct)"
+    ((total == distinct)) || die "$label: $((total - distinct)) duplicate rows (rows=$total, distinct check_ids=$distinct)"
     DRILL_SUMMARY+=("$label: in_topic=$DELIVERED rows=$total distinct=$distinct missing=0 duplicates=0 replays_absorbed=$replays")
 }
 delivered_at_least() {
     local n
     n=$(topic_ids | wc -l) || return 1
     ((n >= $1))
-}
-wait_until_quiet() { # like wait_until, but returns 1 instead of failing
-    local what=$1 limit=$2 start=$SECONDS
-    shift 2
-    until "$@"; do
-        ((SECONDS - start >= limit)) && return 1
-        sleep 2
-    done
-    log "$what (after $((SECONDS - start))s)"
 }
 
 sink_duplicates() { # healthcheck_sink_duplicates_total of the running sink (replays absorbed), or "?"
@@ -312,36 +296,35 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     standins_status=0
     wait "$standins_pid" || standins_status=$?
     cat "$ARTIFACTS/base-images.log" >&2
-    ((images_status == 0)) || fail "scripts/images.sh failed"
-    ((standins_status == 0)) || fail "scripts/base-images.sh (stand-ins) failed"
+    ((images_status == 0)) || die "scripts/images.sh failed"
+    ((standins_status == 0)) || die "scripts/base-images.sh (stand-ins) failed"
 fi
 
 step "topic reader for the drills (cargo build -p bench --bin topic-ids)"
-cargo build -q -p bench --bin topic-ids || fail "could not build topic-ids"
+cargo build -q -p bench --bin topic-ids || die "could not build topic-ids"
 
 step "image checks: non-root user, size (goal <= ${SIZE_LIMIT_MB} MB, fail > ${SIZE_FAIL_MB} MB)"
 printf '%-44s %10s %12s  %s\n' IMAGE SIZE USER NOTE >&2
 size_fail=0
 for image in "$CHECKER_IMAGE" "$SINK_IMAGE" apache/kafka:3.9.0 postgres:16 prom/prometheus:v2.53.0 healthcheck-pipeline/target-site:local; do
-    bytes=$(docker image inspect -f '{{.Size}}' "$image") || fail "image $image is missing"
-    user=$(docker image inspect -f '{{.Config.User}}' "$image")
+    image_info "$image" || die "image $image is missing"
     note="(third-party stand-in, not checked)"
     if [[ "$image" == "$CHECKER_IMAGE" || "$image" == "$SINK_IMAGE" ]]; then
-        if ((bytes > SIZE_FAIL_MB * 1000 * 1000)); then
+        if ((IMAGE_BYTES > SIZE_FAIL_MB * 1000 * 1000)); then
             note="FAIL: above ${SIZE_FAIL_MB} MB"
             size_fail=1
-        elif ((bytes > SIZE_LIMIT_MB * 1000 * 1000)); then
+        elif ((IMAGE_BYTES > SIZE_LIMIT_MB * 1000 * 1000)); then
             note="WARNING: above the ${SIZE_LIMIT_MB} MB goal"
         else
             note="ok (<= ${SIZE_LIMIT_MB} MB)"
         fi
-        case "$user" in
-        "" | root | 0 | 0:* | root:*) fail "$image runs as root (Config.User='$user')" ;;
+        case "$IMAGE_USER" in
+        "" | root | 0 | 0:* | root:*) die "$image runs as root (Config.User='$IMAGE_USER')" ;;
         esac
     fi
-    printf '%-44s %7.1f MB %12s  %s\n' "$image" "$(awk "BEGIN{print $bytes/1e6}")" "${user:-root}" "$note" >&2
+    printf '%s  %s\n' "$IMAGE_ROW" "$note" >&2
 done
-((size_fail == 0)) || fail "an image is larger than ${SIZE_FAIL_MB} MB"
+((size_fail == 0)) || die "an image is larger than ${SIZE_FAIL_MB} MB"
 
 # ---------------------------------------------------------------------------
 # 3-4. stack up, basic assertions
@@ -358,9 +341,9 @@ compose up -d --no-build
 
 step "all containers healthy"
 HEALTH_REPORT=""
-wait_until_quiet "all containers healthy" 240 all_healthy || fail "not healthy after 240 s: $HEALTH_REPORT"
+wait_until_quiet "all containers healthy" 240 all_healthy || die "not healthy after 240 s: $HEALTH_REPORT"
 init_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(cid kafka-init)" 2>/dev/null || echo "?")
-[[ "$init_exit" == 0 ]] || fail "kafka-init (topic creation) exited with $init_exit"
+[[ "$init_exit" == 0 ]] || die "kafka-init (topic creation) exited with $init_exit"
 compose ps >&2
 
 step "results of every sample target reach PostgreSQL"
@@ -368,13 +351,13 @@ wait_until "probe_results has rows for ${SAMPLE_TARGETS[*]}" 120 results_for_all
 psql_q "select target_name, count(*), bool_or(success), min(status_code), max(error_kind) from probe_results group by 1 order by 1" \
     | sed 's/^/    /' >&2
 [[ "$(psql_q "select bool_and(success) from probe_results where target_name = 'local-ok'")" == t ]] \
-    || fail "local-ok has unsuccessful results"
+    || die "local-ok has unsuccessful results"
 for target in local-http-500 local-slow local-refused; do
     [[ "$(psql_q "select bool_or(success) from probe_results where target_name = '$target'")" == f ]] \
-        || fail "$target has successful results"
+        || die "$target has successful results"
 done
 [[ "$(psql_q "select bool_or(regex_matched) from probe_results where target_name = 'local-regex-miss'")" != t ]] \
-    || fail "local-regex-miss matched its regex"
+    || die "local-regex-miss matched its regex"
 
 step "Prometheus: up == 1 for checker and sink"
 wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
@@ -385,7 +368,7 @@ for service in checker sink; do
     pid=$(docker inspect -f '{{.State.Pid}}' "$(cid "$service")")
     uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
     log "$service: process uid $uid, image user $(docker inspect -f '{{.Config.User}}' "$(cid "$service")")"
-    ((uid != 0)) || fail "$service runs as root"
+    ((uid != 0)) || die "$service runs as root"
 done
 
 DRILL_SUMMARY=()
@@ -407,7 +390,7 @@ drill_postgres() {
     log "PostgreSQL stopped; the checker keeps producing for 15 s"
     sleep 15
     docker start "$(cid postgres)" >/dev/null
-    wait_until "PostgreSQL healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid postgres)) == healthy ]]"
+    wait_healthy postgres "PostgreSQL healthy again"
     exactly_once "postgres stop/start" $((before + 10))
 }
 
@@ -437,10 +420,10 @@ drill_broker() {
     log "broker stopped; the checker buffers its results for 15 s"
     sleep 15
     docker start "$(cid kafka)" >/dev/null
-    wait_until "broker healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid kafka)) == healthy ]]"
+    wait_healthy kafka "broker healthy again"
     if ((standin)); then
         docker start "$(cid sink)" >/dev/null
-        wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+        wait_healthy sink "sink healthy again"
     fi
     exactly_once "broker stop/start" $((before + 10))
 }
@@ -453,7 +436,7 @@ drill_sink_kill() {
     log "sink killed; the restart policy may bring it back on its own"
     sleep 5
     running sink || docker start "$(cid sink)" >/dev/null
-    wait_until "sink healthy again" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $(cid sink)) == healthy ]]"
+    wait_healthy sink "sink healthy again"
     exactly_once "sink kill/start" $((before + 10))
 }
 
@@ -467,7 +450,7 @@ drill_sink_network() {
     log "sink cut off from $network for 20 s"
     sleep 20
     docker network connect --alias sink "$network" "$id"
-    wait_until "sink healthy" 120 bash -c "[[ \$(docker inspect -f '{{.State.Health.Status}}' $id) == healthy ]]"
+    wait_until "sink healthy" 120 is_healthy "$id"
     exactly_once "sink network cut" $((before + 10))
 }
 
@@ -477,12 +460,12 @@ for drill in $E2E_DRILLS; do
     broker) drill_broker ;;
     sink-kill) drill_sink_kill ;;
     sink-network) drill_sink_network ;;
-    *) fail "unknown drill $drill" ;;
+    *) die "unknown drill $drill" ;;
     esac
 done
 
 step "final: all containers healthy, Prometheus up"
-wait_until_quiet "all containers healthy" 120 all_healthy || fail "not healthy after 120 s: $HEALTH_REPORT"
+wait_until_quiet "all containers healthy" 120 all_healthy || die "not healthy after 120 s: $HEALTH_REPORT"
 wait_until "Prometheus reports up{job=\"sink\"} == 1" 90 prometheus_up sink
 wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
 end_step ok

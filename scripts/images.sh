@@ -13,29 +13,15 @@
 # the build output (default: into .tmp/images-<target>.log, tail shown on failure).
 # On a machine without a container registry run scripts/base-images.sh first.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
-
-log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-env_default() { # env_default VAR: value from the environment, else from .env
-    local var=$1 value
-    value="${!var:-}"
-    if [[ -z "$value" && -f .env ]]; then
-        value=$(sed -n "s/^${var}=//p" .env | tail -n1)
-        value="${value#\'}"; value="${value%\'}"
-        value="${value#\"}"; value="${value%\"}"
-    fi
-    printf '%s\n' "$value"
-}
-
-CHECKER_IMAGE="$(env_default CHECKER_IMAGE)"
-SINK_IMAGE="$(env_default SINK_IMAGE)"
-: "${CHECKER_IMAGE:=healthcheck-pipeline/checker:local}" "${SINK_IMAGE:=healthcheck-pipeline/sink:local}"
+CHECKER_IMAGE=$(env_value CHECKER_IMAGE healthcheck-pipeline/checker:local)
+SINK_IMAGE=$(env_value SINK_IMAGE healthcheck-pipeline/sink:local)
 BUILD_NETWORK="${BUILD_NETWORK:-host}"
 SIZE_LIMIT_MB="${SIZE_LIMIT_MB:-30}"
-LOG_DIR="${LOG_DIR:-$REPO_ROOT/.tmp}"
+LOG_DIR="${LOG_DIR:-$REPO/.tmp}"
 mkdir -p "$LOG_DIR"
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -59,7 +45,7 @@ context_paths=()
 for path in Cargo.toml Cargo.lock services rust-toolchain rust-toolchain.toml .cargo vendor .dockerignore; do
     [[ -e "$path" ]] && context_paths+=("$path")
 done
-tar -C "$REPO_ROOT" --exclude=target --exclude='*.rs.bk' -cf - "${context_paths[@]}" | tar -C "$CONTEXT_DIR" -xf -
+tar -C "$REPO" --exclude=target --exclude='*.rs.bk' -cf - "${context_paths[@]}" | tar -C "$CONTEXT_DIR" -xf -
 
 build_one() { # build_one TARGET IMAGE
     local target=$1 image=$2 start=$SECONDS logfile="$LOG_DIR/images-$1.log"
@@ -70,12 +56,12 @@ build_one() { # build_one TARGET IMAGE
     [[ "$BUILD_NETWORK" != default ]] && args+=(--network "$BUILD_NETWORK")
     # shellcheck disable=SC2206
     [[ -n "${DOCKER_BUILD_ARGS:-}" ]] && args+=($DOCKER_BUILD_ARGS)
-    args+=(-f "$REPO_ROOT/Dockerfile" "$CONTEXT_DIR")
+    args+=(-f "$REPO/Dockerfile" "$CONTEXT_DIR")
     log "docker ${args[*]}"
     if [[ "${VERBOSE:-0}" == 1 ]]; then
         docker "${args[@]}"
     elif ! docker "${args[@]}" >"$logfile" 2>&1; then
-        tail -n 120 "$logfile" >&2
+        tail_log "$logfile" 120
         log "building $image failed after $((SECONDS - start))s (full log: $logfile)"
         return 1
     fi
@@ -88,17 +74,16 @@ for target in "${targets[@]}"; do
     case "$target" in
     checker) build_one checker "$CHECKER_IMAGE" ;;
     sink) build_one sink "$SINK_IMAGE" ;;
-    *) log "unknown target $target (checker|sink)"; exit 2 ;;
+    *) die "unknown target $target (checker|sink)" 2 ;;
     esac
 done
 
-printf '\n%-40s %10s %8s  %s\n' IMAGE SIZE USER NOTE
+printf '\n%-44s %10s %12s  %s\n' IMAGE SIZE USER NOTE
 for target in "${targets[@]}"; do
     image=$CHECKER_IMAGE
     [[ "$target" == sink ]] && image=$SINK_IMAGE
-    bytes=$(docker image inspect -f '{{.Size}}' "$image")
-    user=$(docker image inspect -f '{{.Config.User}}' "$image")
+    image_info "$image"
     note=ok
-    if ((bytes > SIZE_LIMIT_MB * 1000 * 1000)); then note="WARNING: above ${SIZE_LIMIT_MB} MB"; fi
-    printf '%-40s %7.1f MB %8s  %s\n' "$image" "$(awk "BEGIN{print $bytes/1e6}")" "$user" "$note"
+    if ((IMAGE_BYTES > SIZE_LIMIT_MB * 1000 * 1000)); then note="WARNING: above ${SIZE_LIMIT_MB} MB"; fi
+    printf '%s  %s\n' "$IMAGE_ROW" "$note"
 done

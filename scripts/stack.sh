@@ -34,8 +34,9 @@
 # ports) runs beside the test stack. PostgreSQL lives in .tmp/pg/<port>/ and the
 # broker's pid file and log in .tmp/broker/<port>/.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_PORT="${PG_PORT:-54329}"
 BROKER_PORT="${BROKER_PORT:-19092}"
 STACK_WAIT="${STACK_WAIT:-60}"
@@ -54,18 +55,7 @@ BROKER_DIR="$REPO/.tmp/broker/$BROKER_PORT"
 BROKER_PID_FILE="$BROKER_DIR/tansu.pid"
 BROKER_LOG="$BROKER_DIR/tansu.log"
 
-# `|| true`: a closed stderr (say `make test | tee` after Ctrl-C) must not
-# abort a `down` half-way.
-log() { printf 'stack: %s\n' "$*" >&2 || true; }
-die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
-
-for port_var in PG_PORT BROKER_PORT STACK_WAIT TANSU_INSTALL_WAIT; do
-    case "${!port_var}" in
-        '' | *[!0-9]*) die "$port_var must be a number, got '${!port_var}'" ;;
-    esac
-done
-
-is_root() { [ "$(id -u)" -eq 0 ]; }
+require_number PG_PORT BROKER_PORT STACK_WAIT TANSU_INSTALL_WAIT
 
 # Runs a command as the `postgres` OS user when we are root (initdb and the
 # server refuse to run as root), as ourselves otherwise.
@@ -75,23 +65,6 @@ as_pg() {
     else
         "$@"
     fi
-}
-
-# Prints the last lines of a log file, indented, to stderr.
-tail_log() {
-    local file=$1
-    if [ -f "$file" ]; then
-        printf 'stack: last lines of %s:\n' "$file" >&2
-        tail -n 30 "$file" | sed 's/^/    /' >&2
-    else
-        printf 'stack: (no log at %s)\n' "$file" >&2
-    fi
-}
-
-# True when something accepts TCP connections on 127.0.0.1:$1.
-port_open() {
-    # shellcheck disable=SC2016 # $0/$1 expand in the inner shell
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$HOST" "$1" 2>/dev/null
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -198,7 +171,7 @@ pg_up() {
     if pg_running; then
         log "PostgreSQL already running on $HOST:$PG_PORT"
     else
-        if port_open "$PG_PORT"; then
+        if port_open "$PG_PORT" "$HOST"; then
             die "port $PG_PORT is taken by another process; pick another with PG_PORT=..."
         fi
         if [ ! -f "$PG_DATA/PG_VERSION" ]; then
@@ -216,15 +189,10 @@ pg_up() {
         fi
     fi
 
-    local waited=0
-    until "$PGBIN/pg_isready" -q -h "$HOST" -p "$PG_PORT"; do
-        if [ "$waited" -ge "$STACK_WAIT" ]; then
-            tail_log "$PG_LOG"
-            die "PostgreSQL on $HOST:$PG_PORT not ready after ${STACK_WAIT}s"
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    if ! poll "$STACK_WAIT" 1 "$PGBIN/pg_isready" -q -h "$HOST" -p "$PG_PORT"; then
+        tail_log "$PG_LOG"
+        die "PostgreSQL on $HOST:$PG_PORT not ready after ${STACK_WAIT}s"
+    fi
 
     if [ "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
         log "creating database $DB_NAME"
@@ -338,7 +306,7 @@ broker_up() {
     if pid="$(broker_pid)"; then
         log "broker already running on $HOST:$BROKER_PORT (pid $pid)"
     else
-        if port_open "$BROKER_PORT"; then
+        if port_open "$BROKER_PORT" "$HOST"; then
             die "port $BROKER_PORT is taken by another process; pick another with BROKER_PORT=..."
         fi
         mkdir -p "$BROKER_DIR"
@@ -354,20 +322,14 @@ broker_up() {
         printf '%s\n' "$pid" >"$BROKER_PID_FILE"
     fi
 
-    local waited=0
-    until port_open "$BROKER_PORT"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail_log "$BROKER_LOG"
-            rm -f "$BROKER_PID_FILE"
-            die "broker exited before accepting connections"
-        fi
-        if [ "$waited" -ge "$STACK_WAIT" ]; then
-            tail_log "$BROKER_LOG"
-            die "broker on $HOST:$BROKER_PORT not accepting connections after ${STACK_WAIT}s"
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    local rc=0
+    poll --while-alive "$pid" "$STACK_WAIT" 1 port_open "$BROKER_PORT" "$HOST" || rc=$?
+    if ((rc != 0)); then
+        tail_log "$BROKER_LOG"
+        ((rc == 2)) || die "broker on $HOST:$BROKER_PORT not accepting connections after ${STACK_WAIT}s"
+        rm -f "$BROKER_PID_FILE"
+        die "broker exited before accepting connections"
+    fi
     # The port may answer for another process that won a race for it.
     if ! kill -0 "$pid" 2>/dev/null; then
         tail_log "$BROKER_LOG"
@@ -377,18 +339,9 @@ broker_up() {
 }
 
 broker_down() {
-    local pid i
+    local pid
     if pid="$(broker_pid)"; then
-        log "stopping broker on $HOST:$BROKER_PORT (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "broker ignored SIGTERM for 10s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        stop_process "broker on $HOST:$BROKER_PORT" "$pid" 10
     fi
     rm -rf "$BROKER_DIR"
     rmdir "$(dirname "$BROKER_DIR")" 2>/dev/null || true
@@ -449,11 +402,8 @@ install_tansu() {
     mkdir -p "$TANSU_BUILD_DIR"
     # Another process may be building it right now: wait for it (the lock) rather
     # than compiling the same crates twice on a 2-core machine.
-    exec 8>"$TANSU_BUILD_DIR/.lock"
-    if ! flock -n 8; then
-        log "waiting for another tansu build in $TANSU_BUILD_DIR (up to ${TANSU_INSTALL_WAIT}s)"
-        flock -w "$TANSU_INSTALL_WAIT" 8 || die "another tansu build held $TANSU_BUILD_DIR/.lock for ${TANSU_INSTALL_WAIT}s"
-    fi
+    hold_lock 8 "$TANSU_BUILD_DIR/.lock" "$TANSU_INSTALL_WAIT" "another tansu build in $TANSU_BUILD_DIR" ||
+        die "another tansu build held $TANSU_BUILD_DIR/.lock for ${TANSU_INSTALL_WAIT}s"
     if tansu_ok; then
         log "tansu $TANSU_VERSION (patched) installed by the other process"
         exec 8>&-
@@ -518,11 +468,7 @@ install() {
         missing+=(prometheus)
     fi
     if [ "${#missing[@]}" -gt 0 ]; then
-        is_root || die "missing Debian packages: ${missing[*]} (install them as root)"
-        log "installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=300 update -q
-        apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}"
+        apt_install "${missing[@]}"
     else
         log "postgresql and prometheus (promtool) already installed"
     fi
@@ -536,11 +482,8 @@ install() {
 # Serialises up/down, so that two concurrent `up`s (say `make test` in two
 # terminals) do not both start a server on the same port.
 lock() {
-    mkdir -p "$REPO/.tmp"
-    exec 9>"$REPO/.tmp/stack.lock"
-    if ! flock -w 300 9; then
+    hold_lock 9 "$REPO/.tmp/stack.lock" 300 "another scripts/stack.sh up/down" ||
         die "another scripts/stack.sh up/down held .tmp/stack.lock for 300s"
-    fi
 }
 
 usage() {
