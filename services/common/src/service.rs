@@ -56,7 +56,7 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(log_format(&config));
+    crate::telemetry::init(log_format(&config), env.get("RUST_LOG"));
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());

@@ -34,12 +34,17 @@ impl LogFormat {
     }
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` selects levels (default `info`). Logs go
-/// to standard error. Calling it twice is harmless (the second call does nothing).
-pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn")
-    });
+/// The log filter when `RUST_LOG` is unset or does not parse.
+pub const DEFAULT_FILTER: &str = "info,librdkafka=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn";
+
+/// Installs the global tracing subscriber. `filter` is `RUST_LOG`'s value, taken from the
+/// service's [`crate::config::Env`] snapshot (tracing-subscriber's `EnvFilter` directives; unset or
+/// unparsable: [`DEFAULT_FILTER`]). Logs go to standard error. Calling it twice is harmless
+/// (the second call does nothing).
+pub fn init(format: LogFormat, filter: Option<&str>) {
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

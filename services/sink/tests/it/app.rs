@@ -27,8 +27,8 @@ pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     all.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
     let config = Config::from_env(&Env::from_pairs(all)).expect("valid config");
     // Logs go to stderr when a test is run with RUST_LOG set (e.g. RUST_LOG=sink=debug).
-    if std::env::var_os("RUST_LOG").is_some() {
-        common::telemetry::init(common::telemetry::LogFormat::Text);
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        common::telemetry::init(common::telemetry::LogFormat::Text, Some(&filter));
     }
     let app = App::build(config).await.expect("app builds");
     let admin = app.admin_addr();
