@@ -11,7 +11,7 @@
 //! 6), `memory`, `startup`, `sink`, `write`, `profile`.
 
 mod gen;
-mod http;
+mod histogram;
 mod procs;
 mod report;
 mod setup;
