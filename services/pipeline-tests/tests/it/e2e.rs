@@ -11,7 +11,7 @@ use common::result::ProbeResult;
 use testkit::broker::{bootstrap, create_topic, PrivateBroker};
 use testkit::http::{http_get, http_target, try_http_get};
 use testkit::metrics::Scrape;
-use testkit::net::free_port;
+use testkit::net::{free_addr, free_port};
 use testkit::pg::{connect, count, fresh_database};
 use testkit::process::{bin, signal, spawn, wait_exit};
 use testkit::topic::read_topic;
@@ -30,60 +30,127 @@ async fn hanging_target() -> SocketAddr {
     addr
 }
 
+/// Environments of the two processes of [`pipeline_end_to_end_survives_sink_sigkill_and_sigterm`]:
+/// four targets (healthy, regex mismatch, refused, hanging) probed every 250 ms, a 3-partition
+/// topic, a fresh database.
+struct Pipeline {
+    url: String,
+    bootstrap: String,
+    topic: String,
+    sink_env: Vec<(&'static str, String)>,
+    checker_env: Vec<(&'static str, String)>,
+    sink_admin: SocketAddr,
+    checker_admin: SocketAddr,
+}
+
+impl Pipeline {
+    async fn new() -> Self {
+        let (url, bootstrap) = (fresh_database().await, bootstrap());
+        let topic = unique("results");
+        create_topic(&bootstrap, &topic, 3).await;
+        let good = http_target("<html>all systems healthy</html>").await;
+        let hang = hanging_target().await;
+        let refused = free_port();
+        let targets = serde_json::json!([
+            {"name": "good", "url": format!("http://{good}/"), "regex": "healthy", "interval": "250ms", "timeout": "200ms"},
+            {"name": "nomatch", "url": format!("http://{good}/"), "regex": "absent", "interval": "250ms", "timeout": "200ms"},
+            {"name": "refused", "url": format!("http://127.0.0.1:{refused}/"), "interval": "250ms", "timeout": "200ms"},
+            {"name": "hang", "url": format!("http://{hang}/"), "interval": "250ms", "timeout": "200ms"},
+        ]);
+        let (sink_admin, checker_admin) = (free_addr(), free_addr());
+        let common = |admin: SocketAddr| {
+            vec![
+                ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+                ("KAFKA_TOPIC", topic.clone()),
+                ("ADMIN_ADDR", admin.to_string()),
+                ("LOG_FORMAT", "json".to_string()),
+                ("RUST_LOG", "info".to_string()),
+                ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
+            ]
+        };
+        let mut sink_env = common(sink_admin);
+        sink_env.extend([
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_GROUP_ID", unique("group")),
+            ("BATCH_LINGER", "50ms".to_string()),
+            // The SIGKILLed member stays in the group until its session times out; keep that
+            // short (this also exercises the KAFKA_CFG_* pass-through).
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()),
+            ("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()),
+        ]);
+        let mut checker_env = common(checker_admin);
+        checker_env.push(("TARGETS", targets.to_string()));
+        Self {
+            url,
+            bootstrap,
+            topic,
+            sink_env,
+            checker_env,
+            sink_admin,
+            checker_admin,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
-    let (url, bootstrap) = (fresh_database().await, bootstrap());
-    let topic = unique("results");
-    create_topic(&bootstrap, &topic, 3).await;
-    let good = http_target("<html>all systems healthy</html>").await;
-    let hang = hanging_target().await;
-    let refused = free_port();
-    let targets = serde_json::json!([
-        {"name": "good", "url": format!("http://{good}/"), "regex": "healthy", "interval": "250ms", "timeout": "200ms"},
-        {"name": "nomatch", "url": format!("http://{good}/"), "regex": "absent", "interval": "250ms", "timeout": "200ms"},
-        {"name": "refused", "url": format!("http://127.0.0.1:{refused}/"), "interval": "250ms", "timeout": "200ms"},
-        {"name": "hang", "url": format!("http://{hang}/"), "interval": "250ms", "timeout": "200ms"},
-    ]);
+    let p = Pipeline::new().await;
     // Logs are kept for a failing run; the path is printed.
     let dir = std::env::temp_dir().join(unique("e2e"));
     std::fs::create_dir_all(&dir).unwrap();
     println!("logs in {}", dir.display());
     let (checker_log, sink_log) = (dir.join("checker.log"), dir.join("sink.log"));
-    let common = |admin: u16| {
-        vec![
-            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("KAFKA_TOPIC", topic.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-            ("LOG_FORMAT", "json".to_string()),
-            ("RUST_LOG", "info".to_string()),
-            ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
-        ]
-    };
-    let (sink_admin, checker_admin) = (free_port(), free_port());
-    let mut sink_env = common(sink_admin);
-    sink_env.extend([
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_LINGER", "50ms".to_string()),
-    ]);
-    // The SIGKILLed member stays in the group until its session times out; keep that short
-    // (this also exercises the KAFKA_CFG_* pass-through).
-    sink_env.push(("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()));
-    sink_env.push(("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()));
-    let mut checker_env = common(checker_admin);
-    checker_env.push(("TARGETS", targets.to_string()));
 
-    let mut sink = spawn("sink", &sink_env, &sink_log);
-    let mut checker = spawn("checker", &checker_env, &checker_log);
+    let mut sink = spawn("sink", &p.sink_env, &sink_log);
+    let mut checker = spawn("checker", &p.checker_env, &checker_log);
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(&sink, "-KILL");
     wait_exit(&mut sink, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut sink = spawn("sink", &sink_env, &sink_log);
+    let mut sink = spawn("sink", &p.sink_env, &sink_log);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_admin_endpoints(p.checker_admin, p.sink_admin).await;
 
-    for (name, port) in [("checker", checker_admin), ("sink", sink_admin)] {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    signal(&checker, "-TERM");
+    assert_eq!(
+        wait_exit(&mut checker, Duration::from_secs(12)),
+        0,
+        "checker exits 0 on SIGTERM"
+    );
+    let in_topic = published(&p.bootstrap, &p.topic).await;
+    assert!(
+        in_topic.len() >= 4 * 12,
+        "about 4 targets × 4 per second × 6.5 s expected, got {}",
+        in_topic.len()
+    );
+
+    let db = connect(&p.url).await;
+    let n = in_topic.len() as i64;
+    wait_until(Duration::from_secs(60), "every published result in PostgreSQL", || {
+        let db = &db;
+        async move { count(db, "probe_results").await >= n }
+    })
+    .await;
+    signal(&sink, "-TERM");
+    assert_eq!(
+        wait_exit(&mut sink, Duration::from_secs(12)),
+        0,
+        "sink exits 0 on SIGTERM"
+    );
+
+    let rows = db
+        .query("SELECT check_id::text, target_name, success, status_code, error_kind, regex_matched, lateness_seconds FROM probe_results", &[])
+        .await
+        .unwrap();
+    assert_rows_are_the_topic(&rows, &in_topic);
+    assert_eq!(count(&db, "dead_letters").await, 0);
+    assert_outcomes_per_target(&rows);
+}
+
+/// Liveness, readiness and `/metrics` of both processes: promtool accepts the exposition,
+/// the checker's probe metrics show each target's outcome, the sink's counters exist.
+async fn assert_admin_endpoints(checker: SocketAddr, sink: SocketAddr) {
+    for (name, addr) in [("checker", checker), ("sink", sink)] {
         assert_eq!(http_get(addr, "/healthz").await.0, 200, "{name} /healthz");
         assert_eq!(http_get(addr, "/readyz").await.0, 200, "{name} /readyz");
         let (status, exposition) = http_get(addr, "/metrics").await;
@@ -109,15 +176,12 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
             assert!(inserted.is_some(), "{exposition}");
         }
     }
+}
 
-    signal(&checker, "-TERM");
-    assert_eq!(
-        wait_exit(&mut checker, Duration::from_secs(12)),
-        0,
-        "checker exits 0 on SIGTERM"
-    );
-    // What the topic holds: every result the checker published, each once per message.
-    let messages = read_topic(&bootstrap, &topic).await;
+/// What the topic holds, by `check_id`: every result the checker published. Panics when a
+/// message is not a probe result or a slot was published twice.
+async fn published(bootstrap: &str, topic: &str) -> HashMap<String, ProbeResult> {
+    let messages = read_topic(bootstrap, topic).await;
     let in_topic: HashMap<String, ProbeResult> = messages
         .iter()
         .map(|m| {
@@ -127,34 +191,15 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
         })
         .collect();
     assert_eq!(in_topic.len(), messages.len(), "the checker published a slot twice");
-    assert!(
-        in_topic.len() >= 4 * 12,
-        "about 4 targets × 4 per second × 6.5 s expected, got {}",
-        in_topic.len()
-    );
+    in_topic
+}
 
-    let db = connect(&url).await;
-    let n = in_topic.len() as i64;
-    wait_until(Duration::from_secs(60), "every published result in PostgreSQL", || {
-        let db = &db;
-        async move { count(db, "probe_results").await >= n }
-    })
-    .await;
-    signal(&sink, "-TERM");
-    assert_eq!(
-        wait_exit(&mut sink, Duration::from_secs(12)),
-        0,
-        "sink exits 0 on SIGTERM"
-    );
-
-    let rows = db
-        .query("SELECT check_id::text, target_name, success, status_code, error_kind, regex_matched, lateness_seconds FROM probe_results", &[])
-        .await
-        .unwrap();
-    // Exactly once: the table holds every result of the topic and nothing else, each row as
-    // published (the primary key rules out a duplicate row; a lost or invented one shows here).
-    let mut stored = 0;
-    for r in &rows {
+/// Exactly once: the table holds every result of the topic and nothing else, each row as
+/// published (the primary key rules out a duplicate row; a lost or invented one shows here).
+/// `rows`: check_id, target_name, success, status_code, error_kind, regex_matched,
+/// lateness_seconds.
+fn assert_rows_are_the_topic(rows: &[tokio_postgres::Row], in_topic: &HashMap<String, ProbeResult>) {
+    for r in rows {
         let id: String = r.get(0);
         let published = in_topic
             .get(&id)
@@ -167,13 +212,15 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
             "{id}: status code"
         );
         assert_eq!(r.get::<_, f64>(6), published.lateness_seconds, "{id}: lateness");
-        stored += 1;
     }
-    assert_eq!(stored, in_topic.len(), "rows stored vs results in the topic");
-    assert_eq!(count(&db, "dead_letters").await, 0);
+    assert_eq!(rows.len(), in_topic.len(), "rows stored vs results in the topic");
+}
 
+/// Each target's rows show its outcome, every target kept its rate (the hanging one delays
+/// none), and no probe started late. `rows` as for [`assert_rows_are_the_topic`].
+fn assert_outcomes_per_target(rows: &[tokio_postgres::Row]) {
     let mut by_target: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
-    for r in &rows {
+    for r in rows {
         by_target.entry(r.get(1)).or_default().push(r);
     }
     for r in &by_target["good"] {
