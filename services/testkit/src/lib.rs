@@ -1,8 +1,8 @@
 //! Helpers shared by the checker's and the sink's integration tests, the pipeline tests and
 //! the bench: one HTTP GET ([`http`]), one Prometheus scrape ([`metrics`], parsed with
 //! `prometheus-parse`), the topic read back ([`topic`]), the workspace binaries as processes
-//! ([`process`]), the test stack's PostgreSQL ([`pg`]) and private brokers behind a cuttable
-//! forwarder ([`broker`], [`net`]).
+//! ([`process`]) and what Linux says about them ([`procfs`]), the test stack's PostgreSQL
+//! ([`pg`]) and private brokers behind a cuttable forwarder ([`broker`], [`net`]).
 //!
 //! It is a dev-dependency (and the bench's): no service's normal build may link it, and it
 //! must never hold assertions about a service's behaviour, only the means to observe it.
@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod pg;
 pub mod process;
+pub mod procfs;
 pub mod topic;
 
 use std::time::{Duration, Instant};

@@ -70,20 +70,10 @@ async fn answer(mut s: TcpStream) {
 
 /// `(VmRSS bytes, utime + stime seconds)` of `pid`.
 fn rss_and_cpu(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .context("VmRSS")?
-        * 1024;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok((rss, ticks / 100.0))
+    Ok((
+        testkit::procfs::rss_bytes(pid)?.0,
+        testkit::procfs::cpu_seconds(pid, false)?,
+    ))
 }
 
 /// What each sample reads from the checker's `/metrics`, in table order.

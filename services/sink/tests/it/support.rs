@@ -278,26 +278,13 @@ async fn run(mut cmd: Command, what: &str, log: Option<&Path>) {
     }
 }
 
-/// CPU time (user + system, all threads) that process `pid` has used so far, seconds: fields
-/// 14 and 15 (`utime`, `stime`) of `/proc/<pid>/stat`, in clock ticks (`getconf CLK_TCK`);
-/// see proc_pid_stat(5).
+/// CPU time (user + system, all threads) that process `pid` has used so far, seconds
+/// (`testkit::procfs::cpu_seconds`).
+///
+/// # Panics
+/// When the process is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state), so field n is fields[n - 3].
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    testkit::procfs::cpu_seconds(pid, false).expect("read /proc/<pid>/stat")
 }
 
 /// Per-partition sends of `payloads` to `topic` (message `i` to partition `i % partitions`,
