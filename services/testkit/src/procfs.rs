@@ -90,7 +90,10 @@ mod tests {
         let before = cpu_seconds(me, false).unwrap();
         let spin = std::time::Instant::now();
         while spin.elapsed() < std::time::Duration::from_millis(100) {}
-        assert!(cpu_seconds(me, false).unwrap() > before, "100 ms of spinning shows as CPU time");
+        assert!(
+            cpu_seconds(me, false).unwrap() > before,
+            "100 ms of spinning shows as CPU time"
+        );
         assert!(cpu_seconds(u32::MAX, false).is_err());
         let child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         assert!(children_of(me).contains(&child.id()));
