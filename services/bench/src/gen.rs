@@ -24,6 +24,28 @@ fn uniform(i: u64, salt: u64, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * (rnd(i, salt) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The outcome of result `n`: 2 % time out, 1 % answer 503, the rest succeed with 200.
+/// `(success, error_kind, error, status code, whether every phase ran)`.
+fn outcome(n: u64) -> (bool, Option<String>, Option<String>, Option<u16>, bool) {
+    match rnd(n, 7) % 100 {
+        0 | 1 => (
+            false,
+            Some("timeout".to_string()),
+            Some("probe timed out after 5s during processing".to_string()),
+            None,
+            false,
+        ),
+        2 => (
+            false,
+            Some("status".to_string()),
+            Some("status 503 is not one of the expected codes [200..=299]".to_string()),
+            Some(503),
+            true,
+        ),
+        _ => (true, None, None, Some(200), true),
+    }
+}
+
 /// The `i`-th result: target `i % 1000`, slot `i / 1000` seconds after `base` (plus a
 /// per-target phase). Distinct `i` give distinct `check_id`s.
 pub fn result(i: usize, base: DateTime<Utc>) -> ProbeResult {
@@ -42,24 +64,7 @@ pub fn result(i: usize, base: DateTime<Utc>) -> ProbeResult {
     let tls = https.then(|| uniform(n, 4, 0.002, 0.012));
     let processing = uniform(n, 5, 0.001, 0.08);
     let transfer = uniform(n, 6, 0.000_01, 0.001);
-    let roll = rnd(n, 7) % 100;
-    let (success, error_kind, error, status, phases_done) = match roll {
-        0 | 1 => (
-            false,
-            Some("timeout".to_string()),
-            Some("probe timed out after 5s during processing".to_string()),
-            None,
-            false,
-        ),
-        2 => (
-            false,
-            Some("status".to_string()),
-            Some("status 503 is not one of the expected codes [200..=299]".to_string()),
-            Some(503),
-            true,
-        ),
-        _ => (true, None, None, Some(200), true),
-    };
+    let (success, error_kind, error, status, phases_done) = outcome(n);
     let duration = if success || status.is_some() {
         resolve + connect + tls.unwrap_or(0.0) + processing + transfer
     } else {

@@ -11,7 +11,7 @@
 //! 6), `memory`, `startup`, `sink`, `write`, `profile`.
 
 mod gen;
-mod http;
+mod histogram;
 mod procs;
 mod report;
 mod setup;
@@ -90,15 +90,7 @@ async fn run() -> anyhow::Result<()> {
     // `bench mock-broker TOPIC N`: a librdkafka mock cluster holding N generated results in
     // TOPIC, serving until killed (a diagnostic for sink runs by hand).
     if args.get(1).map(String::as_str) == Some("mock-broker") {
-        let topic = args.get(2).context("usage: bench mock-broker TOPIC N")?;
-        let n: usize = args.get(3).context("usage: bench mock-broker TOPIC N")?.parse()?;
-        let mock = rdkafka::mocking::MockCluster::new(3)?;
-        mock.create_topic(topic, scenario::sink::mock_partitions(n), 1)?;
-        scenario::sink::prefill_generated(&mock.bootstrap_servers(), topic, n).await?;
-        println!("{}", mock.bootstrap_servers());
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
+        return mock_broker(&args).await;
     }
     let b = Bench::from_env()?;
     // `bench census TOPIC`: read a topic back and count its messages (a diagnostic).
@@ -146,44 +138,10 @@ async fn run() -> anyhow::Result<()> {
     }
 
     for name in SCENARIOS {
-        if !ctx.b.wants(name) {
-            continue;
-        }
-        if name == "profile" && !ctx.b.profile {
-            continue;
-        }
-        log(&format!("scenario {name}"));
-        let t = Instant::now();
-        let result = match name {
-            "images" => scenario::startup::images(&mut ctx).await,
-            "cpu" => scenario::cpu::run(&mut ctx).await,
-            "capacity" => scenario::capacity::run(&mut ctx).await,
-            "precision" => scenario::pipeline::run(&mut ctx).await,
-            "memory" => scenario::memory::run(&mut ctx).await,
-            "startup" => scenario::startup::run(&mut ctx).await,
-            "sink" => scenario::sink::run(&mut ctx).await,
-            "write" => scenario::write::run(&mut ctx).await,
-            "profile" => scenario::profile::run(&mut ctx).await,
-            _ => unreachable!(),
-        };
-        match result {
-            Ok(()) => log(&format!("scenario {name} done in {:.0} s", t.elapsed().as_secs_f64())),
-            Err(e) => {
-                log(&format!("scenario {name} failed: {e:#}"));
-                ctx.report.failures.push((name.to_string(), format!("{e:#}")));
-            }
-        }
+        run_scenario(&mut ctx, name).await;
     }
 
-    // Clean up what lives in the servers.
-    let topics: Vec<String> = std::mem::take(&mut ctx.topics);
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if !refs.is_empty() && std::env::var_os("BENCH_KEEP_TOPICS").is_none() {
-        setup::delete_topics(&ctx.b, &refs).await;
-    }
-    if needs_db {
-        let _ = ctx.pg.drop_db(&ctx.template).await;
-    }
+    clean_up(&mut ctx, needs_db).await;
 
     let elapsed = started.elapsed();
     let header = header(&ctx, elapsed).await;
@@ -202,6 +160,64 @@ async fn run() -> anyhow::Result<()> {
     let Ctx { nginx, .. } = ctx;
     nginx.stop().await;
     Ok(())
+}
+
+/// `bench mock-broker TOPIC N`: a librdkafka mock cluster holding N generated results in
+/// TOPIC, serving until killed (a diagnostic for sink runs by hand).
+async fn mock_broker(args: &[String]) -> anyhow::Result<()> {
+    let topic = args.get(2).context("usage: bench mock-broker TOPIC N")?;
+    let n: usize = args.get(3).context("usage: bench mock-broker TOPIC N")?.parse()?;
+    let mock = rdkafka::mocking::MockCluster::new(3)?;
+    mock.create_topic(topic, scenario::sink::mock_partitions(n), 1)?;
+    scenario::sink::prefill_generated(&mock.bootstrap_servers(), topic, n).await?;
+    println!("{}", mock.bootstrap_servers());
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
+
+/// Runs scenario `name` when it is wanted, recording a failure in the report.
+async fn run_scenario(ctx: &mut Ctx, name: &str) {
+    if !ctx.b.wants(name) {
+        return;
+    }
+    if name == "profile" && !ctx.b.profile {
+        return;
+    }
+    log(&format!("scenario {name}"));
+    let t = Instant::now();
+    let result = match name {
+        "images" => scenario::startup::images(ctx).await,
+        "cpu" => scenario::cpu::run(ctx).await,
+        "capacity" => scenario::capacity::run(ctx).await,
+        "precision" => scenario::pipeline::run(ctx).await,
+        "memory" => scenario::memory::run(ctx).await,
+        "startup" => scenario::startup::run(ctx).await,
+        "sink" => scenario::sink::run(ctx).await,
+        "write" => scenario::write::run(ctx).await,
+        "profile" => scenario::profile::run(ctx).await,
+        _ => unreachable!(),
+    };
+    match result {
+        Ok(()) => log(&format!("scenario {name} done in {:.0} s", t.elapsed().as_secs_f64())),
+        Err(e) => {
+            log(&format!("scenario {name} failed: {e:#}"));
+            ctx.report.failures.push((name.to_string(), format!("{e:#}")));
+        }
+    }
+}
+
+/// Deletes what the run left in the servers: its topics (unless `BENCH_KEEP_TOPICS`) and the
+/// schema template.
+async fn clean_up(ctx: &mut Ctx, needs_db: bool) {
+    let topics: Vec<String> = std::mem::take(&mut ctx.topics);
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if !refs.is_empty() && std::env::var_os("BENCH_KEEP_TOPICS").is_none() {
+        setup::delete_topics(&ctx.b, &refs).await;
+    }
+    if needs_db {
+        let _ = ctx.pg.drop_db(&ctx.template).await;
+    }
 }
 
 /// Starts a sink once against an empty database so that it migrates it, and waits for the
@@ -254,8 +270,8 @@ async fn command_line(prog: &str, args: &[&str]) -> String {
     }
 }
 
-async fn header(ctx: &Ctx, elapsed: Duration) -> String {
-    let b = &ctx.b;
+/// The report's "Machine" section: load, CPU, memory, kernel and the tools' versions.
+async fn machine(ctx: &Ctx) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -271,23 +287,7 @@ async fn header(ctx: &Ctx, elapsed: Duration) -> String {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let rev = command_line(
-        "git",
-        &["-C", &b.repo.display().to_string(), "rev-parse", "--short=12", "HEAD"],
-    )
-    .await;
-    let mut s = String::from("# Benchmarks\n\n");
-    let _ = writeln!(
-        s,
-        "Written by `make bench` ({}; `scripts/bench.sh` → `services/bench`) on {} at commit `{rev}`: \
-         {} repeat(s) per figure, {:.1} minutes in all. Every figure is the median of the repeats, with min and max; \
-         ratios are computed pair by pair (each repeat measures both sides back to back) and then summarised.\n",
-        if b.quick { "quick mode" } else { "full mode" },
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        b.repeats,
-        elapsed.as_secs_f64() / 60.0
-    );
-    s.push_str("## Machine\n\n");
+    let mut s = String::from("## Machine\n\n");
     let nice: i32 = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|t| {
@@ -340,6 +340,28 @@ async fn header(ctx: &Ctx, elapsed: Duration) -> String {
     );
     let _ = writeln!(s, "- Load generator: {}", command_line("wrk", &["-v"]).await);
     let _ = writeln!(s, "- Built with {}", command_line("rustc", &["-V"]).await);
+    s
+}
+
+async fn header(ctx: &Ctx, elapsed: Duration) -> String {
+    let b = &ctx.b;
+    let rev = command_line(
+        "git",
+        &["-C", &b.repo.display().to_string(), "rev-parse", "--short=12", "HEAD"],
+    )
+    .await;
+    let mut s = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        s,
+        "Written by `make bench` ({}; `scripts/bench.sh` → `services/bench`) on {} at commit `{rev}`: \
+         {} repeat(s) per figure, {:.1} minutes in all. Every figure is the median of the repeats, with min and max; \
+         ratios are computed pair by pair (each repeat measures both sides back to back) and then summarised.\n",
+        if b.quick { "quick mode" } else { "full mode" },
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        b.repeats,
+        elapsed.as_secs_f64() / 60.0
+    );
+    s.push_str(&machine(ctx).await);
     s
 }
 

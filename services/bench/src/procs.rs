@@ -8,11 +8,12 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
+
+pub use testkit::procfs::{children_of, clock_ticks, cpu_seconds, rss_bytes, tree_cpu_seconds};
 
 /// A child process that is stopped when dropped.
 pub struct Proc {
@@ -119,77 +120,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3 (state).
-fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid} is gone"))?;
-    // The command name is in parentheses and may hold spaces: split after the last ')'.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    Ok(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// CPU seconds (user + system, all threads) a process has used: `/proc/<pid>/stat` utime +
-/// stime. With `children`, also the CPU of its waited-for children (cutime + cstime).
-pub fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
-    let f = stat_fields(pid)?;
-    let field = |n: usize| -> f64 { f.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) };
-    let mut ticks = field(14) + field(15);
-    if children {
-        ticks += field(16) + field(17);
-    }
-    Ok(ticks / clock_ticks())
-}
-
-/// Pids whose parent is `ppid`.
-pub fn children_of(ppid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            stat_fields(*pid)
-                .ok()
-                .and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-                == Some(ppid)
-        })
-        .collect()
-}
-
-/// CPU seconds of a process and its children: the parent with its reaped children (e.g.
-/// PostgreSQL backends that exited) plus every live child (backends, WAL writer, ...).
-pub fn tree_cpu_seconds(parent: u32) -> f64 {
-    let own = cpu_seconds(parent, true).unwrap_or(0.0);
-    own + children_of(parent)
-        .into_iter()
-        .map(|p| cpu_seconds(p, false).unwrap_or(0.0))
-        .sum::<f64>()
-}
-
-/// `VmRSS` and `VmHWM` (peak RSS) of a process, bytes.
-pub fn rss_bytes(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |key: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    Ok((kb("VmRSS:"), kb("VmHWM:")))
 }
 
 /// Busy and total CPU seconds of the whole machine since boot (`/proc/stat`), to tell how

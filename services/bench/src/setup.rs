@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::process::Command;
 
-use crate::http;
 use crate::procs::{Proc, Who};
+use testkit::http;
+use testkit::metrics::Scrape;
 
 /// Settings, from `BENCH_*` environment variables (see `scripts/bench.sh`).
 #[derive(Debug, Clone)]
@@ -309,7 +310,7 @@ impl Nginx {
 
     /// Requests served so far (`stub_status`), including the status requests themselves.
     pub async fn requests(&self) -> anyhow::Result<f64> {
-        let (_, body) = http::get(self.addr, "/nginx_status").await?;
+        let (_, body) = http::try_http_get(self.addr, "/nginx_status").await?;
         body.lines()
             .nth(2)
             .and_then(|l| l.split_whitespace().nth(2))
@@ -433,8 +434,8 @@ impl Service {
     }
 
     /// Scrapes `/metrics`.
-    pub async fn scrape(&self) -> anyhow::Result<http::Scrape> {
-        http::Scrape::fetch(self.admin).await
+    pub async fn scrape(&self) -> anyhow::Result<Scrape> {
+        Scrape::fetch(self.admin).await
     }
 
     /// The service as a CPU source.

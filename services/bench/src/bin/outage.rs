@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use rdkafka::mocking::MockCluster;
+use testkit::metrics::Scrape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,39 +70,25 @@ async fn answer(mut s: TcpStream) {
 
 /// `(VmRSS bytes, utime + stime seconds)` of `pid`.
 fn rss_and_cpu(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .context("VmRSS")?
-        * 1024;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok((rss, ticks / 100.0))
+    Ok((
+        testkit::procfs::rss_bytes(pid)?.0,
+        testkit::procfs::cpu_seconds(pid, false)?,
+    ))
 }
 
-/// The sum of every series of `name` on the checker's `/metrics`; `None` when absent.
-async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: checker\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+/// What each sample reads from the checker's `/metrics`, in table order.
+const SAMPLED: [&str; 4] = [
+    "healthcheck_checker_results_waiting",
+    "healthcheck_checker_results_dropped_total",
+    "healthcheck_checker_published_total",
+    "healthcheck_checker_probes_completed_total",
+];
+
+/// The sums of the [`SAMPLED`] metrics on the checker's `/metrics`; `None` for each when
+/// absent or when the scrape fails.
+async fn scrape(admin: SocketAddr) -> [Option<f64>; 4] {
+    let m = Scrape::fetch(admin).await.ok();
+    SAMPLED.map(|name| m.as_ref()?.metric(name, &[]))
 }
 
 struct Checker(Child);
@@ -113,38 +100,58 @@ impl Drop for Checker {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let bin: PathBuf = env_or("CHECKER_BIN", PathBuf::from("target/release/checker"))?;
-    let n: usize = env_or("OUTAGE_TARGETS", 5000)?;
-    let interval: String = env_or("OUTAGE_INTERVAL", "5s".to_string())?;
-    let warmup = Duration::from_secs(env_or("OUTAGE_WARMUP_SECONDS", 60)?);
-    let outage = Duration::from_secs(env_or("OUTAGE_SECONDS", 600)?);
-    let after = Duration::from_secs(env_or("OUTAGE_AFTER_SECONDS", 120)?);
-    let every = Duration::from_secs(env_or("OUTAGE_SAMPLE_EVERY", 30)?);
-    let work: PathBuf = env_or("OUTAGE_WORK_DIR", PathBuf::from(".tmp/outage"))?;
-    if !bin.exists() {
-        bail!(
-            "{}: no checker binary (cargo build --release -p checker)",
-            bin.display()
-        );
-    }
-    std::fs::create_dir_all(&work)?;
+/// The run's settings, from the environment (see the module doc).
+struct Settings {
+    bin: PathBuf,
+    targets: usize,
+    interval: String,
+    warmup: Duration,
+    outage: Duration,
+    after: Duration,
+    every: Duration,
+    work: PathBuf,
+}
 
-    let mock = MockCluster::new(1)?;
-    mock.create_topic(TOPIC, 6, 1)?;
-    let server = target_server().await?;
-    let targets: Vec<_> = (0..n)
-        .map(|i| serde_json::json!({"name": format!("t{i:05}"), "url": format!("http://{server}/"), "interval": interval, "timeout": "1s"}))
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let s = Self {
+            bin: env_or("CHECKER_BIN", PathBuf::from("target/release/checker"))?,
+            targets: env_or("OUTAGE_TARGETS", 5000)?,
+            interval: env_or("OUTAGE_INTERVAL", "5s".to_string())?,
+            warmup: Duration::from_secs(env_or("OUTAGE_WARMUP_SECONDS", 60)?),
+            outage: Duration::from_secs(env_or("OUTAGE_SECONDS", 600)?),
+            after: Duration::from_secs(env_or("OUTAGE_AFTER_SECONDS", 120)?),
+            every: Duration::from_secs(env_or("OUTAGE_SAMPLE_EVERY", 30)?),
+            work: env_or("OUTAGE_WORK_DIR", PathBuf::from(".tmp/outage"))?,
+        };
+        if !s.bin.exists() {
+            bail!(
+                "{}: no checker binary (cargo build --release -p checker)",
+                s.bin.display()
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// Writes the targets file (all on `server`) and starts the checker publishing to `mock`;
+/// returns it and its admin address.
+fn start_checker(
+    cfg: &Settings,
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    server: SocketAddr,
+) -> anyhow::Result<(Checker, SocketAddr)> {
+    let targets: Vec<_> = (0..cfg.targets)
+        .map(|i| serde_json::json!({"name": format!("t{i:05}"), "url": format!("http://{server}/"), "interval": cfg.interval, "timeout": "1s"}))
         .collect();
-    let targets_file = work.join("targets.json");
+    let targets_file = cfg.work.join("targets.json");
     std::fs::write(&targets_file, serde_json::to_string(&targets)?)?;
     let admin: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
     };
-    let log = std::fs::File::create(work.join("checker.log"))?;
-    let mut cmd = Command::new(&bin);
+    let log = std::fs::File::create(cfg.work.join("checker.log"))?;
+    let mut cmd = Command::new(&cfg.bin);
     cmd.env_clear()
         .env("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers())
         .env("KAFKA_TOPIC", TOPIC)
@@ -159,52 +166,70 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("KAFKA_CFG_")) {
         cmd.env(k, v);
     }
-    let checker = Checker(cmd.spawn().with_context(|| format!("start {}", bin.display()))?);
-    let pid = checker.0.id();
-    eprintln!(
-        "outage: {} ({pid}), {n} targets every {interval}, admin {admin}; warm-up {warmup:?}, outage {outage:?}, after {after:?}",
-        bin.display()
-    );
+    let checker = Checker(cmd.spawn().with_context(|| format!("start {}", cfg.bin.display()))?);
+    Ok((checker, admin))
+}
 
-    let mut table = String::from(
-        "| t (s) | phase | VmRSS (MiB) | CPU over the last sample (% of a core) | results waiting | dropped (total) | published (total) | probes completed (total) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
-    );
-    let t0 = Instant::now();
-    let (mut last_t, mut last_cpu) = (t0, rss_and_cpu(pid)?.1);
-    let mut sample = |phase: &'static str| {
-        let (rss, cpu) = rss_and_cpu(pid)?;
+/// The table being written: one row per sample, CPU measured since the previous one.
+struct Table {
+    pid: u32,
+    t0: Instant,
+    last_t: Instant,
+    last_cpu: f64,
+    text: String,
+}
+
+impl Table {
+    fn new(pid: u32) -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        Ok(Self {
+            pid,
+            t0,
+            last_t: t0,
+            last_cpu: rss_and_cpu(pid)?.1,
+            text: String::from(
+                "| t (s) | phase | VmRSS (MiB) | CPU over the last sample (% of a core) | results waiting | dropped (total) | published (total) | probes completed (total) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+            ),
+        })
+    }
+
+    /// Reads memory and CPU now, and adds the row of `phase` with the metrics `m`.
+    fn record(&mut self, phase: &str, m: [Option<f64>; 4]) -> anyhow::Result<()> {
+        let (rss, cpu) = rss_and_cpu(self.pid)?;
         let now = Instant::now();
-        let pct = 100.0 * (cpu - last_cpu) / now.duration_since(last_t).as_secs_f64();
-        (last_t, last_cpu) = (now, cpu);
-        anyhow::Ok((now.duration_since(t0).as_secs(), phase, rss as f64 / MIB, pct))
-    };
-    let record = |table: &mut String, s: (u64, &str, f64, f64), m: [Option<f64>; 4]| {
+        let pct = 100.0 * (cpu - self.last_cpu) / now.duration_since(self.last_t).as_secs_f64();
+        (self.last_t, self.last_cpu) = (now, cpu);
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         let line = format!(
             "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} |",
-            s.0,
-            s.1,
-            s.2,
-            s.3,
+            now.duration_since(self.t0).as_secs(),
+            phase,
+            rss as f64 / MIB,
+            pct,
             f(m[0]),
             f(m[1]),
             f(m[2]),
             f(m[3])
         );
         eprintln!("{line}");
-        let _ = writeln!(table, "{line}");
-    };
-    let scrape = || async {
-        [
-            metric(admin, "healthcheck_checker_results_waiting").await,
-            metric(admin, "healthcheck_checker_results_dropped_total").await,
-            metric(admin, "healthcheck_checker_published_total").await,
-            metric(admin, "healthcheck_checker_probes_completed_total").await,
-        ]
-    };
+        let _ = writeln!(self.text, "{line}");
+        Ok(())
+    }
+}
 
-    let phases: [(&'static str, Duration); 3] =
-        [("broker up", warmup), ("broker down", outage), ("broker back", after)];
+/// Runs the three phases (broker up, down, back), sampling into `table`; returns how long
+/// after the broker came back the backlog fell under 1,000 results waiting, if it did.
+async fn run_phases(
+    cfg: &Settings,
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    admin: SocketAddr,
+    table: &mut Table,
+) -> anyhow::Result<Option<Duration>> {
+    let phases: [(&'static str, Duration); 3] = [
+        ("broker up", cfg.warmup),
+        ("broker down", cfg.outage),
+        ("broker back", cfg.after),
+    ];
     let mut drained_after = None;
     for (phase, length) in phases {
         match phase {
@@ -218,26 +243,52 @@ async fn main() -> anyhow::Result<()> {
             let step = if phase == "broker back" && drained_after.is_none() {
                 Duration::from_secs(5)
             } else {
-                every
+                cfg.every
             };
             tokio::time::sleep(step.min(length.saturating_sub(start.elapsed()))).await;
-            let s = sample(phase)?;
-            let m = scrape().await;
+            let m = scrape(admin).await;
             if phase == "broker back" && drained_after.is_none() && m[0].is_some_and(|w| w < 1000.0) {
                 drained_after = Some(start.elapsed());
             }
-            record(&mut table, s, m);
+            table.record(phase, m)?;
         }
     }
-    let pub_end = scrape().await;
+    Ok(drained_after)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Settings::from_env()?;
+    std::fs::create_dir_all(&cfg.work)?;
+    let mock = MockCluster::new(1)?;
+    mock.create_topic(TOPIC, 6, 1)?;
+    let server = target_server().await?;
+    let (checker, admin) = start_checker(&cfg, &mock, server)?;
+    let pid = checker.0.id();
+    eprintln!(
+        "outage: {} ({pid}), {} targets every {}, admin {admin}; warm-up {:?}, outage {:?}, after {:?}",
+        cfg.bin.display(),
+        cfg.targets,
+        cfg.interval,
+        cfg.warmup,
+        cfg.outage,
+        cfg.after
+    );
+
+    let mut table = Table::new(pid)?;
+    let drained_after = run_phases(&cfg, &mock, admin, &mut table).await?;
+    let pub_end = scrape(admin).await;
     drop(checker);
-    println!("{table}");
+    println!("{}", table.text);
     match drained_after {
         Some(d) => println!(
             "Backlog drained (fewer than 1,000 results waiting) {:.0} s after the broker came back.",
             d.as_secs_f64()
         ),
-        None => println!("The backlog did not drain within {after:?} (or the checker has no results_waiting gauge)."),
+        None => println!(
+            "The backlog did not drain within {:?} (or the checker has no results_waiting gauge).",
+            cfg.after
+        ),
     }
     println!("At the end: published {:?}, dropped {:?}.", pub_end[2], pub_end[1]);
     Ok(())

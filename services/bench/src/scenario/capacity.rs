@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::http::{bucket_delta, fraction_at_most, histogram_quantile};
+use crate::histogram::{bucket_delta, fraction_at_most, histogram_quantile};
 use crate::procs::CpuSnap;
 use crate::report::{num, Figure, Goal};
 use crate::setup;
@@ -121,10 +121,12 @@ async fn step(ctx: &mut Ctx, r: usize, rate: usize, topic: &str) -> anyhow::Resu
     let d = s0.delta(&s1);
     let diff = |name: &str| m1.sum(name) - m0.sum(name);
     let completed = diff(COMPLETED);
-    let hist = bucket_delta(&m0.buckets(LATENESS), &m1.buckets(LATENESS));
+    let hist = bucket_delta(&m0.buckets(LATENESS, &[]), &m1.buckets(LATENESS, &[]));
     let within = fraction_at_most(0.01, &hist).unwrap_or(0.0);
     let success = if completed > 0.0 {
-        (m1.with_label(COMPLETED, "outcome", "success") - m0.with_label(COMPLETED, "outcome", "success")) / completed
+        (m1.metric(COMPLETED, &[("outcome", "success")]).unwrap_or(0.0)
+            - m0.metric(COMPLETED, &[("outcome", "success")]).unwrap_or(0.0))
+            / completed
     } else {
         0.0
     };

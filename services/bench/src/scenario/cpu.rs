@@ -119,7 +119,7 @@ async fn repeat(ctx: &mut Ctx, r: usize, warm: Duration, window: Duration) -> an
     // blackbox_exporter, driven by wrk.
     let bb = Blackbox::start(b, &format!("blackbox-{r}")).await?;
     let probe = Blackbox::probe_path(&url);
-    let (status, body) = crate::http::get(bb.addr, &probe).await?;
+    let (status, body) = testkit::http::try_http_get(bb.addr, &probe).await?;
     if status != 200 || !body.lines().any(|l| l.trim() == "probe_success 1") {
         bail!("blackbox_exporter's probe of {url} did not succeed (status {status}):\n{body}");
     }
@@ -174,7 +174,8 @@ async fn repeat(ctx: &mut Ctx, r: usize, warm: Duration, window: Duration) -> an
     if probes <= 0.0 {
         bail!("the checker completed no probe");
     }
-    let ok = m1.with_label(completed, "outcome", "success") - m0.with_label(completed, "outcome", "success");
+    let ok = m1.metric(completed, &[("outcome", "success")]).unwrap_or(0.0)
+        - m0.metric(completed, &[("outcome", "success")]).unwrap_or(0.0);
     Ok(Pair {
         theirs_rate,
         theirs_ms,

@@ -41,6 +41,37 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 .with_context(|| format!("repeat {}", r + 1))?,
         );
     }
+    push_figures(ctx, &runs);
+    let mut d = runs_table(&runs);
+    // Where the end-to-end time goes: the consumer's fetch long-poll (librdkafka's
+    // fetch.wait.max.ms, 500 ms by default) against a broker that answers a waiting fetch only
+    // at its deadline. One run with 50 ms, as information.
+    if !b.quick {
+        let env = [("KAFKA_CFG_FETCH_WAIT_MAX_MS", "50".to_string())];
+        match repeat(ctx, b.repeats, &env, Duration::from_secs(15)).await {
+            Ok(r) => {
+                let _ = writeln!(
+                    d,
+                    "\nThe same with the sink's `KAFKA_CFG_FETCH_WAIT_MAX_MS=50` (one 15 s run): lateness p50 / p99 / max \
+                     {} ms, end-to-end p50 / p99 / max {} ms; cores used: {}.",
+                    ms(&r.late),
+                    ms(&r.e2e),
+                    r.cores
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(d, "\nThe run with `KAFKA_CFG_FETCH_WAIT_MAX_MS=50` failed: {e:#}");
+            }
+        }
+    }
+    ctx.report
+        .details
+        .push(("3 and 6. Precision and end-to-end latency".into(), d));
+    Ok(())
+}
+
+/// The figures of sections 3 and 6, one value per run.
+fn push_figures(ctx: &mut Ctx, runs: &[Run]) {
     let col = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
     let figs = &mut ctx.report.figures;
     figs.push(Figure::new(
@@ -78,6 +109,15 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         col(&|r| r.e2e[1] * 1e3),
         Some(Goal::Below(500.0)),
     ));
+}
+
+/// Seconds as milliseconds, `a / b / c`.
+fn ms(seconds: &[f64]) -> String {
+    seconds.iter().map(|v| num(v * 1e3)).collect::<Vec<_>>().join(" / ")
+}
+
+/// The details' table: one row per run.
+fn runs_table(runs: &[Run]) -> String {
     let mut d = String::from(
         "| repeat | rows in window | results/s | lateness min / p1 / p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
          |---|---:|---:|---|---|---:|---|\n",
@@ -85,51 +125,18 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     for (i, r) in runs.iter().enumerate() {
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {} / {} / {} / {} / {} | {} / {} / {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} | {} |",
             i + 1,
             r.rows,
             num(r.rate),
-            num(r.late_low[0] * 1e3),
-            num(r.late_low[1] * 1e3),
-            num(r.late[0] * 1e3),
-            num(r.late[1] * 1e3),
-            num(r.late[2] * 1e3),
-            num(r.e2e[0] * 1e3),
-            num(r.e2e[1] * 1e3),
-            num(r.e2e[2] * 1e3),
+            ms(&r.late_low),
+            ms(&r.late),
+            ms(&r.e2e),
             num(r.tx_mean_ms),
             r.cores
         );
     }
-    // Where the end-to-end time goes: the consumer's fetch long-poll (librdkafka's
-    // fetch.wait.max.ms, 500 ms by default) against a broker that answers a waiting fetch only
-    // at its deadline. One run with 50 ms, as information.
-    if !b.quick {
-        let env = [("KAFKA_CFG_FETCH_WAIT_MAX_MS", "50".to_string())];
-        match repeat(ctx, b.repeats, &env, Duration::from_secs(15)).await {
-            Ok(r) => {
-                let _ = writeln!(
-                    d,
-                    "\nThe same with the sink's `KAFKA_CFG_FETCH_WAIT_MAX_MS=50` (one 15 s run): lateness p50 / p99 / max \
-                     {} / {} / {} ms, end-to-end p50 / p99 / max {} / {} / {} ms; cores used: {}.",
-                    num(r.late[0] * 1e3),
-                    num(r.late[1] * 1e3),
-                    num(r.late[2] * 1e3),
-                    num(r.e2e[0] * 1e3),
-                    num(r.e2e[1] * 1e3),
-                    num(r.e2e[2] * 1e3),
-                    r.cores
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(d, "\nThe run with `KAFKA_CFG_FETCH_WAIT_MAX_MS=50` failed: {e:#}");
-            }
-        }
-    }
-    ctx.report
-        .details
-        .push(("3 and 6. Precision and end-to-end latency".into(), d));
-    Ok(())
+    d
 }
 
 async fn repeat(ctx: &mut Ctx, r: usize, sink_env: &[(&str, String)], window: Duration) -> anyhow::Result<Run> {

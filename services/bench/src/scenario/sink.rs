@@ -76,6 +76,18 @@ pub struct SinkRun {
     pub paused_s: f64,
 }
 
+/// What the repeats measured, for the figures.
+#[derive(Default)]
+struct Rates {
+    sink: Vec<f64>,
+    copy: Vec<f64>,
+    indexed: Vec<f64>,
+    ratios: Vec<f64>,
+    missed: Vec<f64>,
+    mock: Vec<f64>,
+    mock_ratios: Vec<f64>,
+}
+
 /// Runs the pre-fill and the repeats.
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let b = ctx.b.clone();
@@ -108,222 +120,256 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.sink_topic = Some((topic.clone(), available));
 
     let figs_prefill = n as f64 / prefill_s;
-    let mut sink_rates = Vec::new();
-    let mut copy_rates = Vec::new();
-    let mut indexed_rates = Vec::new();
-    let mut ratios = Vec::new();
-    let mut missed = Vec::new();
-    let mut d = format!(
-        "Pre-fill: {} messages ({} MB of JSON, {} bytes each on average) in {:.1} s = {} messages/s, 6 partitions, keyed by target; \
-         all acknowledged by the broker (acks=all). The partitions' high − low watermarks add up to {}. Read back from the \
-         beginning with a plain consumer in {:.1} s ({} messages/s), the topic served {} messages holding {} distinct results{}. \
-         The sink is timed to the last of those {} distinct results.\n\n\
-         | repeat | order | sink rows/s | rows written / messages consumed / duplicates absorbed / missing | held back, writes behind (s) | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / raw COPY |\n\
-         |---|---|---:|---|---:|---:|---:|---|---|---:|---|---:|---:|\n",
-        num(n as f64),
-        num(bytes as f64 / 1e6),
-        bytes / n as u64,
-        prefill_s,
-        num(figs_prefill),
-        num(watermarks as f64),
-        census.secs,
-        num(census.messages as f64 / census.secs),
-        num(census.messages as f64),
-        num(census.distinct as f64),
-        if census.distinct == n as u64 && census.messages == n as u64 {
-            String::new()
-        } else {
-            format!(
-                " (**{} acknowledged results are missing and {} served twice**: a broker defect, see the notes)",
-                num((n as u64).saturating_sub(census.distinct) as f64),
-                num(census.messages.saturating_sub(census.distinct) as f64)
-            )
-        },
-        num(census.distinct as f64)
-    );
+    let mut d = prefill_details(n, prefill_s, bytes, watermarks, &census);
+    let mut rates = Rates::default();
     for r in 0..b.repeats {
-        let db = b.name(&format!("sink{r}"));
-        ctx.pg.create_db(&db, Some(&ctx.template)).await?;
-        let sink_first = r % 2 == 0;
-        let (mut s, mut c, mut ci) = (None, None, None);
-        for phase in 0..2 {
-            if (phase == 0) == sink_first {
-                s = Some(
-                    sink_run(ctx, &db, &topic, &format!("{topic}_g{r}"), &[], available, None)
-                        .await
-                        .with_context(|| format!("repeat {}: sink", r + 1))?,
-                );
-            } else {
-                c = Some(copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", &rows).await?);
-                // Once: it only shows what the indexes cost.
-                if r == 0 {
-                    let like = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES";
-                    ci = Some(copy(ctx, &db, "copy_indexed", like, &rows).await?.0);
-                }
+        repeat(ctx, r, &topic, available, &rows, &mut rates, &mut d).await?;
+    }
+    mock_cluster_repeats(ctx, &topic, &rows, &mut rates, &mut d).await?;
+    // Batch-size variants, once each (information, not figures).
+    if !b.quick {
+        batch_variants(ctx, &topic, available, &mut d).await?;
+    }
+    push_figures(ctx, n, figs_prefill, &census, rates);
+    ctx.report.details.push(("5. Sink throughput".into(), d));
+    Ok(())
+}
+
+/// The details' opening paragraph (pre-fill and read-back) and the repeats' table head.
+fn prefill_details(n: usize, prefill_s: f64, bytes: u64, watermarks: i64, census: &Census) -> String {
+    format!(
+    "Pre-fill: {} messages ({} MB of JSON, {} bytes each on average) in {:.1} s = {} messages/s, 6 partitions, keyed by target; \
+     all acknowledged by the broker (acks=all). The partitions' high − low watermarks add up to {}. Read back from the \
+     beginning with a plain consumer in {:.1} s ({} messages/s), the topic served {} messages holding {} distinct results{}. \
+     The sink is timed to the last of those {} distinct results.\n\n\
+     | repeat | order | sink rows/s | rows written / messages consumed / duplicates absorbed / missing | held back, writes behind (s) | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / raw COPY |\n\
+     |---|---|---:|---|---:|---:|---:|---|---|---:|---|---:|---:|\n",
+    num(n as f64),
+    num(bytes as f64 / 1e6),
+    bytes / n as u64,
+    prefill_s,
+    num(n as f64 / prefill_s),
+    num(watermarks as f64),
+    census.secs,
+    num(census.messages as f64 / census.secs),
+    num(census.messages as f64),
+    num(census.distinct as f64),
+    if census.distinct == n as u64 && census.messages == n as u64 {
+        String::new()
+    } else {
+        format!(
+            " (**{} acknowledged results are missing and {} served twice**: a broker defect, see the notes)",
+            num((n as u64).saturating_sub(census.distinct) as f64),
+            num(census.messages.saturating_sub(census.distinct) as f64)
+        )
+    },
+    num(census.distinct as f64)
+)
+}
+
+/// `SELECT count(*), count(DISTINCT check_id)` of `db`'s probe_results, then drops `db`.
+async fn count_and_drop(ctx: &Ctx, db: &str) -> anyhow::Result<(i64, i64)> {
+    let client = ctx.pg.db(db).await?;
+    let row = client
+        .query_one("SELECT count(*), count(DISTINCT check_id) FROM probe_results", &[])
+        .await?;
+    drop(client);
+    ctx.pg.drop_db(db).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Repeat `r` against the test broker: the sink and the raw COPY of the same rows (in an
+/// order that alternates), the table row in `d`, the figures in `rates`.
+async fn repeat(
+    ctx: &mut Ctx,
+    r: usize,
+    topic: &str,
+    available: usize,
+    rows: &[ProbeResult],
+    rates: &mut Rates,
+    d: &mut String,
+) -> anyhow::Result<()> {
+    let db = ctx.b.name(&format!("sink{r}"));
+    ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+    let sink_first = r.is_multiple_of(2);
+    let (mut s, mut c, mut ci) = (None, None, None);
+    for phase in 0..2 {
+        if (phase == 0) == sink_first {
+            s = Some(
+                sink_run(ctx, &db, topic, &format!("{topic}_g{r}"), &[], available, None)
+                    .await
+                    .with_context(|| format!("repeat {}: sink", r + 1))?,
+            );
+        } else {
+            c = Some(copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", rows).await?);
+            // Once: it only shows what the indexes cost.
+            if r == 0 {
+                let like = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES";
+                ci = Some(copy(ctx, &db, "copy_indexed", like, rows).await?.0);
             }
         }
-        let (s, (c, c_cores)) = (s.expect("ran"), c.expect("ran"));
-        // Every row is there once.
-        let client = ctx.pg.db(&db).await?;
-        let row = client
-            .query_one("SELECT count(*), count(DISTINCT check_id) FROM probe_results", &[])
-            .await?;
-        let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
-        drop(client);
-        ctx.pg.drop_db(&db).await?;
-        if count != distinct || count as u64 != s.inserted {
+    }
+    let (s, (c, c_cores)) = (s.expect("ran"), c.expect("ran"));
+    // Every row is there once.
+    let (count, distinct) = count_and_drop(ctx, &db).await?;
+    if count != distinct || count as u64 != s.inserted {
+        bail!(
+            "repeat {}: probe_results holds {count} rows ({distinct} distinct) but the sink counted {} inserts",
+            r + 1,
+            s.inserted
+        );
+    }
+    let missing = available as u64 - s.inserted;
+    rates.missed.push(missing as f64);
+    let _ = writeln!(
+        *d,
+        "| {} | {} | {} | {} / {} / {} / {} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
+        r + 1,
+        if sink_first { "sink, COPY" } else { "COPY, sink" },
+        num(s.rate),
+        num(s.inserted as f64),
+        num(s.consumed as f64),
+        num(s.duplicates as f64),
+        num(missing as f64),
+        s.paused_s,
+        s.spawn_to_done,
+        num(s.rows_per_tx),
+        num(s.ms_per_k[0]),
+        num(s.ms_per_k[1]),
+        num(s.ms_per_k[2]),
+        s.cores,
+        num(c),
+        c_cores,
+        ci.map_or_else(|| "(first repeat only)".to_string(), num),
+        s.rate / c
+    );
+    rates.sink.push(s.rate);
+    rates.copy.push(c);
+    rates.indexed.extend(ci);
+    rates.ratios.push(s.rate / c);
+    Ok(())
+}
+
+/// The same rows served by librdkafka's mock cluster (`rdkafka::mocking`, in this process):
+/// a broker that is not the bottleneck, so the figure shows what the sink itself does. One
+/// repeat per raw COPY figure, each divided by it.
+async fn mock_cluster_repeats(
+    ctx: &mut Ctx,
+    topic: &str,
+    rows: &Arc<Vec<ProbeResult>>,
+    rates: &mut Rates,
+    d: &mut String,
+) -> anyhow::Result<()> {
+    let n = rows.len();
+    let mock = rdkafka::mocking::MockCluster::new(1)?;
+    let partitions = mock_partitions(n);
+    mock.create_topic(topic, partitions, 1)?;
+    let bootstrap = mock.bootstrap_servers();
+    let (fill_s, _, _) = prefill(&bootstrap, topic, rows.clone(), Some(partitions)).await?;
+    check_nothing_evicted(&bootstrap, topic, partitions).await?;
+    crate::log(&format!("pre-filled the mock cluster in {fill_s:.1} s"));
+    let _ = writeln!(
+        *d,
+        "\nThe same {} results pre-filled into librdkafka's mock cluster (`rdkafka::mocking`, one broker, \
+         running inside the bench process, so its CPU is not in the broker column; {} partitions, because the mock keeps at most \
+         5 MB per partition and drops older messages), then consumed by the sink exactly as \
+         above (fresh database and group each repeat). The ratio divides by the raw COPY of the same repeat above.\n\n\
+         | repeat | sink rows/s | rows written / consumed / duplicates | held back (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL | cores used | ratio sink / raw COPY |\n\
+         |---|---:|---|---:|---:|---|---|---:|",
+        num(n as f64),
+        mock_partitions(n)
+    );
+    for (r, copy_rate) in rates.copy.clone().iter().enumerate() {
+        let db = ctx.b.name(&format!("sinkm{r}"));
+        ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+        let extra = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
+        let s = sink_run(ctx, &db, topic, &format!("{topic}_m{r}"), &extra, n, None)
+            .await
+            .with_context(|| format!("repeat {}: sink against the mock cluster", r + 1))?;
+        let (count, distinct) = count_and_drop(ctx, &db).await?;
+        if count != distinct || count as usize != n {
             bail!(
-                "repeat {}: probe_results holds {count} rows ({distinct} distinct) but the sink counted {} inserts",
-                r + 1,
-                s.inserted
+                "repeat {} (mock cluster): probe_results holds {count} rows ({distinct} distinct) of {n}",
+                r + 1
             );
         }
-        let missing = available as u64 - s.inserted;
-        missed.push(missing as f64);
+        let ratio = s.rate / copy_rate;
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {} / {} / {} / {} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} / {} / {} | {:.1} | {} | {} / {} | {} | {:.2} |",
             r + 1,
-            if sink_first { "sink, COPY" } else { "COPY, sink" },
             num(s.rate),
             num(s.inserted as f64),
             num(s.consumed as f64),
             num(s.duplicates as f64),
-            num(missing as f64),
             s.paused_s,
-            s.spawn_to_done,
             num(s.rows_per_tx),
             num(s.ms_per_k[0]),
             num(s.ms_per_k[1]),
-            num(s.ms_per_k[2]),
             s.cores,
-            num(c),
-            c_cores,
-            ci.map_or_else(|| "(first repeat only)".to_string(), num),
-            s.rate / c
+            ratio
         );
-        sink_rates.push(s.rate);
-        copy_rates.push(c);
-        indexed_rates.extend(ci);
-        ratios.push(s.rate / c);
+        rates.mock.push(s.rate);
+        rates.mock_ratios.push(ratio);
     }
+    Ok(())
+}
 
-    // The same rows served by librdkafka's mock cluster (`rdkafka::mocking`, in this process):
-    // a broker that is not the bottleneck, so the figure shows what the sink itself does.
-    let mut mock_rates = Vec::new();
-    let mut mock_ratios = Vec::new();
+/// Batch-size variants, one run each, timed over the first 20 s of inserts: rows in `d`.
+async fn batch_variants(ctx: &mut Ctx, topic: &str, available: usize, d: &mut String) -> anyhow::Result<()> {
+    d.push_str(
+        "\nBatch size variants (one run each, fresh database and group, timed over the first 20 s of inserts; \
+         1,000,000 rows means a batch is never full, so the consumer never holds back; `missing` is not known for a \
+         partial run):\n\n\
+         | BATCH_MAX_ROWS | BATCH_MAX_BYTES | sink rows/s | rows per transaction | written / consumed / duplicates / missing | held back (s) | cores used |\n\
+         |---:|---:|---:|---:|---|---:|---|\n",
+    );
+    let variant_window = Duration::from_secs(20);
+    for (i, (max_rows, max_bytes)) in [(1_000usize, 64usize << 20), (20_000, 64 << 20), (1_000_000, 1 << 30)]
+        .into_iter()
+        .enumerate()
     {
-        let mock = rdkafka::mocking::MockCluster::new(1)?;
-        let partitions = mock_partitions(n);
-        mock.create_topic(&topic, partitions, 1)?;
-        let bootstrap = mock.bootstrap_servers();
-        let (fill_s, _, _) = prefill(&bootstrap, &topic, rows.clone(), Some(partitions)).await?;
-        check_nothing_evicted(&bootstrap, &topic, partitions).await?;
-        crate::log(&format!("pre-filled the mock cluster in {fill_s:.1} s"));
-        let _ = writeln!(
-            d,
-            "\nThe same {} results pre-filled into librdkafka's mock cluster (`rdkafka::mocking`, one broker, \
-             running inside the bench process, so its CPU is not in the broker column; {} partitions, because the mock keeps at most \
-             5 MB per partition and drops older messages), then consumed by the sink exactly as \
-             above (fresh database and group each repeat). The ratio divides by the raw COPY of the same repeat above.\n\n\
-             | repeat | sink rows/s | rows written / consumed / duplicates | held back (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL | cores used | ratio sink / raw COPY |\n\
-             |---|---:|---|---:|---:|---|---|---:|",
-            num(n as f64),
-            mock_partitions(n)
-        );
-        for (r, copy_rate) in copy_rates.iter().enumerate() {
-            let db = b.name(&format!("sinkm{r}"));
-            ctx.pg.create_db(&db, Some(&ctx.template)).await?;
-            let extra = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
-            let s = sink_run(ctx, &db, &topic, &format!("{topic}_m{r}"), &extra, n, None)
-                .await
-                .with_context(|| format!("repeat {}: sink against the mock cluster", r + 1))?;
-            let client = ctx.pg.db(&db).await?;
-            let row = client
-                .query_one("SELECT count(*), count(DISTINCT check_id) FROM probe_results", &[])
-                .await?;
-            let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
-            drop(client);
-            ctx.pg.drop_db(&db).await?;
-            if count != distinct || count as usize != n {
-                bail!(
-                    "repeat {} (mock cluster): probe_results holds {count} rows ({distinct} distinct) of {n}",
-                    r + 1
+        let db = ctx.b.name(&format!("sinkv{i}"));
+        ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+        let extra = [
+            ("BATCH_MAX_ROWS", max_rows.to_string()),
+            ("BATCH_MAX_BYTES", max_bytes.to_string()),
+        ];
+        let s = sink_run(
+            ctx,
+            &db,
+            topic,
+            &format!("{topic}_v{i}"),
+            &extra,
+            available,
+            Some(variant_window),
+        )
+        .await;
+        ctx.pg.drop_db(&db).await?;
+        match s {
+            Ok(s) => {
+                let _ = writeln!(
+                    *d,
+                    "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / – | {:.1} | {} |",
+                    num(s.rate),
+                    num(s.rows_per_tx),
+                    num(s.inserted as f64),
+                    num(s.consumed as f64),
+                    num(s.duplicates as f64),
+                    s.paused_s,
+                    s.cores
                 );
             }
-            let ratio = s.rate / copy_rate;
-            let _ = writeln!(
-                d,
-                "| {} | {} | {} / {} / {} | {:.1} | {} | {} / {} | {} | {:.2} |",
-                r + 1,
-                num(s.rate),
-                num(s.inserted as f64),
-                num(s.consumed as f64),
-                num(s.duplicates as f64),
-                s.paused_s,
-                num(s.rows_per_tx),
-                num(s.ms_per_k[0]),
-                num(s.ms_per_k[1]),
-                s.cores,
-                ratio
-            );
-            mock_rates.push(s.rate);
-            mock_ratios.push(ratio);
-        }
-    }
-
-    // Batch-size variants, once each (information, not figures).
-    if !b.quick {
-        d.push_str(
-            "\nBatch size variants (one run each, fresh database and group, timed over the first 20 s of inserts; \
-             1,000,000 rows means a batch is never full, so the consumer never holds back; `missing` is not known for a \
-             partial run):\n\n\
-             | BATCH_MAX_ROWS | BATCH_MAX_BYTES | sink rows/s | rows per transaction | written / consumed / duplicates / missing | held back (s) | cores used |\n\
-             |---:|---:|---:|---:|---|---:|---|\n",
-        );
-        let variant_window = Duration::from_secs(20);
-        for (i, (max_rows, max_bytes)) in [(1_000usize, 64usize << 20), (20_000, 64 << 20), (1_000_000, 1 << 30)]
-            .into_iter()
-            .enumerate()
-        {
-            let db = b.name(&format!("sinkv{i}"));
-            ctx.pg.create_db(&db, Some(&ctx.template)).await?;
-            let extra = [
-                ("BATCH_MAX_ROWS", max_rows.to_string()),
-                ("BATCH_MAX_BYTES", max_bytes.to_string()),
-            ];
-            let s = sink_run(
-                ctx,
-                &db,
-                &topic,
-                &format!("{topic}_v{i}"),
-                &extra,
-                available,
-                Some(variant_window),
-            )
-            .await;
-            ctx.pg.drop_db(&db).await?;
-            match s {
-                Ok(s) => {
-                    let _ = writeln!(
-                        d,
-                        "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / – | {:.1} | {} |",
-                        num(s.rate),
-                        num(s.rows_per_tx),
-                        num(s.inserted as f64),
-                        num(s.consumed as f64),
-                        num(s.duplicates as f64),
-                        s.paused_s,
-                        s.cores
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(d, "| {max_rows} | {max_bytes} | failed: {e} | | | | |");
-                }
+            Err(e) => {
+                let _ = writeln!(*d, "| {max_rows} | {max_bytes} | failed: {e} | | | | |");
             }
         }
     }
+    Ok(())
+}
 
+/// The section's figures, from what the repeats measured.
+fn push_figures(ctx: &mut Ctx, n: usize, figs_prefill: f64, census: &Census, rates: Rates) {
     let figs = &mut ctx.report.figures;
     figs.push(Figure::new(
         "5",
@@ -336,49 +382,49 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         "5",
         "sink throughput, deduplicating insert",
         "rows/s",
-        sink_rates,
+        rates.sink,
         Some(Goal::AtLeast(100_000.0)),
     ));
     figs.push(Figure::new(
         "5",
         "raw binary COPY, same rows, no index (the limit)",
         "rows/s",
-        copy_rates,
+        rates.copy,
         None,
     ));
     figs.push(Figure::new(
         "5",
         "binary COPY into a table with the sink's PK + index",
         "rows/s",
-        indexed_rates,
+        rates.indexed,
         None,
     ));
     figs.push(Figure::new(
         "5",
         "sink / raw COPY (pair by pair)",
         "ratio",
-        ratios,
+        rates.ratios,
         Some(Goal::AtLeast(0.5)),
     ));
     figs.push(Figure::new(
         "5",
         "sink throughput, mock-cluster broker (not the bottleneck)",
         "rows/s",
-        mock_rates,
+        rates.mock,
         Some(Goal::AtLeast(100_000.0)),
     ));
     figs.push(Figure::new(
         "5",
         "sink (mock-cluster broker) / raw COPY",
         "ratio",
-        mock_ratios,
+        rates.mock_ratios,
         Some(Goal::AtLeast(0.5)),
     ));
     figs.push(Figure::new(
         "5",
         "results the sink never wrote (of those the broker serves)",
         "rows",
-        missed,
+        rates.missed,
         Some(Goal::AtMost(0.0)),
     ));
     figs.push(Figure::new(
@@ -388,8 +434,6 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         vec![census.messages as f64 / census.secs],
         None,
     ));
-    ctx.report.details.push(("5. Sink throughput".into(), d));
-    Ok(())
 }
 
 /// Partitions for `n` results in librdkafka's mock cluster, which keeps at most 5 MB (or

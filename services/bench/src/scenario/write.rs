@@ -92,16 +92,31 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             }
             ctx.pg.drop_db(&db).await?;
         }
-        let db = b.name(&format!("write{r}copy"));
-        ctx.pg.create_db(&db, Some(&ctx.template)).await?;
-        let (c, _) = copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", &results).await?;
-        ctx.pg.drop_db(&db).await?;
+        let c = copy_rate(ctx, r, &results).await?;
         copies.push(c);
         let ratio = rates[1].last().copied().unwrap_or(f64::NAN) / c;
         ratios.push(ratio);
         line.extend([cores, num(c), format!("{ratio:.2}")]);
         let _ = writeln!(d, "| {} |", line.join(" | "));
     }
+    push_figures(ctx, rates, copies, ratios);
+    ctx.report
+        .details
+        .push(("5. Sink write path without a broker".into(), d));
+    Ok(())
+}
+
+/// Rows per second of a raw binary COPY of `results` into a fresh database (repeat `r`).
+async fn copy_rate(ctx: &Ctx, r: usize, results: &[ProbeResult]) -> anyhow::Result<f64> {
+    let db = ctx.b.name(&format!("write{r}copy"));
+    ctx.pg.create_db(&db, Some(&ctx.template)).await?;
+    let (c, _) = copy(ctx, &db, "raw_copy", "INCLUDING DEFAULTS", results).await?;
+    ctx.pg.drop_db(&db).await?;
+    Ok(c)
+}
+
+/// The section's figures: write-path rates with 1 and 2 transactions in flight, raw COPY, ratio.
+fn push_figures(ctx: &mut Ctx, rates: [Vec<f64>; 2], copies: Vec<f64>, ratios: Vec<f64>) {
     let [one, two] = rates;
     let figs = &mut ctx.report.figures;
     figs.push(Figure::new(
@@ -132,8 +147,4 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         ratios,
         None,
     ));
-    ctx.report
-        .details
-        .push(("5. Sink write path without a broker".into(), d));
-    Ok(())
 }

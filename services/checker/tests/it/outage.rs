@@ -12,13 +12,12 @@ use checker::config::Config;
 use checker::metrics::Metrics;
 use common::config::Env;
 use common::result::ProbeResult;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::http::http_get;
+use testkit::metrics::Scrape;
+use testkit::wait_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{serve, text, Server};
@@ -67,50 +66,28 @@ impl Running {
 
     /// `(status, body)` of a GET on the admin server.
     async fn get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.admin).await.expect("admin server");
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: checker\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        http_get(self.admin, path).await
     }
 
-    /// The value of one series on `/metrics`, e.g. `metric("x_total{reason=\"a\"}")`.
-    async fn metric(&self, series: &str) -> f64 {
-        value(&self.get("/metrics").await.1, series)
+    /// The value of one series on `/metrics`, e.g.
+    /// `metric("x_total", &[("reason", "a")])`; panics when it is absent.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        value(&Scrape::get(self.admin).await, name, labels)
     }
 }
 
-/// The value of `series` in a Prometheus text exposition; panics when it is absent.
-fn value(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("series {series} not on /metrics"))
+/// The value of series `name` with `labels` in a scrape; panics when it is absent.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .metric(name, labels)
+        .unwrap_or_else(|| panic!("series {name} {labels:?} not on /metrics"))
 }
 
-fn exposition(metrics: &Metrics) -> String {
+/// What `/metrics` would show of `metrics`, parsed.
+fn exposition(metrics: &Metrics) -> Scrape {
     let mut buf = Vec::new();
     prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &metrics.registry.gather(), &mut buf).unwrap();
-    String::from_utf8(buf).unwrap()
-}
-
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Scrape::parse(&String::from_utf8(buf).unwrap())
 }
 
 /// `n` targets on `server`, each probed every `interval`.
@@ -127,26 +104,13 @@ fn mock_cluster() -> MockCluster<'static, DefaultProducerContext> {
     mock
 }
 
-/// Every result on the topic, in no particular order.
+/// Every result on the topic, in partition and offset order.
 async fn read_topic(bootstrap: &str) -> Vec<ProbeResult> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "read-back")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    // The topic is complete (the checker stopped): read until nothing comes for a while.
-    while let Ok(m) = tokio::time::timeout(Duration::from_secs(5), c.recv()).await {
-        let m = m.expect("consume");
-        out.push(serde_json::from_slice(m.payload().unwrap()).expect("a probe result"));
-    }
-    out
+    testkit::topic::read_topic(bootstrap, TOPIC)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload.as_deref().expect("a payload")).expect("a probe result"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,15 +129,21 @@ async fn a_broker_outage_fills_the_buffer_to_its_bound_then_the_backlog_drains()
 
     // 160 probes/s, none delivered: the buffer fills up to its bound and stays there, and
     // every result beyond it is counted as dropped.
-    assert_eq!(app.metric("healthcheck_checker_results_waiting_limit").await, LIMIT);
+    assert_eq!(
+        app.metric("healthcheck_checker_results_waiting_limit", &[]).await,
+        LIMIT
+    );
     let mut peak = 0.0f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while app
-        .metric("healthcheck_checker_results_dropped_total{reason=\"buffer_full\"}")
+        .metric(
+            "healthcheck_checker_results_dropped_total",
+            &[("reason", "buffer_full")],
+        )
         .await
         < 300.0
     {
-        peak = peak.max(app.metric("healthcheck_checker_results_waiting").await);
+        peak = peak.max(app.metric("healthcheck_checker_results_waiting", &[]).await);
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for 300 dropped results"
@@ -181,15 +151,15 @@ async fn a_broker_outage_fills_the_buffer_to_its_bound_then_the_backlog_drains()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(peak, LIMIT, "results waiting never exceed the bound");
-    assert_eq!(app.metric("healthcheck_checker_results_waiting").await, LIMIT);
-    assert_eq!(app.metric("healthcheck_checker_published_total").await, 0.0);
+    assert_eq!(app.metric("healthcheck_checker_results_waiting", &[]).await, LIMIT);
+    assert_eq!(app.metric("healthcheck_checker_published_total", &[]).await, 0.0);
     assert_eq!(app.get("/healthz").await.0, 200, "an outage never fails liveness");
     assert_eq!(app.get("/readyz").await.0, 503);
 
     // The broker is back: the backlog drains to the topic and results are kept again.
     mock.broker_up(1).unwrap();
     wait_until(Duration::from_secs(60), "the backlog delivered", || async {
-        app.metric("healthcheck_checker_published_total").await >= LIMIT + 50.0
+        app.metric("healthcheck_checker_published_total", &[]).await >= LIMIT + 50.0
     })
     .await;
     wait_until(Duration::from_secs(30), "ready again", || async {
@@ -202,11 +172,18 @@ async fn a_broker_outage_fills_the_buffer_to_its_bound_then_the_backlog_drains()
     let results = read_topic(&mock.bootstrap_servers()).await;
     let ids: BTreeSet<_> = results.iter().map(|r| r.check_id).collect();
     assert_eq!(ids.len(), results.len(), "each result once");
-    assert_eq!(results.len() as f64, value(&m, "healthcheck_checker_published_total"));
-    let dropped = value(&m, "healthcheck_checker_results_dropped_total{reason=\"buffer_full\"}");
+    assert_eq!(
+        results.len() as f64,
+        value(&m, "healthcheck_checker_published_total", &[])
+    );
+    let dropped = value(
+        &m,
+        "healthcheck_checker_results_dropped_total",
+        &[("reason", "buffer_full")],
+    );
     assert_eq!(
         results.len() as f64 + dropped,
-        value(&m, "healthcheck_checker_probes_started_total"),
+        value(&m, "healthcheck_checker_probes_started_total", &[]),
         "every probe's result is on the topic or counted as dropped"
     );
     // The results kept are the outage's first ones.
@@ -228,10 +205,10 @@ async fn assert_every_result_delivered(bootstrap: &str, metrics: &Metrics) -> us
     }
     assert_eq!(
         per_id.len() as f64,
-        value(&m, "healthcheck_checker_probes_started_total"),
+        value(&m, "healthcheck_checker_probes_started_total", &[]),
         "every probe's result reaches the topic"
     );
-    assert_eq!(value(&m, "healthcheck_checker_results_waiting"), 0.0);
+    assert_eq!(value(&m, "healthcheck_checker_results_waiting", &[]), 0.0);
     per_id.values().filter(|n| **n > 1).count()
 }
 
@@ -245,7 +222,7 @@ async fn a_fatal_producer_error_gets_a_new_producer_and_loses_no_result() {
     ])
     .await;
     wait_until(Duration::from_secs(30), "results delivered", || async {
-        app.metric("healthcheck_checker_published_total").await >= 10.0
+        app.metric("healthcheck_checker_published_total", &[]).await >= 10.0
     })
     .await;
 
@@ -256,12 +233,12 @@ async fn a_fatal_producer_error_gets_a_new_producer_and_loses_no_result() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
     );
     wait_until(Duration::from_secs(30), "a fatal error", || async {
-        app.metric("healthcheck_checker_producer_fatal_errors_total").await >= 1.0
+        app.metric("healthcheck_checker_producer_fatal_errors_total", &[]).await >= 1.0
     })
     .await;
-    let after_fatal = app.metric("healthcheck_checker_published_total").await;
+    let after_fatal = app.metric("healthcheck_checker_published_total", &[]).await;
     wait_until(Duration::from_secs(30), "deliveries go on", || async {
-        app.metric("healthcheck_checker_published_total").await >= after_fatal + 30.0
+        app.metric("healthcheck_checker_published_total", &[]).await >= after_fatal + 30.0
     })
     .await;
     wait_until(Duration::from_secs(30), "ready", || async {
@@ -269,7 +246,7 @@ async fn a_fatal_producer_error_gets_a_new_producer_and_loses_no_result() {
     })
     .await;
     assert_eq!(
-        app.metric("healthcheck_checker_publish_failures_total{reason=\"enqueue\"}")
+        app.metric("healthcheck_checker_publish_failures_total", &[("reason", "enqueue")])
             .await,
         0.0
     );

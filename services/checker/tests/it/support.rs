@@ -96,35 +96,39 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let (handler, cfg, tx) = (handler.clone(), cfg.clone(), tx.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
-                    return;
-                };
-                let conn = stream.get_ref().1;
-                let _ = tx.send(Handshake {
-                    sni: conn.server_name().map(str::to_string),
-                    client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
-                });
-                let svc = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+    let server = raw_on("127.0.0.1:0", move |tcp| {
+        let (handler, cfg, tx) = (handler.clone(), cfg.clone(), tx.clone());
+        async move {
+            let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
+                return;
+            };
+            let conn = stream.get_ref().1;
+            let _ = tx.send(Handshake {
+                sni: conn.server_name().map(str::to_string),
+                client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
             });
+            serve_connection(stream, handler).await;
         }
+    })
+    .await;
+    (server, rx)
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection, every request answered by `handler`.
+async fn serve_connection<S, F, Fut>(stream: S, handler: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let fut = handler(req);
+        async move { Ok::<_, Infallible>(fut.await) }
     });
-    (Server { addr, connections }, rx)
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// A running loopback server.
@@ -166,35 +170,20 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind(bind).await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let handler = handler.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                match tls {
-                    None => {
-                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-                    }
-                    Some(cfg) => {
-                        if let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
+    raw_on(bind, move |tcp| {
+        let (handler, tls) = (handler.clone(), tls.clone());
+        async move {
+            match tls {
+                None => serve_connection(tcp, handler).await,
+                Some(cfg) => {
+                    if let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                        serve_connection(stream, handler).await;
                     }
                 }
-            });
+            }
         }
-    });
-    Server { addr, connections }
+    })
+    .await
 }
 
 /// A raw TCP server on 127.0.0.1 for misbehaving peers: `handler` owns each accepted connection.
@@ -203,7 +192,16 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    raw_on("127.0.0.1:0", handler).await
+}
+
+/// A TCP server on `bind` that counts connections and gives each to `handler` on its own task.
+async fn raw_on<F, Fut>(bind: &str, handler: F) -> Server
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(bind).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = connections.clone();

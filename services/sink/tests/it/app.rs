@@ -47,12 +47,10 @@ impl Running {
             .unwrap();
     }
 
-    pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http_get(self.admin, "/metrics").await;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(f64::NAN)
+    /// The value of series `selector` (`name` or `name{key="value"}`) on `/metrics`; NaN
+    /// when absent, so that no comparison with it holds.
+    pub async fn metric(&self, selector: &str) -> f64 {
+        Scrape::get(self.admin).await.select(selector).unwrap_or(f64::NAN)
     }
 }
 

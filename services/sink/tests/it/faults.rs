@@ -288,17 +288,9 @@ async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
 
 /// The sum of every `healthcheck_sink_write_retries_total` series, and the series themselves.
 async fn write_retries(sink: &crate::app::Running) -> (f64, Vec<String>) {
-    let (_, body) = http_get(sink.admin, "/metrics").await;
-    let series: Vec<String> = body
-        .lines()
-        .filter(|l| l.starts_with("healthcheck_sink_write_retries_total{"))
-        .map(str::to_string)
-        .collect();
-    let sum = series
-        .iter()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (sum, series)
+    let m = Scrape::get(sink.admin).await;
+    let name = "healthcheck_sink_write_retries_total";
+    (m.sum(name), m.describe(name))
 }
 
 /// A real restart of PostgreSQL (a private cluster: `pg_ctl stop -m fast`, a few seconds
@@ -559,11 +551,9 @@ async fn a_blocked_write_with_a_partial_batch_waiting_leaves_the_sink_idle() {
     .await;
     let waiting = produce(&bootstrap, &topic, 3, 30, "waiting").await;
     let consumed = move || async move {
-        let (_, body) = http_get(admin_addr, "/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix("healthcheck_sink_messages_consumed_total "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        Scrape::get(admin_addr)
+            .await
+            .sum("healthcheck_sink_messages_consumed_total")
     };
     wait_until(Duration::from_secs(20), "every message taken by the sink", || async {
         consumed().await == 90.0

@@ -45,15 +45,9 @@ impl SinkProcess {
 
     /// `healthcheck_sink_messages_consumed_total`; 0 while the admin server is not up yet.
     async fn consumed(&self) -> f64 {
-        if tokio::net::TcpStream::connect(self.admin).await.is_err() {
-            return 0.0;
-        }
-        let name = "healthcheck_sink_messages_consumed_total";
-        let (_, body) = http_get(self.admin, "/metrics").await;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+        Scrape::fetch(self.admin)
+            .await
+            .map_or(0.0, |m| m.sum("healthcheck_sink_messages_consumed_total"))
     }
 
     /// SIGKILL: no LeaveGroup, no commit; the broker only notices the missing heartbeats.

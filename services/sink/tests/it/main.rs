@@ -4,7 +4,6 @@
 mod app;
 mod blackhole;
 mod broker;
-mod e2e;
 mod faults;
 mod groups;
 mod kafka_tls;

@@ -1,97 +1,23 @@
-//! Real dependencies for the sink's tests: a fresh database per test in the test PostgreSQL,
-//! private topics on the test broker, a private broker when a test needs to cut it off, a
-//! private PostgreSQL cluster when a test needs to restart it, a TCP forwarder that simulates
-//! outages, and a loopback HTTP target.
+//! Real dependencies for the sink's tests: what every test suite uses comes from `testkit`
+//! (a fresh database in the test PostgreSQL, topics on the test broker, private brokers behind
+//! a cuttable forwarder, the binaries as processes, HTTP GET and parsed `/metrics`), re-exported
+//! here; what only the sink's tests need is defined here: raw producers, sends spread over
+//! every partition, a private PostgreSQL cluster a test may restart, CPU time of a process.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
-/// The test PostgreSQL's URL (exported by `make test`).
-pub fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL is not set: run the tests with `make test`")
-}
-
-/// The test broker (exported by `make test`).
-pub fn bootstrap() -> String {
-    std::env::var("TEST_KAFKA_BOOTSTRAP_SERVERS")
-        .expect("TEST_KAFKA_BOOTSTRAP_SERVERS is not set: run the tests with `make test`")
-}
-
-/// A unique name for topics, groups and databases.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// A fresh, empty database; returns its URL.
-pub async fn fresh_database() -> String {
-    let admin = database_url();
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .expect("connect to TEST_DATABASE_URL");
-    tokio::spawn(conn);
-    let name = unique("t");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
-}
-
-/// The `host:port` of a PostgreSQL URL.
-pub fn pg_addr(url: &str) -> SocketAddr {
-    let cfg: tokio_postgres::Config = url.parse().unwrap();
-    let host = match &cfg.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        _ => panic!("TCP host expected"),
-    };
-    format!("{host}:{}", cfg.get_ports()[0]).parse().unwrap()
-}
-
-/// A client of the database at `url`.
-pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
-/// `SELECT count(*)` of `table`.
-pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
-    db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(-1)
-}
-
-/// Polls `check` every 100 ms until it returns true or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
+pub use testkit::broker::*;
+pub use testkit::http::*;
+pub use testkit::metrics::Scrape;
+pub use testkit::net::*;
+pub use testkit::pg::*;
+pub use testkit::process::*;
+pub use testkit::{unique, wait_until};
 
 /// A producer for raw test messages.
 pub fn producer(bootstrap: &str) -> FutureProducer {
@@ -103,25 +29,6 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
         .expect("producer")
 }
 
-/// Creates `topic` with `partitions` partitions.
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin");
-    let res = admin
-        .create_topics(
-            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create topic");
-    for r in res {
-        r.expect("topic created");
-    }
-}
-
 /// Sends `payload` keyed by `key` and waits for the acknowledgement.
 pub async fn send(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     p.send(
@@ -130,284 +37,6 @@ pub async fn send(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     )
     .await
     .expect("delivered");
-}
-
-/// GET `path` on `addr`: (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let stream = TcpStream::connect(addr).await.expect("connect admin");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "test")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A TCP forwarder from a local port to `upstream` that a test can cut and restore: a real
-/// outage of a real dependency. A cut closes every connection and the listening socket, so new
-/// connections are refused, as they are by a host whose service is down. (Accepting and then
-/// closing them instead looks like a broker that does not speak the protocol, and librdkafka
-/// reacts to that differently.) Restoring binds the same port again.
-///
-/// A black hole ([`Forwarder::black_hole`]) instead stops forwarding bytes in both directions
-/// and closes nothing: connections stay open and new ones are accepted, but no answer comes,
-/// as from a host that vanished from the network without a reset. What was sent meanwhile is
-/// held and forwarded, in order, after [`Forwarder::resume`]. (The kernel still acknowledges
-/// the bytes on loopback, so this is noticed by application timeouts, not by TCP's.)
-pub struct Forwarder {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    upstream: SocketAddr,
-    conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// `true` while black-holed.
-    hole: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Forwarder {
-    /// Starts forwarding from a free port (or `port` when given) to `upstream`.
-    pub async fn start(upstream: SocketAddr, port: Option<u16>) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
-            .await
-            .expect("bind forwarder");
-        let addr = listener.local_addr().unwrap();
-        let conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let hole = Arc::new(tokio::sync::watch::channel(false).0);
-        let accept = Self::serve(listener, upstream, conns.clone(), hole.clone());
-        Self {
-            addr,
-            upstream,
-            conns,
-            accept: std::sync::Mutex::new(Some(accept)),
-            hole,
-        }
-    }
-
-    fn serve(
-        listener: TcpListener,
-        upstream: SocketAddr,
-        conns: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-        hole: Arc<tokio::sync::watch::Sender<bool>>,
-    ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let hole = hole.clone();
-                let conn = tokio::spawn(async move {
-                    if hole.subscribe().wait_for(|holed| !*holed).await.is_err() {
-                        return;
-                    }
-                    if let Ok(outbound) = TcpStream::connect(upstream).await {
-                        let (in_read, in_write) = inbound.into_split();
-                        let (out_read, out_write) = outbound.into_split();
-                        tokio::join!(
-                            pump(in_read, out_write, hole.subscribe()),
-                            pump(out_read, in_write, hole.subscribe())
-                        );
-                    }
-                });
-                let mut c = conns.lock().unwrap();
-                c.retain(|h| !h.is_finished());
-                c.push(conn);
-            }
-        })
-    }
-
-    /// Closes the listening socket and every open connection.
-    pub async fn cut(&self) {
-        let accept = self.accept.lock().unwrap().take();
-        if let Some(accept) = accept {
-            accept.abort();
-            let _ = accept.await;
-        }
-        let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
-        for c in conns {
-            c.abort();
-            let _ = c.await;
-        }
-    }
-
-    /// Listens on the same port again.
-    pub async fn restore(&self) {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .unwrap_or_else(|e| panic!("rebind the forwarder on {}: {e}", self.addr));
-        let accept = Self::serve(listener, self.upstream, self.conns.clone(), self.hole.clone());
-        *self.accept.lock().unwrap() = Some(accept);
-    }
-
-    /// Stops forwarding without closing anything (see the type's doc).
-    pub fn black_hole(&self) {
-        self.hole.send_replace(true);
-    }
-
-    /// Forwards again, the held bytes first.
-    pub fn resume(&self) {
-        self.hole.send_replace(false);
-    }
-}
-
-/// Copies `from` to `to` until either closes, holding the bytes while `hole` is `true`.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut hole: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if hole.wait_for(|holed| !*holed).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    // Not even the close goes through a black hole.
-    let _ = hole.wait_for(|holed| !*holed).await;
-    let _ = to.shutdown().await;
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        if let Some(accept) = self.accept.lock().unwrap().take() {
-            accept.abort();
-        }
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-/// A private tansu broker whose clients all go through a [`Forwarder`] (it advertises the
-/// forwarder's address), so a test can cut the broker off without losing its in-memory data.
-pub struct PrivateBroker {
-    child: Child,
-    broker_port: u16,
-    /// The forwarder clients use.
-    pub forwarder: Forwarder,
-}
-
-impl PrivateBroker {
-    /// Starts tansu on a free port behind a forwarder.
-    pub async fn start() -> Self {
-        let broker_port = free_port();
-        let front_port = free_port();
-        let child = spawn_tansu(broker_port, &format!("127.0.0.1:{front_port}"));
-        let upstream: SocketAddr = format!("127.0.0.1:{broker_port}").parse().unwrap();
-        wait_until(Duration::from_secs(20), "the private broker to listen", || async move {
-            TcpStream::connect(upstream).await.is_ok()
-        })
-        .await;
-        let forwarder = Forwarder::start(upstream, Some(front_port)).await;
-        Self {
-            child,
-            broker_port,
-            forwarder,
-        }
-    }
-
-    /// Kills the broker and starts it again, empty (in-memory storage), on the same port: it
-    /// has forgotten topics, offsets and producer ids, as the compose stand-in does.
-    pub async fn restart_empty(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn_tansu(self.broker_port, &self.forwarder.addr.to_string());
-        let upstream: SocketAddr = format!("127.0.0.1:{}", self.broker_port).parse().unwrap();
-        wait_until(
-            Duration::from_secs(20),
-            "the private broker to listen again",
-            || async move { TcpStream::connect(upstream).await.is_ok() },
-        )
-        .await;
-    }
-
-    /// `host:port` for `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        self.forwarder.addr.to_string()
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts tansu (in memory) listening on `127.0.0.1:<port>` and advertising `advertised`
-/// (`host:port`), where a test's forwarder or TLS terminator will listen.
-pub fn spawn_tansu(port: u16, advertised: &str) -> Child {
-    Command::new(which_tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url",
-            &format!("tcp://{advertised}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu")
-}
-
-/// The tansu binary private brokers run: `TANSU_BIN` (as in `scripts/stack.sh`; `TANSU` is
-/// still read), else `$CARGO_HOME/bin/tansu`, else `tansu` on `PATH`.
-fn which_tansu() -> String {
-    if let Ok(p) = std::env::var("TANSU_BIN").or_else(|_| std::env::var("TANSU")) {
-        return p;
-    }
-    let home =
-        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let p = format!("{home}/bin/tansu");
-    if std::path::Path::new(&p).exists() {
-        p
-    } else {
-        "tansu".to_string()
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A loopback HTTP target answering `body` with 200 to every request.
-pub async fn http_target(body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(body.as_bytes()))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// What [`PrivatePostgres::start_with`] adds to a fresh cluster.
@@ -649,75 +278,13 @@ async fn run(mut cmd: Command, what: &str, log: Option<&Path>) {
     }
 }
 
-/// A workspace binary next to this crate's (`cargo nextest run --workspace` builds them all).
-pub fn bin(name: &str) -> PathBuf {
-    let sink = PathBuf::from(env!("CARGO_BIN_EXE_sink"));
-    let p = sink.with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} not built: run the tests for the whole workspace (make test)",
-        p.display()
-    );
-    p
-}
-
-/// A child process that is killed when the test ends, even when it panics.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-/// Starts the workspace binary `name` with only `env` (and `PATH`), its stderr appended to `log`.
-pub fn spawn(name: &str, env: &[(&str, String)], log: &Path) -> Proc {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(bin(name))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// CPU time (user + system, all threads) that process `pid` has used so far, seconds: fields
-/// 14 and 15 (`utime`, `stime`) of `/proc/<pid>/stat`, in clock ticks (`getconf CLK_TCK`);
-/// see proc_pid_stat(5).
+/// CPU time (user + system, all threads) that process `pid` has used so far, seconds
+/// (`testkit::procfs::cpu_seconds`).
+///
+/// # Panics
+/// When the process is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state), so field n is fields[n - 3].
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    testkit::procfs::cpu_seconds(pid, false).expect("read /proc/<pid>/stat")
 }
 
 /// Per-partition sends of `payloads` to `topic` (message `i` to partition `i % partitions`,
@@ -761,54 +328,4 @@ pub async fn send_spread(
         "messages reached partitions {used:?} of {partitions}"
     );
     delivered
-}
-
-/// Everything `topic` holds, read back with a consumer outside any group (every partition
-/// assigned from its low to its high watermark): (partition, offset, payload), in partition
-/// and offset order.
-pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>)> {
-    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::Message;
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader consumer");
-        let timeout = Duration::from_secs(10);
-        let md = c.fetch_metadata(Some(&topic), timeout).expect("metadata");
-        let mut ends = std::collections::BTreeMap::new();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            let (low, high) = c.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks");
-            if high > low {
-                ends.insert(p.id(), high);
-                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(low))
-                    .unwrap();
-            }
-        }
-        c.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "reading {topic} back timed out; still to read: {ends:?}"
-            );
-            let Some(m) = c.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let m = m.expect("read the topic");
-            out.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
-            if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-                ends.remove(&m.partition());
-            }
-        }
-        out.sort_by_key(|(p, o, _)| (*p, *o));
-        out
-    })
-    .await
-    .unwrap()
 }

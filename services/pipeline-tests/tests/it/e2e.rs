@@ -1,34 +1,24 @@
-//! Both binaries as processes against the real broker, PostgreSQL and loopback targets.
+//! Both binaries as processes against the real broker, PostgreSQL and loopback targets: the
+//! pipeline judged by what the topic holds compared with the table, readiness and liveness
+//! over HTTP, metrics parsed from `/metrics`, exit codes for bad configuration.
 
-use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::support::*;
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
-}
-
-/// Waits for `child` to exit within `limit`; returns its exit code.
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::result::ProbeResult;
+use testkit::broker::{bootstrap, create_topic, PrivateBroker};
+use testkit::http::{http_get, http_target, try_http_get};
+use testkit::metrics::Scrape;
+use testkit::net::{free_addr, free_port};
+use testkit::pg::{connect, count, fresh_database};
+use testkit::process::{bin, signal, spawn, wait_exit};
+use testkit::topic::read_topic;
+use testkit::{unique, wait_until};
 
 /// A loopback server that accepts connections and never answers.
-async fn hanging_target() -> std::net::SocketAddr {
+async fn hanging_target() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -40,79 +30,86 @@ async fn hanging_target() -> std::net::SocketAddr {
     addr
 }
 
+/// Environments of the two processes of [`pipeline_end_to_end_survives_sink_sigkill_and_sigterm`]:
+/// four targets (healthy, regex mismatch, refused, hanging) probed every 250 ms, a 3-partition
+/// topic, a fresh database.
+struct Pipeline {
+    url: String,
+    bootstrap: String,
+    topic: String,
+    sink_env: Vec<(&'static str, String)>,
+    checker_env: Vec<(&'static str, String)>,
+    sink_admin: SocketAddr,
+    checker_admin: SocketAddr,
+}
+
+impl Pipeline {
+    async fn new() -> Self {
+        let (url, bootstrap) = (fresh_database().await, bootstrap());
+        let topic = unique("results");
+        create_topic(&bootstrap, &topic, 3).await;
+        let good = http_target("<html>all systems healthy</html>").await;
+        let hang = hanging_target().await;
+        let refused = free_port();
+        let targets = serde_json::json!([
+            {"name": "good", "url": format!("http://{good}/"), "regex": "healthy", "interval": "250ms", "timeout": "200ms"},
+            {"name": "nomatch", "url": format!("http://{good}/"), "regex": "absent", "interval": "250ms", "timeout": "200ms"},
+            {"name": "refused", "url": format!("http://127.0.0.1:{refused}/"), "interval": "250ms", "timeout": "200ms"},
+            {"name": "hang", "url": format!("http://{hang}/"), "interval": "250ms", "timeout": "200ms"},
+        ]);
+        let (sink_admin, checker_admin) = (free_addr(), free_addr());
+        let common = |admin: SocketAddr| {
+            vec![
+                ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+                ("KAFKA_TOPIC", topic.clone()),
+                ("ADMIN_ADDR", admin.to_string()),
+                ("LOG_FORMAT", "json".to_string()),
+                ("RUST_LOG", "info".to_string()),
+                ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
+            ]
+        };
+        let mut sink_env = common(sink_admin);
+        sink_env.extend([
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_GROUP_ID", unique("group")),
+            ("BATCH_LINGER", "50ms".to_string()),
+            // The SIGKILLed member stays in the group until its session times out; keep that
+            // short (this also exercises the KAFKA_CFG_* pass-through).
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()),
+            ("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()),
+        ]);
+        let mut checker_env = common(checker_admin);
+        checker_env.push(("TARGETS", targets.to_string()));
+        Self {
+            url,
+            bootstrap,
+            topic,
+            sink_env,
+            checker_env,
+            sink_admin,
+            checker_admin,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
-    let (url, bootstrap) = (fresh_database().await, bootstrap());
-    let topic = unique("results");
-    create_topic(&bootstrap, &topic, 3).await;
-    let good = http_target("<html>all systems healthy</html>").await;
-    let hang = hanging_target().await;
-    let refused = free_port();
-    let targets = serde_json::json!([
-        {"name": "good", "url": format!("http://{good}/"), "regex": "healthy", "interval": "250ms", "timeout": "200ms"},
-        {"name": "nomatch", "url": format!("http://{good}/"), "regex": "absent", "interval": "250ms", "timeout": "200ms"},
-        {"name": "refused", "url": format!("http://127.0.0.1:{refused}/"), "interval": "250ms", "timeout": "200ms"},
-        {"name": "hang", "url": format!("http://{hang}/"), "interval": "250ms", "timeout": "200ms"},
-    ]);
+    let p = Pipeline::new().await;
     // Logs are kept for a failing run; the path is printed.
     let dir = std::env::temp_dir().join(unique("e2e"));
     std::fs::create_dir_all(&dir).unwrap();
     println!("logs in {}", dir.display());
     let (checker_log, sink_log) = (dir.join("checker.log"), dir.join("sink.log"));
-    let common = |admin: u16| {
-        vec![
-            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("KAFKA_TOPIC", topic.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-            ("LOG_FORMAT", "json".to_string()),
-            ("RUST_LOG", "info".to_string()),
-            ("SHUTDOWN_GRACE_PERIOD", "10s".to_string()),
-        ]
-    };
-    let (sink_admin, checker_admin) = (free_port(), free_port());
-    let mut sink_env = common(sink_admin);
-    sink_env.extend([
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_LINGER", "50ms".to_string()),
-    ]);
-    // The SIGKILLed member stays in the group until its session times out; keep that short
-    // (this also exercises the KAFKA_CFG_* pass-through).
-    sink_env.push(("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()));
-    sink_env.push(("KAFKA_GROUP_INSTANCE_ID", "sink-0".to_string()));
-    let mut checker_env = common(checker_admin);
-    checker_env.push(("TARGETS", targets.to_string()));
 
-    let mut sink = spawn("sink", &sink_env, &sink_log);
-    let mut checker = spawn("checker", &checker_env, &checker_log);
+    let mut sink = spawn("sink", &p.sink_env, &sink_log);
+    let mut checker = spawn("checker", &p.checker_env, &checker_log);
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(&sink, "-KILL");
     wait_exit(&mut sink, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut sink = spawn("sink", &sink_env, &sink_log);
+    let mut sink = spawn("sink", &p.sink_env, &sink_log);
     tokio::time::sleep(Duration::from_secs(2)).await;
-
-    for (name, port) in [("checker", checker_admin), ("sink", sink_admin)] {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert_eq!(http_get(addr, "/healthz").await.0, 200, "{name} /healthz");
-        assert_eq!(http_get(addr, "/readyz").await.0, 200, "{name} /readyz");
-        let (status, metrics) = http_get(addr, "/metrics").await;
-        assert_eq!(status, 200);
-        promtool_check(&metrics);
-        if name == "checker" {
-            assert!(metrics.contains("probe_success{target=\"good\"} 1"), "{metrics}");
-            assert!(
-                metrics.contains("probe_failed_due_to_regex{target=\"nomatch\"} 1"),
-                "{metrics}"
-            );
-            assert!(
-                metrics.contains("healthcheck_checker_probes_completed_total{outcome=\"timeout\"}"),
-                "{metrics}"
-            );
-        } else {
-            assert!(metrics.contains("healthcheck_sink_rows_inserted_total"), "{metrics}");
-        }
-    }
+    assert_admin_endpoints(p.checker_admin, p.sink_admin).await;
 
     signal(&checker, "-TERM");
     assert_eq!(
@@ -120,24 +117,14 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
         0,
         "checker exits 0 on SIGTERM"
     );
-    // What the topic holds: every result the checker published, each once per message.
-    let messages = read_topic(&bootstrap, &topic).await;
-    let in_topic: HashSet<String> = messages
-        .iter()
-        .map(|(p, o, payload)| {
-            let r: common::result::ProbeResult = serde_json::from_slice(payload.as_deref().unwrap_or_default())
-                .unwrap_or_else(|e| panic!("message {p}/{o} is not a probe result: {e}"));
-            r.check_id.to_string()
-        })
-        .collect();
-    assert_eq!(in_topic.len(), messages.len(), "the checker published a slot twice");
+    let in_topic = published(&p.bootstrap, &p.topic).await;
     assert!(
         in_topic.len() >= 4 * 12,
         "about 4 targets × 4 per second × 6.5 s expected, got {}",
         in_topic.len()
     );
 
-    let db = connect(&url).await;
+    let db = connect(&p.url).await;
     let n = in_topic.len() as i64;
     wait_until(Duration::from_secs(60), "every published result in PostgreSQL", || {
         let db = &db;
@@ -155,15 +142,85 @@ async fn pipeline_end_to_end_survives_sink_sigkill_and_sigterm() {
         .query("SELECT check_id::text, target_name, success, status_code, error_kind, regex_matched, lateness_seconds FROM probe_results", &[])
         .await
         .unwrap();
-    let stored: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    let missing: Vec<&String> = in_topic.difference(&stored).collect();
-    assert!(missing.is_empty(), "in the topic but not stored: {missing:?}");
-    let extra: Vec<&String> = stored.difference(&in_topic).collect();
-    assert!(extra.is_empty(), "stored but not in the topic: {extra:?}");
+    assert_rows_are_the_topic(&rows, &in_topic);
     assert_eq!(count(&db, "dead_letters").await, 0);
+    assert_outcomes_per_target(&rows);
+}
 
+/// Liveness, readiness and `/metrics` of both processes: promtool accepts the exposition,
+/// the checker's probe metrics show each target's outcome, the sink's counters exist.
+async fn assert_admin_endpoints(checker: SocketAddr, sink: SocketAddr) {
+    for (name, addr) in [("checker", checker), ("sink", sink)] {
+        assert_eq!(http_get(addr, "/healthz").await.0, 200, "{name} /healthz");
+        assert_eq!(http_get(addr, "/readyz").await.0, 200, "{name} /readyz");
+        let (status, exposition) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        promtool_check(&exposition);
+        let m = Scrape::parse(&exposition);
+        if name == "checker" {
+            assert_eq!(
+                m.metric("probe_success", &[("target", "good")]),
+                Some(1.0),
+                "{exposition}"
+            );
+            assert_eq!(
+                m.metric("probe_failed_due_to_regex", &[("target", "nomatch")]),
+                Some(1.0),
+                "{exposition}"
+            );
+            let timeouts = m.metric("healthcheck_checker_probes_completed_total", &[("outcome", "timeout")]);
+            assert!(timeouts.is_some_and(|n| n >= 1.0), "{exposition}");
+        } else {
+            // The restarted sink may still be joining the group: the counter exists, maybe at 0.
+            let inserted = m.metric("healthcheck_sink_rows_inserted_total", &[]);
+            assert!(inserted.is_some(), "{exposition}");
+        }
+    }
+}
+
+/// What the topic holds, by `check_id`: every result the checker published. Panics when a
+/// message is not a probe result or a slot was published twice.
+async fn published(bootstrap: &str, topic: &str) -> HashMap<String, ProbeResult> {
+    let messages = read_topic(bootstrap, topic).await;
+    let in_topic: HashMap<String, ProbeResult> = messages
+        .iter()
+        .map(|m| {
+            let r: ProbeResult = serde_json::from_slice(m.payload.as_deref().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("message {}/{} is not a probe result: {e}", m.partition, m.offset));
+            (r.check_id.to_string(), r)
+        })
+        .collect();
+    assert_eq!(in_topic.len(), messages.len(), "the checker published a slot twice");
+    in_topic
+}
+
+/// Exactly once: the table holds every result of the topic and nothing else, each row as
+/// published (the primary key rules out a duplicate row; a lost or invented one shows here).
+/// `rows`: check_id, target_name, success, status_code, error_kind, regex_matched,
+/// lateness_seconds.
+fn assert_rows_are_the_topic(rows: &[tokio_postgres::Row], in_topic: &HashMap<String, ProbeResult>) {
+    for r in rows {
+        let id: String = r.get(0);
+        let published = in_topic
+            .get(&id)
+            .unwrap_or_else(|| panic!("stored but not in the topic: {id}"));
+        assert_eq!(r.get::<_, String>(1), published.target, "{id}: target");
+        assert_eq!(r.get::<_, bool>(2), published.success, "{id}: success");
+        assert_eq!(
+            r.get::<_, Option<i32>>(3),
+            published.status_code.map(i32::from),
+            "{id}: status code"
+        );
+        assert_eq!(r.get::<_, f64>(6), published.lateness_seconds, "{id}: lateness");
+    }
+    assert_eq!(rows.len(), in_topic.len(), "rows stored vs results in the topic");
+}
+
+/// Each target's rows show its outcome, every target kept its rate (the hanging one delays
+/// none), and no probe started late. `rows` as for [`assert_rows_are_the_topic`].
+fn assert_outcomes_per_target(rows: &[tokio_postgres::Row]) {
     let mut by_target: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
-    for r in &rows {
+    for r in rows {
         by_target.entry(r.get(1)).or_default().push(r);
     }
     for r in &by_target["good"] {
@@ -321,13 +378,9 @@ async fn checker_readiness_follows_the_broker_and_liveness_does_not() {
         ("INTERVAL", "1".to_string()),
     ];
     let _checker = spawn("checker", &env, &dir.join("checker.log"));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let status = |path: &'static str| async move {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => http_get(addr, path).await.0,
-            Err(_) => 0,
-        }
-    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    // 0 while the admin server does not answer.
+    let status = |path: &'static str| async move { try_http_get(addr, path).await.map_or(0, |(s, _)| s) };
     wait_until(Duration::from_secs(30), "checker ready", || async {
         status("/readyz").await == 200
     })
@@ -388,21 +441,11 @@ async fn the_checker_delivers_again_after_the_broker_forgets_its_producer_id() {
         async move { read_topic(&b, &t).await.len() >= 8 }
     })
     .await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let (_, metrics) = http_get(addr, "/metrics").await;
-    let replaced: f64 = [
-        "healthcheck_checker_producer_stall_replacements_total",
-        "healthcheck_checker_producer_fatal_errors_total",
-    ]
-    .iter()
-    .filter_map(|name| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    })
-    .sum();
-    assert!(replaced >= 1.0, "the producer was never replaced:\n{metrics}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let m = Scrape::get(addr).await;
+    let replaced = m.sum("healthcheck_checker_producer_stall_replacements_total")
+        + m.sum("healthcheck_checker_producer_fatal_errors_total");
+    assert!(replaced >= 1.0, "the producer was never replaced: {m:?}");
     wait_until(Duration::from_secs(30), "the checker ready again", || async move {
         http_get(addr, "/readyz").await.0 == 200
     })
