@@ -39,15 +39,8 @@ impl App {
         let health = Health::new(Duration::from_secs(60));
         let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
         let publish_loop = publish_loop.replace_when_stalled(config.delivery_stall_timeout);
-        let admin_stop = CancellationToken::new();
-        let (admin_addr, serve) = admin::serve(
-            config.admin_addr,
-            health.clone(),
-            metrics.registry.clone(),
-            admin_stop.clone(),
-        )
-        .await?;
-        tokio::spawn(serve);
+        let (admin_addr, admin_stop) =
+            admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
         tracing::info!(admin_addr = %admin_addr, targets = config.targets.len(), topic = %config.kafka.topic, "Checker started.");
         Ok(Self {
             config,

@@ -6,9 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use common::result::TlsInfo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use common::tls::ChainVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use serde::Deserialize;
 
 /// Per-target TLS options (the `tls` object of a target).
@@ -148,7 +148,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<TlsClient, String> {
         Ok(match &roots {
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider()))),
+                .with_custom_certificate_verifier(Arc::new(ChainVerifier::any_certificate(provider()))),
             Some(r) => builder.with_root_certificates(r.store.clone()),
         })
     };
@@ -253,44 +253,4 @@ fn verified_earliest(
 pub fn server_name(host: &str, override_name: Option<&str>) -> Result<ServerName<'static>, String> {
     let name = override_name.unwrap_or(host).trim_matches(['[', ']']);
     ServerName::try_from(name.to_string()).map_err(|e| format!("{name:?} is not a valid TLS server name: {e}"))
-}
-
-/// Verifier for `insecure_skip_verify`: trusts any certificate but still checks the handshake
-/// signatures, so the negotiated session is real.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -158,6 +158,22 @@ pub fn readiness_loop(
     }
 }
 
+/// Binds the admin server to `addr` (port 0 picks a free port) and serves it on a tokio task
+/// until the returned token is cancelled: the seam both services' `App::build` use.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub async fn start(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    registry: Registry,
+) -> std::io::Result<(SocketAddr, CancellationToken)> {
+    let stop = CancellationToken::new();
+    let (bound, serving) = serve(addr, health, registry, stop.clone()).await?;
+    tokio::spawn(serving);
+    Ok((bound, stop))
+}
+
 /// Binds the admin server to `addr` (port 0 picks a free port) and returns the bound address
 /// and the future that serves until `shutdown` is cancelled.
 ///

@@ -11,3 +11,4 @@ pub mod result;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

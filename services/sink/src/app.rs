@@ -48,15 +48,8 @@ impl App {
             .kafka
             .client_config(&defaults)
             .create_with_context(SinkContext::new(metrics.clone()))?;
-        let admin_stop = CancellationToken::new();
-        let (admin_addr, serve) = admin::serve(
-            config.admin_addr,
-            health.clone(),
-            metrics.registry.clone(),
-            admin_stop.clone(),
-        )
-        .await?;
-        tokio::spawn(serve);
+        let (admin_addr, admin_stop) =
+            admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
         tracing::info!(admin_addr = %admin_addr, topic = %config.kafka.topic, group_id = %config.group_id, "Sink started.");
         Ok(Self {
             config,

@@ -32,12 +32,11 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use common::tls::ChainVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -184,7 +183,7 @@ pub fn connect_config(dsn: &str) -> Result<PgConnect, DsnError> {
             .with_safe_default_protocol_versions()
             .map_err(|e| DsnError::Unsupported(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainVerifier { roots: None }))
+            .with_custom_certificate_verifier(Arc::new(ChainVerifier::any_certificate(provider())))
             .with_no_client_auth()
     } else {
         client_config(mode, &params)?
@@ -262,10 +261,10 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, DsnE
         // nothing: a failed check would only make it fall back to plain TCP.
         (SslMode::VerifyCa | SslMode::Require, Some(roots)) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainVerifier { roots: Some(roots) })),
+            .with_custom_certificate_verifier(Arc::new(ChainVerifier::chain_only(roots, provider.clone()))),
         (_, _) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainVerifier { roots: None })),
+            .with_custom_certificate_verifier(Arc::new(ChainVerifier::any_certificate(provider.clone()))),
     };
     match (&params.sslcert, &params.sslkey) {
         (None, None) => Ok(builder.with_no_client_auth()),
@@ -308,59 +307,6 @@ fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, DsnError> {
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| file_error("sslkey", path, &format!("not PEM ({e})")))?
         .ok_or_else(|| file_error("sslkey", path, "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"))
-}
-
-/// Checks that the server's certificate chains up to `roots`, ignoring the name (`verify-ca`),
-/// or checks nothing when `roots` is `None` (`require`, `prefer`). The handshake signature is
-/// always verified, so the server does hold the key of the certificate it sent.
-#[derive(Debug)]
-struct ChainVerifier {
-    roots: Option<Arc<RootCertStore>>,
-}
-
-impl ServerCertVerifier for ChainVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                provider().signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Splits `dsn` into the DSN without the TLS parameters (for tokio-postgres) and the TLS
