@@ -3,9 +3,8 @@
 
 use std::io::Write as _;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use checker::target::{load_targets, Defaults, ProxyEnv, Target};
+use checker::target::{load_targets, Defaults, Target};
 use common::config::{ConfigError, Env};
 use common::result::ProbeResult;
 
@@ -59,12 +58,7 @@ pub fn check_targets_yaml(bytes: &[u8]) {
 /// The checker's defaults when no variable is set (`DEFAULT_INTERVAL`, `DEFAULT_TIMEOUT`,
 /// `BODY_MAX_BYTES`), and no proxy.
 fn defaults() -> Defaults {
-    Defaults {
-        interval: Duration::from_secs(30),
-        timeout: Duration::from_secs(10),
-        body_max_bytes: 1 << 20,
-        proxy_env: ProxyEnv::default(),
-    }
+    checker::config::target_defaults(&Env::default()).expect("the defaults are valid")
 }
 
 /// What the module doc of `checker::target` promises for an accepted list ("every option is

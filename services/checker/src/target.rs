@@ -709,13 +709,9 @@ fn parse_status(s: &StatusSpec) -> Result<RangeInclusive<u16>, String> {
 mod tests {
     use super::*;
 
+    /// The service's defaults when no variable is set.
     fn defaults() -> Defaults {
-        Defaults {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(10),
-            body_max_bytes: 1 << 20,
-            proxy_env: ProxyEnv::default(),
-        }
+        crate::config::target_defaults(&Env::default()).expect("the defaults are valid")
     }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Vec<Target>, ConfigError> {

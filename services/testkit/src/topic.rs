@@ -46,38 +46,7 @@ pub fn read_all(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Resu
         .set("log_level", "3")
         .create()
         .context("create the reading consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .context("fetch metadata")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("topic {topic} has no partitions");
-    }
-    // An empty partition gives no end-of-partition event on tansu; ListOffsets, wrong about
-    // where a partition ends, is right about whether it holds anything (its "latest" is at
-    // least the last batch's base offset + 1), so empty partitions are left out.
-    let mut open = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .with_context(|| format!("watermarks of {topic}/{p}"))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            open.insert(
-                p,
-                End {
-                    listed: high,
-                    grace_until: None,
-                },
-            );
-        }
-    }
+    let (tpl, mut open) = non_empty_partitions(&consumer, topic, timeout)?;
     if open.is_empty() {
         return Ok(Vec::new());
     }
@@ -116,6 +85,48 @@ pub fn read_all(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Resu
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
+}
+
+/// The partitions of `topic` that hold messages, assigned from their beginning, with the end
+/// ListOffsets gives for each.
+fn non_empty_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<(TopicPartitionList, BTreeMap<i32, End>)> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .context("fetch metadata")?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions");
+    }
+    // An empty partition gives no end-of-partition event on tansu; ListOffsets, wrong about
+    // where a partition ends, is right about whether it holds anything (its "latest" is at
+    // least the last batch's base offset + 1), so empty partitions are left out.
+    let mut open = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .with_context(|| format!("watermarks of {topic}/{p}"))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            open.insert(
+                p,
+                End {
+                    listed: high,
+                    grace_until: None,
+                },
+            );
+        }
+    }
+    Ok((tpl, open))
 }
 
 /// How long a partition is read on after passing the end ListOffsets gave at the start: the
