@@ -56,7 +56,14 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(log_format(&config), env.get("RUST_LOG"));
+    let filter = match crate::telemetry::filter(env.get("RUST_LOG")) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{name}: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(log_format(&config), filter);
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());

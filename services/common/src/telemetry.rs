@@ -34,17 +34,26 @@ impl LogFormat {
     }
 }
 
-/// The log filter when `RUST_LOG` is unset or does not parse.
+/// The log filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info,librdkafka=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn";
 
-/// Installs the global tracing subscriber. `filter` is `RUST_LOG`'s value, taken from the
-/// service's [`crate::config::Env`] snapshot (tracing-subscriber's `EnvFilter` directives; unset or
-/// unparsable: [`DEFAULT_FILTER`]). Logs go to standard error. Calling it twice is harmless
-/// (the second call does nothing).
-pub fn init(format: LogFormat, filter: Option<&str>) {
-    let filter = filter
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+/// The log filter of `RUST_LOG`'s value (tracing-subscriber's `EnvFilter` directives, e.g.
+/// `info,sink=debug`), or [`DEFAULT_FILTER`] when it is unset.
+///
+/// # Errors
+/// A [`ConfigError`] naming `RUST_LOG` when a directive does not parse (e.g. an unknown level).
+pub fn filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+    let Some(v) = value else {
+        return Ok(tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(v)
+        .map_err(|e| ConfigError::new("RUST_LOG", format!("{v:?} is not a log filter: {e}"), "info,sink=debug"))
+}
+
+/// Installs the global tracing subscriber with `filter` (see [`filter`]). Logs go to
+/// standard error. Calling it twice is harmless (the second call does nothing).
+pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

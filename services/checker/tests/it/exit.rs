@@ -1,19 +1,32 @@
-//! The checker binary with durations too long to add to a time: exit code 2 and a message
-//! naming the variable, never a panic (before, `INTERVAL=1000000000000d` panicked in the
-//! scheduler and `DEFAULT_TIMEOUT=1e30` while reading the configuration).
+//! The checker binary with values it cannot use (durations too long to add to a time, a log
+//! filter that does not parse): exit code 2 and a message naming the variable, never a panic
+//! (before, `INTERVAL=1000000000000d` panicked in the scheduler and `DEFAULT_TIMEOUT=1e30`
+//! while reading the configuration).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
 fn overflowing_durations_exit_2_naming_the_variable() {
-    for (var, value) in [
+    exit_2_naming_the_variable(&[
         ("INTERVAL", "10000000000000000d"),
         ("INTERVAL", "1000000000000d"),
         ("DEFAULT_TIMEOUT", "1e30"),
         ("SHUTDOWN_GRACE_PERIOD", "1000000000000d"),
         ("TARGETS", r#"[{"url": "http://127.0.0.1:1/", "interval": 1e16}]"#),
-    ] {
+    ]);
+}
+
+/// Before, an unparsable `RUST_LOG` was silently replaced by the default filter.
+#[test]
+fn an_unparsable_log_filter_exits_2_naming_the_variable() {
+    exit_2_naming_the_variable(&[("RUST_LOG", "checker=loud"), ("RUST_LOG", "[unclosed")]);
+}
+
+/// Starts the checker with each `(var, value)` in turn and asserts it exits 2 at once with a
+/// message naming `var`.
+fn exit_2_naming_the_variable(cases: &[(&str, &str)]) {
+    for &(var, value) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_checker"));
         cmd.env_clear()
             .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")

@@ -28,7 +28,10 @@ pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     let config = Config::from_env(&Env::from_pairs(all)).expect("valid config");
     // Logs go to stderr when a test is run with RUST_LOG set (e.g. RUST_LOG=sink=debug).
     if let Ok(filter) = std::env::var("RUST_LOG") {
-        common::telemetry::init(common::telemetry::LogFormat::Text, Some(&filter));
+        common::telemetry::init(
+            common::telemetry::LogFormat::Text,
+            common::telemetry::filter(Some(&filter)).expect("RUST_LOG parses"),
+        );
     }
     let app = App::build(config).await.expect("app builds");
     let admin = app.admin_addr();
