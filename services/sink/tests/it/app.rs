@@ -18,6 +18,19 @@ pub struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// [`start`] consuming `topic` on `bootstrap` into the database at `database_url`, in a
+/// consumer group of its own, with `extra` variables (e.g. `("BATCH_MAX_ROWS", "200")`).
+pub async fn start_consuming(database_url: &str, bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Running {
+    let mut pairs = vec![
+        ("DATABASE_URL", database_url.to_string()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_string()),
+        ("KAFKA_TOPIC", topic.to_string()),
+        ("KAFKA_GROUP_ID", unique("group")),
+    ];
+    pairs.extend(extra.iter().map(|&(k, v)| (k, v.to_string())));
+    start(pairs).await
+}
+
 pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     let mut all: Vec<(String, String)> = vec![
         ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
@@ -215,14 +228,7 @@ async fn a_sink_whose_writes_are_stuck_while_messages_wait_is_not_ready() {
     let (url, bootstrap) = (fresh_database().await, bootstrap());
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 2).await;
-    let sink = start(vec![
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("STALL_TIMEOUT", "4s".to_string()),
-    ])
-    .await;
+    let sink = start_consuming(&url, &bootstrap, &topic, &[("STALL_TIMEOUT", "4s")]).await;
     let db = connect(&url).await;
     let first = produce(&bootstrap, &topic, 2, 20, "first").await;
     assert_exactly_once(&db, &first).await;

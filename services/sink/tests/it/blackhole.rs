@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::app::start;
+use crate::app::{start, start_consuming};
 use crate::store::sample;
 use crate::support::*;
 
@@ -39,14 +39,12 @@ async fn a_black_holed_database_is_noticed_in_seconds_and_nothing_is_lost() {
     let bootstrap = bootstrap();
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 3).await;
-    let sink = start(vec![
-        ("DATABASE_URL", via),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_MAX_ROWS", "200".to_string()),
-        ("DB_STATEMENT_TIMEOUT", "2s".to_string()),
-    ])
+    let sink = start_consuming(
+        &via,
+        &bootstrap,
+        &topic,
+        &[("BATCH_MAX_ROWS", "200"), ("DB_STATEMENT_TIMEOUT", "2s")],
+    )
     .await;
     let db = connect(&url).await;
     let before = produce(&bootstrap, &topic, 600, "before").await;

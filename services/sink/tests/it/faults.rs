@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::app::start;
+use crate::app::{start, start_consuming};
 use crate::store::sample;
 use crate::support::*;
 
@@ -121,14 +121,7 @@ async fn backends_terminated_mid_batch() {
     let (url, bootstrap) = (fresh_database().await, bootstrap());
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 3).await;
-    let sink = start(vec![
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_MAX_ROWS", "200".to_string()),
-    ])
-    .await;
+    let sink = start_consuming(&url, &bootstrap, &topic, &[("BATCH_MAX_ROWS", "200")]).await;
     let db = connect(&url).await;
     wait_until(Duration::from_secs(30), "migrations", || async {
         count(&db, "probe_results").await == 0
@@ -178,14 +171,7 @@ async fn postgres_outage_mid_stream() {
     let bootstrap = bootstrap();
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 3).await;
-    let sink = start(vec![
-        ("DATABASE_URL", via),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_MAX_ROWS", "300".to_string()),
-    ])
-    .await;
+    let sink = start_consuming(&via, &bootstrap, &topic, &[("BATCH_MAX_ROWS", "300")]).await;
     let db = connect(&url).await;
     let a = produce(&bootstrap, &topic, 3, 2000, "before").await;
     pg.cut().await;
@@ -386,17 +372,18 @@ async fn stalled_writes_pause_partitions_without_leaving_the_group() {
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 2).await;
     // A poll interval the stall below exceeds three times over.
-    let sink = start(vec![
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-        ("BATCH_MAX_ROWS", "100".to_string()),
-        ("WRITE_CONCURRENCY", "1".to_string()),
-        ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000".to_string()),
-        ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "1000".to_string()),
-        ("KAFKA_CFG_MAX_POLL_INTERVAL_MS", "6000".to_string()),
-    ])
+    let sink = start_consuming(
+        &url,
+        &bootstrap,
+        &topic,
+        &[
+            ("BATCH_MAX_ROWS", "100"),
+            ("WRITE_CONCURRENCY", "1"),
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("KAFKA_CFG_MAX_POLL_INTERVAL_MS", "6000"),
+        ],
+    )
     .await;
     let db = connect(&url).await;
     let a = produce(&bootstrap, &topic, 2, 500, "before").await;

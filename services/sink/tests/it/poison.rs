@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::app::start;
+use crate::app::start_consuming;
 use crate::store::sample;
 use crate::support::*;
 
@@ -23,13 +23,7 @@ async fn nothing_a_producer_sends_stops_consumption() {
     let (url, bootstrap) = (fresh_database().await, bootstrap());
     let topic = unique("results");
     create_topic(&bootstrap, &topic, 2).await;
-    let sink = start(vec![
-        ("DATABASE_URL", url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", unique("group")),
-    ])
-    .await;
+    let sink = start_consuming(&url, &bootstrap, &topic, &[]).await;
     let db = connect(&url).await;
     wait_until(Duration::from_secs(30), "migrations", || async {
         count(&db, "probe_results").await == 0
