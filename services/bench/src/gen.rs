@@ -73,8 +73,9 @@ pub fn result(i: usize, base: DateTime<Utc>) -> ProbeResult {
     let body = 2_000 + (rnd(n, 8) % 1_500);
     ProbeResult {
         schema_version: SCHEMA_VERSION,
-        check_id: check_id(&target, scheduled_at),
+        check_id: check_id(&target, common::result::DEFAULT_LOCATION, scheduled_at),
         instance_id: format!("checker-{}", t % 3),
+        location: common::result::DEFAULT_LOCATION.into(),
         target,
         url: url.clone(),
         scheduled_at,

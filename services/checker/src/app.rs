@@ -35,13 +35,13 @@ impl App {
     /// The admin address cannot be bound, or librdkafka rejects a property.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        metrics.targets.set(config.targets.len() as f64);
+        metrics.targets.set(config.targets.initial().len() as f64);
         let health = Health::new(Duration::from_secs(60));
         let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
         let publish_loop = publish_loop.replace_when_stalled(config.delivery_stall_timeout);
         let (admin_addr, admin_stop) =
             admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
-        tracing::info!(admin_addr = %admin_addr, targets = config.targets.len(), topic = %config.kafka.topic, "Checker started.");
+        tracing::info!(admin_addr = %admin_addr, targets = config.targets.initial().len(), location = %config.location, topic = %config.kafka.topic, "Checker started.");
         Ok(Self {
             config,
             metrics,
@@ -105,10 +105,12 @@ impl App {
             metrics: metrics.clone(),
             tracker: tracker.clone(),
             instance_id: Arc::from(config.instance_id.as_str()),
+            location: Arc::from(config.location.as_str()),
             timer: Arc::new(crate::timer::Timer::start()),
         };
         let schedules = TaskTracker::new();
-        for target in config.targets {
+        // Fleet mode (TargetSource::Topic) is wired by `crate::fleet`.
+        for target in config.targets.initial().iter().cloned() {
             schedules.spawn(scheduler.clone().run_target(Arc::new(target), shutdown.clone()));
         }
         schedules.close();

@@ -20,7 +20,11 @@ pub struct Config {
     /// Kafka connection and topic.
     pub kafka: KafkaSettings,
     /// What to probe.
-    pub targets: Vec<Target>,
+    pub targets: TargetSource,
+    /// Where this checker probes from (`LOCATION`, default `default`): written into every
+    /// result and its `check_id`; fleet checkers of one location share the consumer group
+    /// `checker-<LOCATION>`.
+    pub location: String,
     /// Admin server address (`ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
     /// Written into every result (`INSTANCE_ID`, default the host name).
@@ -46,6 +50,7 @@ pub struct Config {
 struct Raw {
     /// `None`: the host name.
     instance_id: Option<String>,
+    location: String,
     probe_concurrency: NonZeroUsize,
     body_max_bytes: NonZeroU64,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
@@ -63,6 +68,7 @@ impl Default for Raw {
     fn default() -> Self {
         Self {
             instance_id: None,
+            location: common::result::DEFAULT_LOCATION.to_string(),
             probe_concurrency: NonZeroUsize::new(512).expect("positive"),
             body_max_bytes: NonZeroU64::new(1 << 20).expect("positive"),
             default_interval: Duration::from_secs(30),
@@ -114,6 +120,71 @@ pub fn target_defaults(env: &Env) -> Result<Defaults, ConfigError> {
     env.deserialize::<Raw>()?.target_defaults(env)
 }
 
+/// Where the checker's targets come from.
+#[derive(Debug)]
+pub enum TargetSource {
+    /// `TARGETS`, or `TARGET` with `PATTERN` and `INTERVAL`: fixed for the life of the process.
+    Fixed(Vec<Target>),
+    /// `TARGETS_FILE`: read at start-up, read again when the file changes (a Kubernetes
+    /// ConfigMap update) and on SIGHUP.
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its targets at start-up.
+        targets: Vec<Target>,
+    },
+    /// None of the above: the targets topic (`KAFKA_TARGETS_TOPIC`), shared by the location's
+    /// checkers through the consumer group `checker-<LOCATION>` (see `crate::fleet`).
+    Topic,
+}
+
+impl TargetSource {
+    /// Reads the static target forms from `env` ([`load_targets`]), or [`TargetSource::Topic`]
+    /// when none is set.
+    ///
+    /// # Errors
+    /// The static list's [`ConfigError`].
+    pub fn from_env(env: &Env, defaults: &Defaults) -> Result<Self, ConfigError> {
+        if ["TARGETS", "TARGETS_FILE", "TARGET"]
+            .iter()
+            .all(|v| env.get(v).is_none())
+        {
+            return Ok(Self::Topic);
+        }
+        let targets = load_targets(env, defaults)?;
+        Ok(match (env.get("TARGETS"), env.get("TARGETS_FILE")) {
+            (None, Some(path)) => Self::File {
+                path: path.into(),
+                targets,
+            },
+            _ => Self::Fixed(targets),
+        })
+    }
+
+    /// The targets known at start-up (none for [`TargetSource::Topic`]).
+    pub fn initial(&self) -> &[Target] {
+        match self {
+            Self::Fixed(targets) | Self::File { targets, .. } => targets,
+            Self::Topic => &[],
+        }
+    }
+}
+
+/// `LOCATION`: 1 to 63 characters of `[a-zA-Z0-9._-]`, so that `checker-<LOCATION>` is a
+/// valid consumer group id and a label value, and `check_id`'s fields cannot run together.
+fn location(name: String) -> Result<String, ConfigError> {
+    let valid = (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if valid {
+        Ok(name)
+    } else {
+        Err(ConfigError::new(
+            "LOCATION",
+            format!("{name:?} is not a location name (1 to 63 of a-z, A-Z, 0-9, '.', '_', '-')"),
+            "eu-west-1",
+        ))
+    }
+}
+
 /// Parses `ADMIN_ADDR` (`host:port`); shared with the `healthcheck` subcommand.
 ///
 /// # Errors
@@ -138,7 +209,8 @@ impl Config {
             results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
             delivery_stall_timeout: raw.delivery_stall_timeout,
             kafka,
-            targets: load_targets(env, &defaults)?,
+            targets: TargetSource::from_env(env, &defaults)?,
+            location: location(raw.location)?,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),
             probe_concurrency: raw.probe_concurrency.get(),
@@ -167,6 +239,8 @@ mod tests {
             ("ADMIN_ADDR", "localhost"),
             ("DEFAULT_TIMEOUT", "soon"),
             ("LOG_FORMAT", "xml"),
+            ("LOCATION", "eu west"),
+            ("LOCATION", "a\nb"),
             ("BODY_MAX_BYTES", "-1"),
             ("HTTP_PROXY", "::"),
         ] {
@@ -231,7 +305,7 @@ mod tests {
         let load = |k: &'static str, v: &'static str| Config::from_env(&Env::from_pairs([base, (k, v)]));
         let c = load("DEFAULT_INTERVAL", "45").unwrap();
         assert_eq!(
-            c.targets[0].interval,
+            c.targets.initial()[0].interval,
             Duration::from_secs(45),
             "a bare number of seconds"
         );

@@ -88,8 +88,10 @@ impl Trace {
     }
 }
 
-/// Runs one probe of `target` for the slot `scheduled_at`, started now.
-pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str) -> ProbeResult {
+/// Runs one probe of `target` for the slot `scheduled_at`, started now, by the checker
+/// `instance_id` in `location` (both written into the result; the location into its
+/// `check_id` too).
+pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str, location: &str) -> ProbeResult {
     let started_at = Utc::now();
     let t0 = Instant::now();
     let mut trace = Trace::default();
@@ -125,8 +127,9 @@ pub async fn run(target: &Target, scheduled_at: DateTime<Utc>, instance_id: &str
     };
     ProbeResult {
         schema_version: SCHEMA_VERSION,
-        check_id: check_id(&target.name, scheduled_at),
+        check_id: check_id(&target.name, location, scheduled_at),
         instance_id: instance_id.to_string(),
+        location: location.to_string(),
         target: target.name.clone(),
         url: target.url.to_string(),
         scheduled_at,

@@ -24,6 +24,9 @@ use crate::config::{ConfigError, Env};
 /// Default topic for probe results.
 pub const DEFAULT_TOPIC: &str = "healthcheck-results";
 
+/// The default targets topic (`KAFKA_TARGETS_TOPIC`).
+pub const DEFAULT_TARGETS_TOPIC: &str = "healthcheck-targets";
+
 /// A librdkafka property a service's guarantees rest on: `KAFKA_CFG_*` may restate its
 /// default but not change it ([`KafkaSettings::check_properties`]).
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +44,11 @@ pub struct Protected {
 pub struct KafkaSettings {
     /// `bootstrap.servers`: comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// The topic probe results are published to and consumed from.
+    /// The topic probe results are published to and consumed from (`KAFKA_TOPIC`).
     pub topic: String,
+    /// The compacted topic of target specs (`KAFKA_TARGETS_TOPIC`): key = target name, value =
+    /// its spec as JSON, tombstone = removal. Read by fleet checkers and by the sink.
+    pub targets_topic: String,
     /// Extra librdkafka properties from `KAFKA_CFG_*`, applied last (they override defaults,
     /// except the protected ones: see [`KafkaSettings::check_properties`]).
     pub properties: BTreeMap<String, String>,
@@ -65,6 +71,7 @@ impl fmt::Debug for KafkaSettings {
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("topic", &self.topic)
+            .field("targets_topic", &self.targets_topic)
             .field("properties", &props)
             .field("create_topic", &self.create_topic)
             .field("topic_partitions", &self.topic_partitions)
@@ -100,6 +107,7 @@ pub const OTHER_VARIABLES: &[&str] = &["KAFKA_BROKER", "KAFKA_CFG_<PROPERTY>"];
 struct Raw {
     kafka_bootstrap_servers: String,
     kafka_topic: String,
+    kafka_targets_topic: String,
     #[serde(deserialize_with = "flag")]
     kafka_create_topic: bool,
     kafka_topic_partitions: NonZeroU32,
@@ -111,6 +119,7 @@ impl Default for Raw {
         Self {
             kafka_bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_string(),
             kafka_topic: DEFAULT_TOPIC.to_string(),
+            kafka_targets_topic: DEFAULT_TARGETS_TOPIC.to_string(),
             kafka_create_topic: true,
             kafka_topic_partitions: NonZeroU32::new(6).expect("positive"),
             kafka_topic_replication_factor: NonZeroU32::new(1).expect("positive"),
@@ -125,6 +134,21 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(serde::de::Error::custom(format!("{v:?} is not a boolean"))),
+    }
+}
+
+/// `name` when Kafka accepts it as a topic name: `[a-zA-Z0-9._-]`, 1 to 249 characters
+/// (Kafka's `Topic.java`).
+fn topic_name(var: &str, name: String, example: &str) -> Result<String, ConfigError> {
+    let valid = (1..=249).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if valid {
+        Ok(name)
+    } else {
+        Err(ConfigError::new(
+            var,
+            format!("{name:?} is not a valid topic name"),
+            example,
+        ))
     }
 }
 
@@ -158,15 +182,8 @@ impl KafkaSettings {
             Some(_) => ("KAFKA_BOOTSTRAP_SERVERS", raw.kafka_bootstrap_servers.as_str()),
         };
         check_servers(servers_var, bootstrap_servers)?;
-        let topic = raw.kafka_topic;
-        // Kafka topic names: [a-zA-Z0-9._-], at most 249 characters (Kafka's Topic.java).
-        if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(ConfigError::new(
-                "KAFKA_TOPIC",
-                format!("{topic:?} is not a valid topic name"),
-                DEFAULT_TOPIC,
-            ));
-        }
+        let topic = topic_name("KAFKA_TOPIC", raw.kafka_topic, DEFAULT_TOPIC)?;
+        let targets_topic = topic_name("KAFKA_TARGETS_TOPIC", raw.kafka_targets_topic, DEFAULT_TARGETS_TOPIC)?;
         let properties: BTreeMap<String, String> = env
             .with_prefix("KAFKA_CFG_")
             .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v.to_string()))
@@ -175,6 +192,7 @@ impl KafkaSettings {
         Ok(Self {
             bootstrap_servers: bootstrap_servers.trim().to_string(),
             topic,
+            targets_topic,
             properties,
             create_topic: raw.kafka_create_topic,
             topic_partitions: to_i32("KAFKA_TOPIC_PARTITIONS", raw.kafka_topic_partitions)?,

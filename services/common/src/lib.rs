@@ -1,6 +1,6 @@
 //! What the checker and the sink really share: configuration helpers, the admin HTTP server
 //! (`/healthz`, `/readyz`, `/metrics`), shutdown on SIGTERM/SIGINT, telemetry, the Kafka client
-//! settings and the probe-result wire type.
+//! settings, the probe-result wire type and the slot grid.
 //!
 //! This crate never probes a target and never issues SQL; those belong to the services.
 
@@ -10,5 +10,6 @@ pub mod kafka;
 pub mod result;
 pub mod service;
 pub mod shutdown;
+pub mod slots;
 pub mod telemetry;
 pub mod tls;

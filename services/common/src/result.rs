@@ -13,19 +13,30 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The schema version written by this build.
-pub const SCHEMA_VERSION: u32 = 3;
+/// The schema version written by this build. Version 4 added `location` (and `check_id` became
+/// a function of it).
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The location of a result that names none (written before schema version 4) and of a
+/// checker whose `LOCATION` is not set.
+pub const DEFAULT_LOCATION: &str = "default";
 
 /// The UUID namespace of `check_id`s (a fixed random UUID; changing it changes every id).
 pub const CHECK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a0e_42d1_4b9e_9d3e_8f2a_6b7c_0d11);
 
 /// The deterministic id of one scheduled probe: UUIDv5 (RFC 9562 §5.5) over
-/// `"<target name>\n<scheduled_at as RFC 3339 with nanoseconds>"`.
+/// `"<target name>\n<location>\n<scheduled_at as RFC 3339 with nanoseconds>"`.
 ///
-/// Two results with the same id describe the same scheduled slot of the same target, so the
-/// sink keeps the first and drops replays.
-pub fn check_id(target: &str, scheduled_at: DateTime<Utc>) -> Uuid {
-    let name = format!("{target}\n{}", scheduled_at.to_rfc3339_opts(SecondsFormat::Nanos, true));
+/// Two results with the same id describe the same scheduled slot of the same target seen from
+/// the same location, so the sink keeps the first and drops replays: a checker that was cut
+/// off and probed a slot its location's other replicas probed too publishes the same id.
+/// Ids written before schema version 4 (`"<target>\n<scheduled_at>"`) stay as they were. A
+/// location never holds a newline (`LOCATION` is validated), so the fields cannot run together.
+pub fn check_id(target: &str, location: &str, scheduled_at: DateTime<Utc>) -> Uuid {
+    let name = format!(
+        "{target}\n{location}\n{}",
+        scheduled_at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    );
     Uuid::new_v5(&CHECK_ID_NAMESPACE, name.as_bytes())
 }
 
@@ -200,6 +211,10 @@ pub struct TlsInfo {
     pub leaf_subject: Option<String>,
 }
 
+fn default_location() -> String {
+    DEFAULT_LOCATION.to_string()
+}
+
 /// One probe of one target: the message published to Kafka and the row the sink writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeResult {
@@ -211,6 +226,10 @@ pub struct ProbeResult {
     /// The checker instance that ran the probe (`INSTANCE_ID`, default the host name).
     #[serde(default)]
     pub instance_id: String,
+    /// Where the probe ran from (the checker's `LOCATION`); [`DEFAULT_LOCATION`] in messages
+    /// written before schema version 4. Added in schema version 4.
+    #[serde(default = "default_location")]
+    pub location: String,
     /// Target name (unique within a checker's target list).
     pub target: String,
     /// Target URL as configured, without credentials (those moved to basic auth).
@@ -285,13 +304,28 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.123456789Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(check_id("api", t), check_id("api", t));
-        assert_ne!(check_id("api", t), check_id("web", t));
+        assert_eq!(check_id("api", "eu", t), check_id("api", "eu", t));
+        assert_ne!(check_id("api", "eu", t), check_id("web", "eu", t));
+        assert_ne!(check_id("api", "eu", t), check_id("api", "us", t));
         assert_ne!(
-            check_id("api", t),
-            check_id("api", t + chrono::Duration::nanoseconds(1))
+            check_id("api", "eu", t),
+            check_id("api", "eu", t + chrono::Duration::nanoseconds(1))
         );
-        assert_eq!(check_id("api", t).get_version_num(), 5);
+        assert_eq!(check_id("api", "eu", t).get_version_num(), 5);
+    }
+
+    /// A message written before schema version 4 has no `location`: it reads as the default
+    /// location, so its row joins the history of a single-location deployment.
+    #[test]
+    fn a_version_2_message_decodes_as_the_default_location() {
+        let v2 = r#"{"schema_version":2,"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","instance_id":"c1",
+            "target":"a","url":"http://x/","scheduled_at":"2026-01-01T00:00:00Z",
+            "started_at":"2026-01-01T00:00:00.001Z","success":true,"status_code":200}"#;
+        let r: ProbeResult = serde_json::from_str(v2).unwrap();
+        assert_eq!(
+            (r.location.as_str(), r.schema_version, r.status_code),
+            ("default", 2, Some(200))
+        );
     }
 
     #[test]

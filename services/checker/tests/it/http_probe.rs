@@ -19,13 +19,13 @@ async fn healthy_page_records_every_field() {
     let t = target(json!({"name": "web", "url": server.url("/health"), "regex": "systems operational"}));
     let scheduled_at = Utc::now();
 
-    let r = checker::probe::run(&t, scheduled_at, "checker-7").await;
+    let r = checker::probe::run(&t, scheduled_at, "checker-7", "eu-west").await;
 
     assert!(r.success, "{r:?}");
     assert_eq!((r.error_kind.as_deref(), r.error.as_deref()), (None, None));
     assert_eq!(r.schema_version, common::result::SCHEMA_VERSION);
-    assert_eq!(r.check_id, common::result::check_id("web", scheduled_at));
-    assert_eq!(r.instance_id, "checker-7");
+    assert_eq!(r.check_id, common::result::check_id("web", "eu-west", scheduled_at));
+    assert_eq!((r.instance_id.as_str(), r.location.as_str()), ("checker-7", "eu-west"));
     assert_eq!(r.target, "web");
     assert_eq!(r.url, server.url("/health"));
     assert_eq!(r.scheduled_at, scheduled_at);

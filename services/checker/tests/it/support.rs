@@ -56,7 +56,7 @@ pub fn target(spec: serde_json::Value) -> Target {
 
 /// Runs one probe of `t`, scheduled now.
 pub async fn probe(t: &Target) -> ProbeResult {
-    checker::probe::run(t, Utc::now(), "it").await
+    checker::probe::run(t, Utc::now(), "it", "default").await
 }
 
 /// A plain-text response with `status`.

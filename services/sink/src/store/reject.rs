@@ -133,6 +133,7 @@ fn canary_result(now: DateTime<Utc>) -> ProbeResult {
         schema_version: common::result::SCHEMA_VERSION,
         check_id: Uuid::new_v4(),
         instance_id: "healthcheck-sink".into(),
+        location: common::result::DEFAULT_LOCATION.into(),
         target: "healthcheck-sink canary".into(),
         url: "http://canary.invalid/".into(),
         scheduled_at: now,

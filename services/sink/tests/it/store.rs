@@ -14,8 +14,9 @@ use crate::support::{connect, count, fresh_database};
 pub fn sample(target: &str, at: DateTime<Utc>, success: bool, duration: f64) -> ProbeResult {
     ProbeResult {
         schema_version: 2,
-        check_id: check_id(target, at),
+        check_id: check_id(target, common::result::DEFAULT_LOCATION, at),
         instance_id: "test".into(),
+        location: common::result::DEFAULT_LOCATION.into(),
         target: target.into(),
         url: format!("https://{target}.example/health"),
         scheduled_at: at,
