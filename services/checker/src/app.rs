@@ -1,4 +1,9 @@
-//! Wiring: configuration → admin server, producer, scheduler → run until stopped.
+//! Wiring: configuration → admin server, producer, scheduler, roster → run until stopped.
+//!
+//! The target source decides who drives the roster: a fixed list once, `TARGETS_FILE` at
+//! start and at each reload (`crate::reload`), the targets topic through the consumer group
+//! (`crate::fleet`). Shutdown stops the roster's schedules, waits for the probes in flight and
+//! flushes the producer within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, TargetSource};
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
+use crate::reload::FileReloader;
+use crate::roster::Roster;
 use crate::schedule::Scheduler;
 
 /// The checker, built and listening, not yet probing.
@@ -108,12 +115,25 @@ impl App {
             location: Arc::from(config.location.as_str()),
             timer: Arc::new(crate::timer::Timer::start()),
         };
-        let schedules = TaskTracker::new();
-        // Fleet mode (TargetSource::Topic) is wired by `crate::fleet`.
-        for target in config.targets.initial().iter().cloned() {
-            schedules.spawn(scheduler.clone().run_target(Arc::new(target), shutdown.clone()));
+        let roster = Roster::new(scheduler, shutdown.clone());
+        let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        match &config.targets {
+            TargetSource::Fixed(_) => roster.sync(initial()),
+            TargetSource::File { path, .. } => {
+                roster.sync(initial());
+                let reloader = FileReloader {
+                    path: path.clone(),
+                    context: config.target_context.clone(),
+                    roster: roster.clone(),
+                    metrics: metrics.clone(),
+                    poll: config.targets_file_poll_interval,
+                };
+                tokio::spawn(reloader.run(shutdown.clone()));
+            }
+            // Fleet mode: `crate::fleet` joins the location's consumer group on the targets
+            // topic and drives `roster` from its assignments.
+            TargetSource::Topic => {}
         }
-        schedules.close();
 
         if let Some(e) = supervise(&health, &shutdown, &mut publishing).await {
             shutdown.cancel();
@@ -125,7 +145,7 @@ impl App {
             config.shutdown_grace,
             &metrics,
             &publisher,
-            schedules,
+            &roster,
             tracker,
             publishing,
         )
@@ -179,14 +199,14 @@ async fn supervise(
     }
 }
 
-/// Shutdown, within `grace`: no new probes (`schedules` end), in-flight probes (`tracker`)
+/// Shutdown, within `grace`: no new probes (the roster's schedules end), in-flight probes (`tracker`)
 /// finish and publish, then the publish loop delivers what waits; what is still waiting when
 /// the grace period is over is counted as dropped.
 async fn finish(
     grace: Duration,
     metrics: &Metrics,
     publisher: &Publisher,
-    schedules: TaskTracker,
+    roster: &Roster,
     tracker: TaskTracker,
     mut publishing: JoinHandle<Result<(), KafkaError>>,
 ) {
@@ -195,7 +215,7 @@ async fn finish(
         "Stopping: no new probes; waiting for in-flight probes and deliveries."
     );
     let deadline = tokio::time::Instant::now() + grace;
-    schedules.wait().await;
+    roster.wait().await;
     let drained = common::shutdown::drain(&tracker, grace).await;
     publisher.close();
     match tokio::time::timeout_at(deadline, &mut publishing).await {
