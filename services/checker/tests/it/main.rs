@@ -11,6 +11,7 @@ mod http_probe;
 mod outage;
 mod proxy;
 mod redirects;
+mod reload;
 mod support;
 mod targets_validate;
 mod tls;
