@@ -7,6 +7,7 @@ mod broker;
 mod faults;
 mod groups;
 mod kafka_tls;
+mod locations;
 mod pg_tls;
 mod poison;
 mod store;
