@@ -43,6 +43,7 @@ pub mod error;
 mod partitions;
 mod reject;
 mod sqlstate;
+mod targets;
 mod write;
 
 pub use crate::decode::{DeadLetter, DeadLetterClass, Row};

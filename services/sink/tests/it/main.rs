@@ -12,4 +12,5 @@ mod pg_tls;
 mod poison;
 mod store;
 mod support;
+mod targets;
 mod tls_support;
