@@ -239,6 +239,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         proxy,
         resolver,
         body_max_bytes,
+        quorum,
     } = a;
     let regex_eq = |x: &Option<regex::bytes::Regex>, y: &Option<regex::bytes::Regex>| {
         x.as_ref().map(regex::bytes::Regex::as_str) == y.as_ref().map(regex::bytes::Regex::as_str)
@@ -272,6 +273,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         && *proxy == b.proxy
         && format!("{resolver:?}") == format!("{:?}", b.resolver)
         && *body_max_bytes == b.body_max_bytes
+        && *quorum == b.quorum
 }
 
 #[cfg(test)]
@@ -425,6 +427,7 @@ mod tests {
             ("proxy", serde_json::json!("http://127.0.0.1:3128")),
             ("basic_auth", serde_json::json!({"username": "u", "password": "p"})),
             ("body_max_bytes", serde_json::json!(10)),
+            ("quorum", serde_json::json!(2)),
         ] {
             let mut spec = base.clone();
             spec[field] = value;
