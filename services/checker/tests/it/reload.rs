@@ -184,21 +184,23 @@ async fn a_changed_file_is_applied_live_and_unchanged_targets_keep_their_slots()
         &serde_json::json!([
             hits.target("keep", "/keep"),
             hits.target("change", "/old"),
-            hits.target("gone", "/gone")
+            hits.target("gone", "/gone"),
+            hits.target("slower", "/slower")
         ]),
     );
     let app = Running::start(&file, &bootstrap, &topic).await;
     wait_until(Duration::from_secs(10), "every target probed twice", || async {
-        ["/keep", "/old", "/gone"].iter().all(|p| hits.count(p) >= 2)
+        ["/keep", "/old", "/gone", "/slower"].iter().all(|p| hits.count(p) >= 2)
     })
     .await;
     assert_eq!(
         changes(&app.scrape().await),
-        [3.0, 0.0, 0.0],
-        "the start-up list: three added"
+        [4.0, 0.0, 0.0],
+        "the start-up list: four added"
     );
 
-    // Act: one target changed (a new path), one removed, one added, one untouched.
+    // Act: one target changed (a new path), one slowed down (500 ms to 1 s), one removed, one
+    // added, one untouched.
     let written = Instant::now();
     let written_at = Utc::now();
     write_targets(
@@ -206,7 +208,8 @@ async fn a_changed_file_is_applied_live_and_unchanged_targets_keep_their_slots()
         &serde_json::json!([
             hits.target("keep", "/keep"),
             hits.target("change", "/new"),
-            hits.target("added", "/added")
+            hits.target("added", "/added"),
+            {"name": "slower", "url": hits.server.url("/slower-1s"), "interval": "1s", "timeout": "400ms"}
         ]),
     );
     wait_until(Duration::from_secs(5), "the changed spec probed", || async {
@@ -220,7 +223,7 @@ async fn a_changed_file_is_applied_live_and_unchanged_targets_keep_their_slots()
         first_new - written
     );
     // Let a few more slots pass, then judge.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let scrape = app.scrape().await;
     app.stop().await;
 
@@ -252,11 +255,11 @@ async fn a_changed_file_is_applied_live_and_unchanged_targets_keep_their_slots()
     assert_eq!(scrape.metric("probe_success", &[("target", "change")]), Some(1.0));
     assert_eq!(
         changes(&scrape),
-        [4.0, 1.0, 1.0],
+        [5.0, 2.0, 1.0],
         "one more added, one changed, one removed"
     );
     assert_eq!(reloads(&scrape), [1.0, 0.0]);
-    assert_eq!(scrape.metric("healthcheck_checker_targets", &[]), Some(3.0));
+    assert_eq!(scrape.metric("healthcheck_checker_targets", &[]), Some(4.0));
     assert_eq!(scrape.metric("healthcheck_checker_skipped_slots_total", &[]), Some(0.0));
 
     // The topic: the untouched target and the changed one (same interval) each have one
@@ -287,6 +290,37 @@ async fn a_changed_file_is_applied_live_and_unchanged_targets_keep_their_slots()
     );
     assert_unbroken("gone", &by["gone"].iter().map(|r| r.scheduled_at).collect::<Vec<_>>());
     assert!(by["added"].len() >= 3);
+
+    // The new interval (and path): its own grid from the first slot after the change, nothing
+    // doubled or probed in between.
+    let slots = |path: &str| -> Vec<DateTime<Utc>> {
+        by["slower"]
+            .iter()
+            .filter(|r| r.url.ends_with(path))
+            .map(|r| r.scheduled_at)
+            .collect()
+    };
+    let (old, new) = (slots("/slower"), slots("/slower-1s"));
+    assert_eq!(old.len() + new.len(), by["slower"].len());
+    assert!(old.len() >= 2 && new.len() >= 2, "{old:?} {new:?}");
+    assert_unbroken("slower before", &old);
+    let gaps: Vec<i64> = new.windows(2).map(|w| (w[1] - w[0]).num_milliseconds()).collect();
+    assert!(gaps.iter().all(|g| *g == 1_000), "slower after: {gaps:?}");
+    let between = (new[0] - *old.last().unwrap()).num_milliseconds();
+    assert!(
+        (1..=1_000).contains(&between),
+        "the first 1 s slot follows at once: {between} ms"
+    );
+    let phase = checker::schedule::phase("slower", Duration::from_secs(1));
+    assert_eq!(
+        checker::schedule::next_slot_after(
+            new[0] - chrono::Duration::milliseconds(1),
+            Duration::from_secs(1),
+            phase
+        ),
+        new[0],
+        "on the 1 s grid of its name"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
