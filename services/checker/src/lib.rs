@@ -12,6 +12,7 @@ pub mod probe;
 pub mod proxy;
 pub mod publish;
 pub mod resolve;
+pub mod roster;
 pub mod schedule;
 pub mod target;
 pub mod timer;
