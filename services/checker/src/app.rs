@@ -12,9 +12,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, TargetSource};
+use crate::fleet::{self, Fleet, FleetMetrics};
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
+use crate::roster::Roster;
 use crate::schedule::Scheduler;
 
 /// The checker, built and listening, not yet probing.
@@ -88,16 +90,6 @@ impl App {
             }
         });
 
-        let readiness = tokio::spawn(admin::readiness_loop(
-            health.clone(),
-            admin::READINESS_INTERVAL,
-            shutdown.clone(),
-            Delivering {
-                publisher: publisher.clone(),
-                stall: config.delivery_stall_timeout,
-            },
-        ));
-
         let tracker = TaskTracker::new();
         let scheduler = Scheduler {
             permits: Arc::new(Semaphore::new(config.probe_concurrency)),
@@ -109,11 +101,25 @@ impl App {
             timer: Arc::new(crate::timer::Timer::start()),
         };
         let schedules = TaskTracker::new();
-        // Fleet mode (TargetSource::Topic) is wired by `crate::fleet`.
         for target in config.targets.initial().iter().cloned() {
             schedules.spawn(scheduler.clone().run_target(Arc::new(target), shutdown.clone()));
         }
+        let fleet = match config.targets {
+            TargetSource::Topic => Some(start_fleet(&config, &scheduler, &metrics, &schedules, &shutdown)?),
+            _ => None,
+        };
         schedules.close();
+
+        let readiness = tokio::spawn(admin::readiness_loop(
+            health.clone(),
+            admin::READINESS_INTERVAL,
+            shutdown.clone(),
+            Delivering {
+                publisher: publisher.clone(),
+                stall: config.delivery_stall_timeout,
+                fleet,
+            },
+        ));
 
         if let Some(e) = supervise(&health, &shutdown, &mut publishing).await {
             shutdown.cancel();
@@ -136,13 +142,45 @@ impl App {
     }
 }
 
+/// Fleet mode: a roster driven by the targets topic's consumer group (`crate::fleet`). Its
+/// schedules stop when the fleet's hand-over after `shutdown` is over; `schedules` waits for
+/// that (and for every schedule task), so shutdown's draining starts after the hand-over.
+fn start_fleet(
+    config: &Config,
+    scheduler: &Scheduler,
+    metrics: &Metrics,
+    schedules: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<fleet::Readiness> {
+    let roster_stop = CancellationToken::new();
+    let roster = Roster::new(scheduler.clone(), roster_stop.clone());
+    let fleet = Fleet::start(
+        &config.kafka,
+        config.fleet.clone(),
+        roster.clone(),
+        FleetMetrics::register(&metrics.registry),
+        shutdown.clone(),
+        roster_stop,
+    )?;
+    let readiness = fleet.readiness();
+    let (shutdown, limit) = (shutdown.clone(), config.shutdown_grace);
+    schedules.spawn(async move {
+        shutdown.cancelled().await;
+        fleet.stopped(limit).await;
+        roster.wait().await;
+    });
+    Ok(readiness)
+}
+
 /// Readiness: results are being delivered. The broker answers a metadata request for our
 /// topic, and results do not wait longer than `stall` (DELIVERY_STALL_TIMEOUT) without any
 /// delivery (a broker that answers metadata but takes no results, or a producer that cannot
 /// deliver, is not ready either).
+/// In fleet mode, also every assigned targets partition has been loaded.
 struct Delivering {
     publisher: Publisher,
     stall: Duration,
+    fleet: Option<fleet::Readiness>,
 }
 
 impl admin::Check for Delivering {
@@ -152,6 +190,7 @@ impl admin::Check for Delivering {
             .await
             .map_err(|e| format!("Kafka: {e}"))
             .and_then(|()| self.publisher.delivering(self.stall))
+            .and_then(|()| self.fleet.as_ref().map_or(Ok(()), fleet::Readiness::check))
     }
 }
 

@@ -89,7 +89,13 @@ impl Roster {
 
     /// Names of the scheduled targets.
     pub fn names(&self) -> Vec<String> {
-        self.inner.running.lock().expect("roster lock").keys().cloned().collect()
+        self.inner
+            .running
+            .lock()
+            .expect("roster lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// After `stop` is cancelled: waits until every schedule task ended.
