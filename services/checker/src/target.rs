@@ -705,6 +705,33 @@ fn parse_status(s: &StatusSpec) -> Result<RangeInclusive<u16>, String> {
     Ok(range)
 }
 
+/// STAND-IN until the targetscli branch is merged (its version replaces this one): builds one
+/// target from a targets-topic value through the `TARGETS` parser, with the key as the name.
+///
+/// # Errors
+/// A [`ConfigError`] naming `KAFKA_TARGETS_TOPIC[<name>]`.
+pub fn target_from_json(name: &str, value: &[u8], env: &Env, defaults: &Defaults) -> Result<Target, ConfigError> {
+    let var = format!("KAFKA_TARGETS_TOPIC[{name}]");
+    let mut spec: serde_json::Value = serde_json::from_slice(value)
+        .map_err(|e| ConfigError::new(&var, format!("not a JSON target: {e}"), EXAMPLE))?;
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| ConfigError::new(&var, "not a JSON object", EXAMPLE))?;
+    match obj.get("name").and_then(serde_json::Value::as_str) {
+        Some(n) if n != name => return Err(ConfigError::new(&var, format!("name {n:?} is not the key"), EXAMPLE)),
+        _ => {}
+    }
+    obj.insert("name".into(), serde_json::Value::String(name.to_string()));
+    let list = serde_json::Value::Array(vec![spec]).to_string();
+    let env = Env::from_pairs(
+        env.pairs()
+            .filter(|(k, _)| k != "TARGETS" && k != "TARGETS_FILE" && k != "TARGET")
+            .chain([("TARGETS".to_string(), list)]),
+    );
+    let mut targets = load_targets(&env, defaults).map_err(|e| ConfigError::new(&var, e.problem, e.example))?;
+    Ok(targets.remove(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,31 +945,4 @@ mod tests {
         }
         assert!(!t.headers["accept"].is_sensitive());
     }
-}
-
-/// STAND-IN until the targetscli branch is merged (its version replaces this one): builds one
-/// target from a targets-topic value through the `TARGETS` parser, with the key as the name.
-///
-/// # Errors
-/// A [`ConfigError`] naming `KAFKA_TARGETS_TOPIC[<name>]`.
-pub fn target_from_json(name: &str, value: &[u8], env: &Env, defaults: &Defaults) -> Result<Target, ConfigError> {
-    let var = format!("KAFKA_TARGETS_TOPIC[{name}]");
-    let mut spec: serde_json::Value = serde_json::from_slice(value)
-        .map_err(|e| ConfigError::new(&var, format!("not a JSON target: {e}"), EXAMPLE))?;
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| ConfigError::new(&var, "not a JSON object", EXAMPLE))?;
-    match obj.get("name").and_then(serde_json::Value::as_str) {
-        Some(n) if n != name => return Err(ConfigError::new(&var, format!("name {n:?} is not the key"), EXAMPLE)),
-        _ => {}
-    }
-    obj.insert("name".into(), serde_json::Value::String(name.to_string()));
-    let list = serde_json::Value::Array(vec![spec]).to_string();
-    let env = Env::from_pairs(
-        env.pairs()
-            .filter(|(k, _)| k != "TARGETS" && k != "TARGETS_FILE" && k != "TARGET")
-            .chain([("TARGETS".to_string(), list)]),
-    );
-    let mut targets = load_targets(&env, defaults).map_err(|e| ConfigError::new(&var, e.problem, e.example))?;
-    Ok(targets.remove(0))
 }

@@ -52,7 +52,16 @@ pub(super) struct FleetContext {
     pub shared: Arc<Shared>,
 }
 
-impl ClientContext for FleetContext {}
+impl ClientContext for FleetContext {
+    /// librdkafka's errors, logged; an end of partition is an event here, not an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let KafkaError::PartitionEOF(p) = error {
+            tracing::debug!(partition = p, "End of a targets partition.");
+        } else {
+            tracing::error!(error = %error, reason, "Targets topic consumer error.");
+        }
+    }
+}
 
 fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
     tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect()
