@@ -1,4 +1,9 @@
-//! Wiring: configuration → admin server, producer, scheduler → run until stopped.
+//! Wiring: configuration → admin server, producer, scheduler, roster → run until stopped.
+//!
+//! The target source decides who drives the roster: a fixed list once, `TARGETS_FILE` at
+//! start and at each reload (`crate::reload`), the targets topic through the consumer group
+//! (`crate::fleet`). Shutdown stops the roster's schedules, waits for the probes in flight and
+//! flushes the producer within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use crate::config::{Config, TargetSource};
 use crate::fleet::{self, Fleet, FleetMetrics};
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
+use crate::reload::FileReloader;
 use crate::roster::Roster;
 use crate::schedule::Scheduler;
 
@@ -100,15 +106,42 @@ impl App {
             location: Arc::from(config.location.as_str()),
             timer: Arc::new(crate::timer::Timer::start()),
         };
-        let schedules = TaskTracker::new();
-        for target in config.targets.initial().iter().cloned() {
-            schedules.spawn(scheduler.clone().run_target(Arc::new(target), shutdown.clone()));
-        }
-        let fleet = match config.targets {
-            TargetSource::Topic => Some(start_fleet(&config, &scheduler, &metrics, &schedules, &shutdown)?),
-            _ => None,
+        // Fleet mode: the roster's schedules stop when the fleet's hand-over after shutdown is
+        // over, not at shutdown itself.
+        let roster_stop = match config.targets {
+            TargetSource::Topic => CancellationToken::new(),
+            _ => shutdown.clone(),
         };
-        schedules.close();
+        let roster = Roster::new(scheduler, roster_stop.clone());
+        let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        let mut fleet = None;
+        match &config.targets {
+            TargetSource::Fixed(_) => roster.sync(initial()),
+            TargetSource::File { path, .. } => {
+                roster.sync(initial());
+                let reloader = FileReloader {
+                    path: path.clone(),
+                    context: config.target_context.clone(),
+                    roster: roster.clone(),
+                    metrics: metrics.clone(),
+                    poll: config.targets_file_poll_interval,
+                };
+                tokio::spawn(reloader.run(shutdown.clone()));
+            }
+            // Fleet mode: `crate::fleet` joins the location's consumer group on the targets
+            // topic and drives `roster` from its assignments.
+            TargetSource::Topic => {
+                fleet = Some(Fleet::start(
+                    &config.kafka,
+                    config.fleet.clone(),
+                    config.target_context.clone(),
+                    roster.clone(),
+                    FleetMetrics::register(&metrics.registry),
+                    shutdown.clone(),
+                    roster_stop.clone(),
+                )?);
+            }
+        }
 
         let readiness = tokio::spawn(admin::readiness_loop(
             health.clone(),
@@ -117,7 +150,7 @@ impl App {
             Delivering {
                 publisher: publisher.clone(),
                 stall: config.delivery_stall_timeout,
-                fleet,
+                fleet: fleet.as_ref().map(Fleet::readiness),
             },
         ));
 
@@ -127,11 +160,18 @@ impl App {
             admin_stop.cancel();
             return Err(e);
         }
+        let stopping = std::time::Instant::now();
+        if let Some(fleet) = &fleet {
+            // The group was left at once; the handed-over targets are probed until the
+            // hand-over period ends (bounded by the grace period), then the schedules stop.
+            fleet.stopped(config.shutdown_grace).await;
+            roster_stop.cancel();
+        }
         finish(
-            config.shutdown_grace,
+            config.shutdown_grace.saturating_sub(stopping.elapsed()),
             &metrics,
             &publisher,
-            schedules,
+            &roster,
             tracker,
             publishing,
         )
@@ -140,36 +180,6 @@ impl App {
         admin_stop.cancel();
         Ok(())
     }
-}
-
-/// Fleet mode: a roster driven by the targets topic's consumer group (`crate::fleet`). Its
-/// schedules stop when the fleet's hand-over after `shutdown` is over; `schedules` waits for
-/// that (and for every schedule task), so shutdown's draining starts after the hand-over.
-fn start_fleet(
-    config: &Config,
-    scheduler: &Scheduler,
-    metrics: &Metrics,
-    schedules: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<fleet::Readiness> {
-    let roster_stop = CancellationToken::new();
-    let roster = Roster::new(scheduler.clone(), roster_stop.clone());
-    let fleet = Fleet::start(
-        &config.kafka,
-        config.fleet.clone(),
-        roster.clone(),
-        FleetMetrics::register(&metrics.registry),
-        shutdown.clone(),
-        roster_stop,
-    )?;
-    let readiness = fleet.readiness();
-    let (shutdown, limit) = (shutdown.clone(), config.shutdown_grace);
-    schedules.spawn(async move {
-        shutdown.cancelled().await;
-        fleet.stopped(limit).await;
-        roster.wait().await;
-    });
-    Ok(readiness)
 }
 
 /// Readiness: results are being delivered. The broker answers a metadata request for our
@@ -218,14 +228,14 @@ async fn supervise(
     }
 }
 
-/// Shutdown, within `grace`: no new probes (`schedules` end), in-flight probes (`tracker`)
+/// Shutdown, within `grace`: no new probes (the roster's schedules end), in-flight probes (`tracker`)
 /// finish and publish, then the publish loop delivers what waits; what is still waiting when
 /// the grace period is over is counted as dropped.
 async fn finish(
     grace: Duration,
     metrics: &Metrics,
     publisher: &Publisher,
-    schedules: TaskTracker,
+    roster: &Roster,
     tracker: TaskTracker,
     mut publishing: JoinHandle<Result<(), KafkaError>>,
 ) {
@@ -234,7 +244,7 @@ async fn finish(
         "Stopping: no new probes; waiting for in-flight probes and deliveries."
     );
     let deadline = tokio::time::Instant::now() + grace;
-    schedules.wait().await;
+    roster.wait().await;
     let drained = common::shutdown::drain(&tracker, grace).await;
     publisher.close();
     match tokio::time::timeout_at(deadline, &mut publishing).await {

@@ -44,6 +44,33 @@ pub struct Config {
     /// `/readyz` fails when results have waited this long without any delivery
     /// (`DELIVERY_STALL_TIMEOUT`, default 30 s).
     pub delivery_stall_timeout: Duration,
+    /// How often `TARGETS_FILE`'s content is compared with what was applied
+    /// (`TARGETS_FILE_POLL_INTERVAL`, default 1 s); SIGHUP reloads at once.
+    pub targets_file_poll_interval: Duration,
+    /// What a target list is read with after start-up (a `TARGETS_FILE` reload, a record of
+    /// the targets topic): the same environment and defaults as at start-up.
+    pub target_context: TargetContext,
+}
+
+/// The environment snapshot and the defaults targets are built with, kept for reading target
+/// lists after start-up exactly as at start-up (`*_env` credential references are looked up in
+/// `env`). `Debug` shows the defaults and the variables' names only, never their values.
+#[derive(Clone)]
+pub struct TargetContext {
+    /// The environment snapshot the configuration was read from.
+    pub env: Env,
+    /// The defaults of targets that do not set an option.
+    pub defaults: Defaults,
+}
+
+impl std::fmt::Debug for TargetContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.env.pairs().map(|(k, _)| k).collect();
+        f.debug_struct("TargetContext")
+            .field("env", &names)
+            .field("defaults", &self.defaults)
+            .finish()
+    }
 }
 
 /// The scalar variables, typed, with their defaults: the one place they are written (README's
@@ -66,6 +93,8 @@ struct Raw {
     delivery_stall_timeout: Duration,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     handover_period: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    targets_file_poll_interval: Duration,
     log_format: String,
 }
 
@@ -81,6 +110,7 @@ impl Default for Raw {
             shutdown_grace_period: Duration::from_secs(25),
             delivery_stall_timeout: Duration::from_secs(30),
             handover_period: Duration::from_secs(20),
+            targets_file_poll_interval: Duration::from_secs(1),
             log_format: "auto".to_string(),
         }
     }
@@ -226,15 +256,18 @@ impl Config {
         let fleet = crate::fleet::FleetConfig {
             group_id: format!("checker-{location}"),
             handover_period: raw.handover_period,
-            env: env.clone(),
-            defaults: defaults.clone(),
         };
         Ok(Self {
             fleet,
             results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
             delivery_stall_timeout: raw.delivery_stall_timeout,
+            targets_file_poll_interval: raw.targets_file_poll_interval,
             kafka,
             targets: TargetSource::from_env(env, &defaults)?,
+            target_context: TargetContext {
+                env: env.clone(),
+                defaults,
+            },
             location,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),

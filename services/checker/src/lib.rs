@@ -1,7 +1,7 @@
 //! The checker: probes HTTP(S) targets on a fixed-rate schedule and publishes one JSON result
 //! per probe to a Kafka topic.
 //!
-//! Flow: [`config`] → [`app::App`] → per-target [`schedule`] tasks → [`probe::run`] →
+//! Flow: [`config`] → [`app::App`] → [`roster::Roster`] → per-target [`schedule`] tasks → [`probe::run`] →
 //! [`publish::Publisher`]. The checker never writes to a database.
 
 pub mod app;
@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod publish;
+pub mod reload;
 pub mod resolve;
 pub mod roster;
 pub mod schedule;

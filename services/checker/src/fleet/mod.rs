@@ -27,14 +27,13 @@ pub mod state;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::config::Env;
 use common::kafka::{KafkaSettings, Protected};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::TargetContext;
 use crate::roster::Roster;
-use crate::target::Defaults;
 use consumer::{FleetContext, Parser, Shared};
 pub use metrics::FleetMetrics;
 use state::State;
@@ -68,27 +67,13 @@ pub const PROTECTED: &[Protected] = &[
     },
 ];
 
-/// What fleet mode needs beyond the Kafka settings.
-#[derive(Clone)]
+/// What fleet mode needs beyond the Kafka settings and the target context.
+#[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// The consumer group, `checker-<LOCATION>`.
     pub group_id: String,
     /// How long revoked targets stay scheduled (`HANDOVER_PERIOD`).
     pub handover_period: Duration,
-    /// Where `*_env` credential references of target specs are looked up.
-    pub env: Env,
-    /// Defaults of target specs that do not set an option.
-    pub defaults: Defaults,
-}
-
-impl std::fmt::Debug for FleetConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the environment: it may hold secrets.
-        f.debug_struct("FleetConfig")
-            .field("group_id", &self.group_id)
-            .field("handover_period", &self.handover_period)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The running fleet consumer.
@@ -99,7 +84,8 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Joins the group and starts loading partitions on a thread of its own. On `shutdown` it
+    /// Joins the group and starts loading partitions on a thread of its own; target specs
+    /// are built with `targets` (the environment and defaults of start-up). On `shutdown` it
     /// leaves the group, hands its targets over for the hand-over period and then cancels
     /// `roster_stop` (the token `roster` was built with). Call inside a tokio runtime.
     ///
@@ -108,6 +94,7 @@ impl Fleet {
     pub fn start(
         kafka: &KafkaSettings,
         config: FleetConfig,
+        targets: TargetContext,
         roster: Roster,
         metrics: FleetMetrics,
         shutdown: CancellationToken,
@@ -124,8 +111,8 @@ impl Fleet {
         cfg.set("group.id", &config.group_id);
         let consumer: BaseConsumer<FleetContext> = cfg.create_with_context(FleetContext { shared: shared.clone() })?;
         let parser = Parser {
-            env: config.env,
-            defaults: config.defaults,
+            env: targets.env,
+            defaults: targets.defaults,
         };
         let done = CancellationToken::new();
         let (s, d) = (shared.clone(), done.clone());
