@@ -17,5 +17,6 @@ pub mod resolve;
 pub mod roster;
 pub mod schedule;
 pub mod target;
+pub mod targets_topic;
 pub mod timer;
 pub mod tls;

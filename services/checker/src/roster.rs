@@ -239,6 +239,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         proxy,
         resolver,
         body_max_bytes,
+        quorum,
     } = a;
     let regex_eq = |x: &Option<regex::bytes::Regex>, y: &Option<regex::bytes::Regex>| {
         x.as_ref().map(regex::bytes::Regex::as_str) == y.as_ref().map(regex::bytes::Regex::as_str)
@@ -267,6 +268,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         && *max_redirects == b.max_redirects
         && Arc::ptr_eq(&tls.configured_host, &b.tls.configured_host)
         && Arc::ptr_eq(&tls.other_hosts, &b.tls.other_hosts)
+        && *quorum == b.quorum
         && *tls_server_name == b.tls_server_name
         && *ip_family == b.ip_family
         && *proxy == b.proxy
