@@ -131,6 +131,12 @@ impl App {
             // Fleet mode: `crate::fleet` joins the location's consumer group on the targets
             // topic and drives `roster` from its assignments.
             TargetSource::Topic => {
+                let kafka = config.kafka.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::targets_topic::ensure_topic(&kafka).await {
+                        tracing::warn!(error = %e, topic = %kafka.targets_topic, "Could not create the targets topic; assuming it exists or will be created.");
+                    }
+                });
                 fleet = Some(Fleet::start(
                     &config.kafka,
                     config.fleet.clone(),
