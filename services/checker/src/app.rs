@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TargetSource};
+use crate::fleet::{self, Fleet, FleetMetrics};
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
 use crate::reload::FileReloader;
@@ -95,16 +96,6 @@ impl App {
             }
         });
 
-        let readiness = tokio::spawn(admin::readiness_loop(
-            health.clone(),
-            admin::READINESS_INTERVAL,
-            shutdown.clone(),
-            Delivering {
-                publisher: publisher.clone(),
-                stall: config.delivery_stall_timeout,
-            },
-        ));
-
         let tracker = TaskTracker::new();
         let scheduler = Scheduler {
             permits: Arc::new(Semaphore::new(config.probe_concurrency)),
@@ -115,8 +106,15 @@ impl App {
             location: Arc::from(config.location.as_str()),
             timer: Arc::new(crate::timer::Timer::start()),
         };
-        let roster = Roster::new(scheduler, shutdown.clone());
+        // Fleet mode: the roster's schedules stop when the fleet's hand-over after shutdown is
+        // over, not at shutdown itself.
+        let roster_stop = match config.targets {
+            TargetSource::Topic => CancellationToken::new(),
+            _ => shutdown.clone(),
+        };
+        let roster = Roster::new(scheduler, roster_stop.clone());
         let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        let mut fleet = None;
         match &config.targets {
             TargetSource::Fixed(_) => roster.sync(initial()),
             TargetSource::File { path, .. } => {
@@ -132,8 +130,35 @@ impl App {
             }
             // Fleet mode: `crate::fleet` joins the location's consumer group on the targets
             // topic and drives `roster` from its assignments.
-            TargetSource::Topic => {}
+            TargetSource::Topic => {
+                let kafka = config.kafka.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::targets_topic::ensure_topic(&kafka).await {
+                        tracing::warn!(error = %e, topic = %kafka.targets_topic, "Could not create the targets topic; assuming it exists or will be created.");
+                    }
+                });
+                fleet = Some(Fleet::start(
+                    &config.kafka,
+                    config.fleet.clone(),
+                    config.target_context.clone(),
+                    roster.clone(),
+                    FleetMetrics::register(&metrics.registry),
+                    shutdown.clone(),
+                    roster_stop.clone(),
+                )?);
+            }
         }
+
+        let readiness = tokio::spawn(admin::readiness_loop(
+            health.clone(),
+            admin::READINESS_INTERVAL,
+            shutdown.clone(),
+            Delivering {
+                publisher: publisher.clone(),
+                stall: config.delivery_stall_timeout,
+                fleet: fleet.as_ref().map(Fleet::readiness),
+            },
+        ));
 
         if let Some(e) = supervise(&health, &shutdown, &mut publishing).await {
             shutdown.cancel();
@@ -141,8 +166,15 @@ impl App {
             admin_stop.cancel();
             return Err(e);
         }
+        let stopping = std::time::Instant::now();
+        if let Some(fleet) = &fleet {
+            // The group was left at once; the handed-over targets are probed until the
+            // hand-over period ends (bounded by the grace period), then the schedules stop.
+            fleet.stopped(config.shutdown_grace).await;
+            roster_stop.cancel();
+        }
         finish(
-            config.shutdown_grace,
+            config.shutdown_grace.saturating_sub(stopping.elapsed()),
             &metrics,
             &publisher,
             &roster,
@@ -160,9 +192,11 @@ impl App {
 /// topic, and results do not wait longer than `stall` (DELIVERY_STALL_TIMEOUT) without any
 /// delivery (a broker that answers metadata but takes no results, or a producer that cannot
 /// deliver, is not ready either).
+/// In fleet mode, also every assigned targets partition has been loaded.
 struct Delivering {
     publisher: Publisher,
     stall: Duration,
+    fleet: Option<fleet::Readiness>,
 }
 
 impl admin::Check for Delivering {
@@ -172,6 +206,7 @@ impl admin::Check for Delivering {
             .await
             .map_err(|e| format!("Kafka: {e}"))
             .and_then(|()| self.publisher.delivering(self.stall))
+            .and_then(|()| self.fleet.as_ref().map_or(Ok(()), fleet::Readiness::check))
     }
 }
 

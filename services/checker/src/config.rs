@@ -38,6 +38,9 @@ pub struct Config {
     /// The most results that wait for delivery (`KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES`,
     /// default 100000); see `publish`.
     pub results_waiting_limit: usize,
+    /// Fleet mode's settings (used with [`TargetSource::Topic`]): the group, the hand-over
+    /// period (`HANDOVER_PERIOD`), and what target specs are built with.
+    pub fleet: crate::fleet::FleetConfig,
     /// `/readyz` fails when results have waited this long without any delivery
     /// (`DELIVERY_STALL_TIMEOUT`, default 30 s).
     pub delivery_stall_timeout: Duration,
@@ -89,6 +92,8 @@ struct Raw {
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     delivery_stall_timeout: Duration,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    handover_period: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     targets_file_poll_interval: Duration,
     log_format: String,
 }
@@ -104,6 +109,7 @@ impl Default for Raw {
             default_timeout: Duration::from_secs(10),
             shutdown_grace_period: Duration::from_secs(25),
             delivery_stall_timeout: Duration::from_secs(30),
+            handover_period: Duration::from_secs(20),
             targets_file_poll_interval: Duration::from_secs(1),
             log_format: "auto".to_string(),
         }
@@ -235,7 +241,24 @@ impl Config {
         let defaults = raw.target_defaults(env)?;
         let kafka = KafkaSettings::from_env(env)?;
         kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
+        kafka.check_properties(crate::fleet::CONSUMER_DEFAULTS, crate::fleet::PROTECTED)?;
+        if raw.handover_period > raw.shutdown_grace_period {
+            return Err(ConfigError::new(
+                "HANDOVER_PERIOD",
+                format!(
+                    "{:?} is longer than SHUTDOWN_GRACE_PERIOD ({:?}); a stopping checker probes its targets for the hand-over period within the grace period",
+                    raw.handover_period, raw.shutdown_grace_period
+                ),
+                "20s",
+            ));
+        }
+        let location = location(raw.location)?;
+        let fleet = crate::fleet::FleetConfig {
+            group_id: format!("checker-{location}"),
+            handover_period: raw.handover_period,
+        };
         Ok(Self {
+            fleet,
             results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
             delivery_stall_timeout: raw.delivery_stall_timeout,
             targets_file_poll_interval: raw.targets_file_poll_interval,
@@ -245,7 +268,7 @@ impl Config {
                 env: env.clone(),
                 defaults,
             },
-            location: location(raw.location)?,
+            location,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),
             probe_concurrency: raw.probe_concurrency.get(),

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod config;
 pub mod connect;
+pub mod fleet;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -268,6 +268,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         && *max_redirects == b.max_redirects
         && Arc::ptr_eq(&tls.configured_host, &b.tls.configured_host)
         && Arc::ptr_eq(&tls.other_hosts, &b.tls.other_hosts)
+        && *quorum == b.quorum
         && *tls_server_name == b.tls_server_name
         && *ip_family == b.ip_family
         && *proxy == b.proxy

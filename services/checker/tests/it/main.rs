@@ -8,6 +8,8 @@ mod credentials;
 mod dns;
 mod exit;
 mod failures;
+mod fleet;
+mod fleet_support;
 mod http_probe;
 mod outage;
 mod proxy;
