@@ -110,6 +110,7 @@ impl App {
                 self.targets_consumer.clone(),
                 self.store.clone(),
                 self.config.kafka.targets_topic.clone(),
+                self.metrics.clone(),
                 shutdown.clone(),
                 fatal.clone(),
             )));
@@ -259,10 +260,11 @@ async fn consume_targets(
     consumer: Arc<StreamConsumer>,
     store: Store,
     topic: String,
+    metrics: Metrics,
     stop: CancellationToken,
     fatal: Fatal,
 ) {
-    if let Err(e) = crate::targets::run(consumer, store, topic, stop).await {
+    if let Err(e) = crate::targets::run(consumer, store, topic, metrics, stop).await {
         tracing::error!(error = %e, "Stopped consuming the targets topic. Fix the database, then restart the sink.");
         *fatal.lock().expect("lock") = Some(format!("targets consumer: {e}"));
     }
