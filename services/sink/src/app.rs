@@ -100,11 +100,16 @@ impl App {
         ));
         let mut targets = None;
         if migrate(&self.store, &shutdown, &heartbeat, &fatal).await {
+            // This month's partition exists before the first write: a row inserted into the
+            // default partition while maintenance creates its month's partition is refused
+            // (SQLSTATE 23514, "violates partition constraint").
+            let next = maintain_once(&self.store, self.config.partitions_ahead, self.config.retention).await;
             let maintenance = tokio::spawn(maintain_partitions(
                 self.store.clone(),
                 shutdown.clone(),
                 self.config.partitions_ahead,
                 self.config.retention,
+                next,
             ));
             targets = Some(tokio::spawn(consume_targets(
                 self.targets_consumer.clone(),
@@ -270,25 +275,39 @@ async fn consume_targets(
     }
 }
 
-/// Partition maintenance: now, then every hour (a minute after a failure), until `stop`.
-async fn maintain_partitions(store: Store, stop: CancellationToken, months_ahead: u32, retention: Option<Duration>) {
+/// One partition maintenance run; returns when the next is due: in an hour, or in a minute
+/// after a failure.
+async fn maintain_once(store: &Store, months_ahead: u32, retention: Option<Duration>) -> Duration {
+    match store
+        .maintain_partitions(chrono::Utc::now(), months_ahead, retention)
+        .await
+    {
+        Ok(()) => Duration::from_secs(3600),
+        Err(e) => {
+            tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
+            Duration::from_secs(60)
+        }
+    }
+}
+
+/// Partition maintenance after `first_wait`, then every hour (a minute after a failure),
+/// until `stop`.
+async fn maintain_partitions(
+    store: Store,
+    stop: CancellationToken,
+    months_ahead: u32,
+    retention: Option<Duration>,
+    first_wait: Duration,
+) {
+    let mut wait = first_wait;
     loop {
-        let wait = match store
-            .maintain_partitions(chrono::Utc::now(), months_ahead, retention)
-            .await
-        {
-            Ok(()) => Duration::from_secs(3600),
-            Err(e) => {
-                tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
-                Duration::from_secs(60)
-            }
-        };
         if common::shutdown::until_cancelled(&stop, tokio::time::sleep(wait))
             .await
             .is_none()
         {
             break;
         }
+        wait = maintain_once(&store, months_ahead, retention).await;
     }
 }
 
