@@ -175,3 +175,56 @@ async fn a_joining_checker_takes_a_share_while_the_others_keep_probing() {
         "c2 took a share: {owners:?}"
     );
 }
+
+/// Records after a partition was loaded apply live: an invalid value is counted and the
+/// previous spec keeps its slots; a tombstone stops the target and drops its `probe_*` series;
+/// a new name starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_records_an_invalid_value_keeps_the_old_spec_and_a_tombstone_stops_the_target() {
+    let cluster = Cluster::start().await;
+    let names = cluster.put_targets(6);
+    let c0 = cluster.checker("c0");
+    cluster.settle(&[&c0], 6, SETTLE).await;
+    let from = Utc::now();
+
+    cluster.put("t00", Some(br#"{"name": "t00", "url": "not a url", "interval": "1s"}"#));
+    cluster.put("t01", None);
+    let t99 = serde_json::json!({"name": "t99", "url": format!("http://{}/t99", cluster.server), "interval": "1s"});
+    cluster.put("t99", Some(t99.to_string().as_bytes()));
+    let put_at = Utc::now();
+    testkit::wait_until(Duration::from_secs(10), "the invalid value counted", || async {
+        c0.metric("healthcheck_checker_target_errors_total").await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let to = Utc::now() - chrono(Duration::from_secs(1));
+
+    let mut kept = names.clone();
+    kept.retain(|n| n != "t01");
+    assert!(
+        cluster.missing(&kept, from, to).is_empty(),
+        "t00's old spec and the others keep every slot"
+    );
+    let late = put_at + chrono(Duration::from_secs(2));
+    assert!(
+        cluster
+            .seen()
+            .iter()
+            .all(|s| s.target != "t01" || s.scheduled_at <= late),
+        "t01 stopped after its tombstone"
+    );
+    let t99_slots = cluster.missing(&["t99".to_string()], late, to);
+    assert!(t99_slots.is_empty(), "t99 started: {t99_slots:?}");
+    let scrape = testkit::metrics::Scrape::fetch(c0.admin).await.unwrap();
+    assert_eq!(
+        scrape.metric("probe_success", &[("target", "t01")]),
+        None,
+        "t01's series left /metrics"
+    );
+    assert_eq!(scrape.metric("probe_success", &[("target", "t00")]), Some(1.0));
+    assert_eq!(
+        c0.metric("healthcheck_checker_targets").await,
+        Some(6.0),
+        "t00, t02..t05, t99"
+    );
+}
