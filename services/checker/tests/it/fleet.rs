@@ -83,8 +83,9 @@ async fn a_killed_checkers_targets_are_probed_again_by_the_others() {
     let t0 = Instant::now();
     // librdkafka's mock expires the member after the session timeout, then runs a rebalance
     // round that waits up to session.timeout.ms − 1 s for the others to rejoin: the note
-    // measured 11 s with 3 members. Allowed: 2 × session timeout + one interval + 2 s.
-    let limit = SESSION_TIMEOUT * 2 + INTERVAL + Duration::from_secs(2);
+    // measured 11 s with 3 members, this test 12.4 s on a loaded 2-core machine. Allowed:
+    // 2 × session timeout + one interval + 4 s (Kafka itself needs about one session timeout).
+    let limit = SESSION_TIMEOUT * 2 + INTERVAL + Duration::from_secs(4);
     testkit::wait_until(limit, "the killed checker's targets to be probed again", || async {
         let seen = cluster.seen();
         victims.iter().all(|t| {
