@@ -49,6 +49,11 @@ async fn three_checkers_split_the_targets_each_probed_by_exactly_one() {
     let instances: BTreeSet<&String> = owners.values().flatten().collect();
     assert_eq!(instances.len(), 3, "each checker probes a share: {owners:?}");
     assert!(cluster.missing(&names, from, to).is_empty(), "no slot missed");
+    assert!(
+        cluster.committed().iter().all(|o| *o == rdkafka::Offset::Invalid),
+        "the checkers commit no offset: {:?}",
+        cluster.committed()
+    );
     for c in &checkers {
         let scheduled = c.metric("healthcheck_checker_targets").await.unwrap();
         let probed = owners.values().filter(|who| who.contains(&c.id)).count();
@@ -228,4 +233,23 @@ async fn live_records_an_invalid_value_keeps_the_old_spec_and_a_tombstone_stops_
         Some(6.0),
         "t00, t02..t05, t99"
     );
+}
+
+/// A group with committed offsets at the end of every partition (e.g. left by some other
+/// client): the checker still reads every partition from its beginning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_ignored_every_partition_is_read_from_its_beginning() {
+    let cluster = Cluster::start().await;
+    let names = cluster.put_targets(12);
+    cluster.commit_ends();
+    assert!(cluster
+        .committed()
+        .iter()
+        .any(|o| matches!(o, rdkafka::Offset::Offset(n) if *n > 0)));
+    let c0 = cluster.checker("c0");
+    cluster.settle(&[&c0], names.len(), SETTLE).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let to = Utc::now() - chrono(Duration::from_secs(1));
+    assert!(cluster.missing(&names, from, to).is_empty(), "every target probed");
 }
