@@ -307,6 +307,32 @@ mod tests {
         }
     }
 
+    /// Fleet mode's settings: the group follows LOCATION, the hand-over must fit in the
+    /// grace period, and the consumer properties it rests on cannot be changed.
+    #[test]
+    fn fleet_settings_name_their_variable() {
+        let c = Config::from_env(&Env::from_pairs([("LOCATION", "eu-1")])).unwrap();
+        assert!(matches!(c.targets, TargetSource::Topic));
+        assert_eq!(c.fleet.group_id, "checker-eu-1");
+        assert_eq!(c.fleet.handover_period, Duration::from_secs(20));
+        for (var, value) in [
+            ("HANDOVER_PERIOD", "26s"),
+            ("HANDOVER_PERIOD", "0"),
+            ("KAFKA_CFG_PARTITION_ASSIGNMENT_STRATEGY", "range"),
+            ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "true"),
+            ("KAFKA_CFG_ENABLE_PARTITION_EOF", "false"),
+        ] {
+            let e = Config::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}: {e}");
+        }
+        let c = Config::from_env(&Env::from_pairs([
+            ("HANDOVER_PERIOD", "40s"),
+            ("SHUTDOWN_GRACE_PERIOD", "1m"),
+        ]))
+        .unwrap();
+        assert_eq!(c.fleet.handover_period, Duration::from_secs(40));
+    }
+
     /// Every duration the checker reads, too long to add to a time: an error naming where it
     /// was, never a panic later (the scheduler converts intervals to `chrono::Duration` and
     /// adds them to instants; shutdown adds the grace period to an instant).

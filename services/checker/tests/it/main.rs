@@ -9,6 +9,7 @@ mod dns;
 mod exit;
 mod failures;
 mod fleet;
+mod fleet_apply;
 mod fleet_support;
 mod http_probe;
 mod outage;
