@@ -242,7 +242,14 @@ impl Config {
         let kafka = KafkaSettings::from_env(env)?;
         kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
         kafka.check_properties(crate::fleet::CONSUMER_DEFAULTS, crate::fleet::PROTECTED)?;
-        if raw.handover_period > raw.shutdown_grace_period {
+        // Unset, the hand-over shrinks to fit a shorter grace period (4/5 of it, leaving the
+        // rest for the last probes and the flush); set, it must fit.
+        let handover_period = if env.get("HANDOVER_PERIOD").is_none() {
+            raw.handover_period.min(raw.shutdown_grace_period * 4 / 5)
+        } else {
+            raw.handover_period
+        };
+        if handover_period > raw.shutdown_grace_period {
             return Err(ConfigError::new(
                 "HANDOVER_PERIOD",
                 format!(
@@ -255,7 +262,7 @@ impl Config {
         let location = location(raw.location)?;
         let fleet = crate::fleet::FleetConfig {
             group_id: format!("checker-{location}"),
-            handover_period: raw.handover_period,
+            handover_period,
         };
         Ok(Self {
             fleet,
@@ -331,6 +338,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.fleet.handover_period, Duration::from_secs(40));
+        // Unset, it fits a shorter grace period instead of refusing it (a static checker with
+        // SHUTDOWN_GRACE_PERIOD=10s once exited 2 over a hand-over it never uses).
+        let c = Config::from_env(&Env::from_pairs([
+            ("TARGET", "http://127.0.0.1:1/"),
+            ("SHUTDOWN_GRACE_PERIOD", "10s"),
+        ]))
+        .unwrap();
+        assert_eq!(c.fleet.handover_period, Duration::from_secs(8));
     }
 
     /// Every duration the checker reads, too long to add to a time: an error naming where it
