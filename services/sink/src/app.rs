@@ -1,4 +1,5 @@
-//! Wiring: configuration → admin server, pool, consumer → migrate → consume until stopped.
+//! Wiring: configuration → admin server, pool, consumers → migrate → consume (results and
+//! the targets topic) until stopped.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ pub struct App {
     health: Arc<Health>,
     store: Store,
     consumer: Arc<StreamConsumer<SinkContext>>,
+    /// The targets topic's consumer ([`crate::targets`]).
+    targets_consumer: Arc<StreamConsumer>,
     admin_addr: SocketAddr,
     admin_stop: CancellationToken,
 }
@@ -48,6 +51,7 @@ impl App {
             .kafka
             .client_config(&defaults)
             .create_with_context(SinkContext::new(metrics.clone()))?;
+        let targets_consumer = crate::targets::consumer(&config.kafka, &crate::targets::group_id(&config.group_id))?;
         let (admin_addr, admin_stop) =
             admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
         tracing::info!(admin_addr = %admin_addr, topic = %config.kafka.topic, group_id = %config.group_id, "Sink started.");
@@ -57,6 +61,7 @@ impl App {
             health,
             store,
             consumer: Arc::new(consumer),
+            targets_consumer: Arc::new(targets_consumer),
             admin_addr,
             admin_stop,
         })
@@ -93,6 +98,7 @@ impl App {
                 detector: StallDetector::new(&self.config.kafka.topic, self.config.stall_timeout, Instant::now()),
             },
         ));
+        let mut targets = None;
         if migrate(&self.store, &shutdown, &heartbeat, &fatal).await {
             let maintenance = tokio::spawn(maintain_partitions(
                 self.store.clone(),
@@ -100,11 +106,25 @@ impl App {
                 self.config.partitions_ahead,
                 self.config.retention,
             ));
+            targets = Some(tokio::spawn(consume_targets(
+                self.targets_consumer.clone(),
+                self.store.clone(),
+                self.config.kafka.targets_topic.clone(),
+                shutdown.clone(),
+                fatal.clone(),
+            )));
             let consumed = self.consume(&shutdown, &heartbeat, &fatal).await;
             maintenance.abort();
             consumed?;
         }
         stay_up(&shutdown, &heartbeat).await;
+        // The targets consumer stops with shutdown; its final write is bounded like the
+        // results' (a batch not written is replayed).
+        if let Some(targets) = targets {
+            if tokio::time::timeout(self.config.shutdown_grace, targets).await.is_err() {
+                tracing::warn!("The targets consumer did not stop within the grace period.");
+            }
+        }
         readiness.abort();
         self.admin_stop.cancel();
         Ok(())
@@ -230,6 +250,21 @@ async fn migrate(store: &Store, shutdown: &CancellationToken, heartbeat: &Heartb
             false
         }
         Err(GaveUp::Stopped(_)) => false,
+    }
+}
+
+/// The targets consumer until `stop`; a fatal database error (or a refused subscription)
+/// stops it and is recorded in `fatal`, so readiness reports it.
+async fn consume_targets(
+    consumer: Arc<StreamConsumer>,
+    store: Store,
+    topic: String,
+    stop: CancellationToken,
+    fatal: Fatal,
+) {
+    if let Err(e) = crate::targets::run(consumer, store, topic, stop).await {
+        tracing::error!(error = %e, "Stopped consuming the targets topic. Fix the database, then restart the sink.");
+        *fatal.lock().expect("lock") = Some(format!("targets consumer: {e}"));
     }
 }
 

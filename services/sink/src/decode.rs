@@ -4,9 +4,10 @@
 //! every value fits the schema; anything else becomes a dead letter of class `decode` with the
 //! reason, before PostgreSQL sees it. What is checked, and why:
 //! - text holds no NUL character (PostgreSQL `text` cannot store U+0000, SQLSTATE 22021);
-//! - `target` is at most [`MAX_TARGET_BYTES`] bytes: it is a key of the B-tree index
-//!   `(target_name, scheduled_at)`, whose entries are limited to about a third of a page
-//!   (2704 bytes with 8 kB pages, SQLSTATE 54000); `url` and `final_url` at most
+//! - `target` and `location` are at most [`MAX_TARGET_BYTES`] bytes each: they are keys of
+//!   the B-tree index `(target_name, location, scheduled_at)`, whose entries are limited to
+//!   about a third of a page (2704 bytes with 8 kB pages, SQLSTATE 54000; 2 × 1024 bytes
+//!   and a timestamp fit); `url` and `final_url` at most
 //!   [`MAX_URL_BYTES`]. Both bounds are far above any real target (the checker allows
 //!   200-byte names);
 //! - timestamps lie in years 0000 to 9999, the range RFC 3339 (§5.6 `date-fullyear`) can
@@ -107,8 +108,9 @@ pub fn decode(payload: Option<&[u8]>) -> Result<ProbeResult, String> {
 /// The first field that does not fit, with the reason.
 pub fn validate(r: &ProbeResult) -> Result<(), String> {
     let tls = r.tls.as_ref();
-    let texts: [(&str, Option<&str>); 12] = [
+    let texts: [(&str, Option<&str>); 13] = [
         ("target", Some(&r.target)),
+        ("location", Some(&r.location)),
         ("url", Some(&r.url)),
         ("instance_id", Some(&r.instance_id)),
         ("error_kind", r.error_kind.as_deref()),
@@ -130,6 +132,7 @@ pub fn validate(r: &ProbeResult) -> Result<(), String> {
     }
     for (field, text, max) in [
         ("target", Some(r.target.as_str()), MAX_TARGET_BYTES),
+        ("location", Some(r.location.as_str()), MAX_TARGET_BYTES),
         ("url", Some(r.url.as_str()), MAX_URL_BYTES),
         ("final_url", r.final_url.as_deref(), MAX_URL_BYTES),
     ] {
@@ -206,6 +209,8 @@ mod tests {
             ("target", serde_json::Value::from("a\u{0}b")),
             ("error", "boom\u{0}".into()),
             ("target", "t".repeat(MAX_TARGET_BYTES + 1).into()),
+            ("location", "l".repeat(MAX_TARGET_BYTES + 1).into()),
+            ("location", "eu\u{0}".into()),
             ("url", format!("http://x/{}", "p".repeat(MAX_URL_BYTES)).into()),
             ("scheduled_at", "+12345-01-01T00:00:00Z".into()),
             ("started_at", "-0001-12-31T00:00:00Z".into()),

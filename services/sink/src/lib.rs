@@ -13,3 +13,4 @@ pub mod pg_tls;
 pub mod retry;
 pub mod stall;
 pub mod store;
+pub mod targets;

@@ -136,6 +136,7 @@ probe_result_columns! {
     tls_leaf_subject: TEXT as Option<&'a str> = r.tls.as_ref().and_then(|t| t.leaf_subject.as_deref());
     kafka_partition: INT4 as i32 = partition;
     kafka_offset: INT8 as i64 = offset;
+    location: TEXT as &'a str = &r.location;
 }
 
 /// `INSERT ... SELECT * FROM UNNEST($1::uuid[], ...)` of [`COLUMNS`], one array parameter per
@@ -169,17 +170,43 @@ pub(crate) static STAGE_INSERT: LazyLock<String> = LazyLock::new(|| {
 mod tests {
     use super::*;
 
-    /// `(name, type)` of every column of `CREATE TABLE probe_results` in the migrations, with
-    /// the type in PostgreSQL's internal name (`integer` → `int4`, as [`Type::name`] has it).
+    /// The PostgreSQL type at the start of `rest`, in PostgreSQL's internal name (`integer` →
+    /// `int4`, as [`Type::name`] has it).
+    fn column_type(rest: &str) -> String {
+        let ty = [
+            "double precision",
+            "timestamptz",
+            "integer",
+            "boolean",
+            "bigint",
+            "text",
+            "uuid",
+            "inet",
+        ]
+        .into_iter()
+        .find(|t| rest.starts_with(t))
+        .unwrap_or_else(|| panic!("unknown type in {rest:?}"));
+        match ty {
+            "double precision" => "float8",
+            "integer" => "int4",
+            "boolean" => "bool",
+            "bigint" => "int8",
+            other => other,
+        }
+        .to_string()
+    }
+
+    /// `(name, type)` of every column of `probe_results` in the migrations, in the order
+    /// PostgreSQL has them: those of `CREATE TABLE probe_results` (the first migration), then
+    /// each `ALTER TABLE probe_results ADD COLUMN` of the later ones, in version order.
     fn migration_columns() -> Vec<(String, String)> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
         let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        assert_eq!(
-            files.len(),
-            1,
-            "a new migration altering probe_results: teach this test to apply it"
-        );
+        // refinery's order: by the version number after `V`.
+        files.sort_by_key(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            name[1..name.find("__").unwrap()].parse::<u32>().unwrap()
+        });
         let sql = std::fs::read_to_string(&files[0]).unwrap();
         let body = sql
             .split_once("CREATE TABLE probe_results (")
@@ -188,44 +215,43 @@ mod tests {
             .split_once(") PARTITION BY")
             .expect("end of CREATE TABLE probe_results")
             .0;
-        body.lines()
+        let mut columns: Vec<(String, String)> = body
+            .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with("--") && !l.starts_with("PRIMARY KEY"))
             .map(|l| {
                 let (name, rest) = l.split_once(char::is_whitespace).unwrap();
-                let rest = rest.trim_start();
-                let ty = [
-                    "double precision",
-                    "timestamptz",
-                    "integer",
-                    "boolean",
-                    "bigint",
-                    "text",
-                    "uuid",
-                    "inet",
-                ]
-                .into_iter()
-                .find(|t| rest.starts_with(t))
-                .unwrap_or_else(|| panic!("unknown type in {l:?}"));
-                let ty = match ty {
-                    "double precision" => "float8",
-                    "integer" => "int4",
-                    "boolean" => "bool",
-                    "bigint" => "int8",
-                    other => other,
-                };
-                (name.to_string(), ty.to_string())
+                (name.to_string(), column_type(rest.trim_start()))
             })
-            .collect()
+            .collect();
+        for file in &files[1..] {
+            let sql = std::fs::read_to_string(file).unwrap();
+            for l in sql.lines().map(str::trim).filter(|l| !l.starts_with("--")) {
+                assert!(
+                    !(l.contains("probe_results") && l.contains("DROP COLUMN") || l.contains("ALTER COLUMN")),
+                    "{}: teach this test the change {l:?}",
+                    file.display()
+                );
+                if let Some(rest) = l.strip_prefix("ALTER TABLE probe_results ADD COLUMN ") {
+                    let (name, rest) = rest.split_once(char::is_whitespace).unwrap();
+                    columns.push((name.to_string(), column_type(rest.trim_start())));
+                }
+            }
+        }
+        columns
     }
 
     #[test]
     fn the_table_matches_the_migration_in_order_and_type() {
         let mut migration = migration_columns();
+        let at = migration
+            .iter()
+            .position(|(n, _)| n == "inserted_at")
+            .expect("inserted_at");
         assert_eq!(
-            migration.pop(),
-            Some(("inserted_at".into(), "timestamptz".into())),
-            "inserted_at, the column the sink leaves to its default, comes last"
+            migration.remove(at),
+            ("inserted_at".into(), "timestamptz".into()),
+            "inserted_at, the column the sink leaves to its default"
         );
         let table: Vec<(String, String)> = COLUMN_NAMES
             .iter()
@@ -246,6 +272,6 @@ mod tests {
     #[test]
     fn the_unnest_statement_has_one_typed_array_per_column() {
         assert!(INSERT_ROWS.contains("UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[]"));
-        assert!(INSERT_ROWS.contains(&format!("${COLUMN_COUNT}::int8[]) ON CONFLICT DO NOTHING")));
+        assert!(INSERT_ROWS.contains(&format!("${COLUMN_COUNT}::text[]) ON CONFLICT DO NOTHING")));
     }
 }

@@ -43,6 +43,7 @@ pub mod error;
 mod partitions;
 mod reject;
 mod sqlstate;
+mod targets;
 mod write;
 
 pub use crate::decode::{DeadLetter, DeadLetterClass, Row};
@@ -111,6 +112,10 @@ pub struct Store {
     /// Woken when [`Store::ping`] succeeds: writes waiting out a backoff after a lost
     /// connection retry at once instead of at the end of their (up to 30 s) wait.
     reachable: Arc<Notify>,
+    /// The locations this process knows are in `locations` (written, or found there): a
+    /// batch adds a location to the table only when it holds one missing from this set, so
+    /// the hot path gains no statement.
+    known_locations: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Store {
@@ -156,6 +161,7 @@ impl Store {
             method: WriteMethod::default(),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             reachable: Arc::default(),
+            known_locations: Arc::default(),
         })
     }
 

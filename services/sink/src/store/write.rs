@@ -53,6 +53,13 @@ pub(super) enum Finish {
     Rollback,
 }
 
+/// Adds locations a batch holds that `locations` may not have yet, with the earliest slot
+/// of the batch for each as `first_seen`.
+const INSERT_LOCATIONS: &str = "
+INSERT INTO locations (name, first_seen)
+SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+ON CONFLICT DO NOTHING";
+
 const INSERT_DEAD_LETTERS: &str = "
 INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key, payload, error_class, error)
 SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[], $7::text[])
@@ -149,12 +156,19 @@ impl Store {
         } else {
             None
         };
+        let unseen = self.unseen_locations(rows);
         let tx = self.timed(client.transaction()).await?;
         self.timed(tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
             self.statement_timeout.as_millis()
         )))
         .await?;
+        if !unseen.is_empty() {
+            let names: Vec<&str> = unseen.iter().map(|(n, _)| *n).collect();
+            let first: Vec<chrono::DateTime<chrono::Utc>> = unseen.iter().map(|(_, t)| *t).collect();
+            let stmt = self.timed(tx.prepare_cached(INSERT_LOCATIONS)).await?;
+            self.timed(tx.execute(&stmt, &[&names, &first])).await?;
+        }
         let inserted = match stage_insert {
             Some(stmt) => {
                 self.timed(async {
@@ -182,7 +196,11 @@ impl Store {
             self.insert_dead_letters(&tx, dead).await?
         };
         match finish {
-            Finish::Commit => self.timed(tx.commit()).await?,
+            Finish::Commit => {
+                self.timed(tx.commit()).await?;
+                let mut known = self.known_locations.lock().expect("lock");
+                known.extend(unseen.iter().map(|(n, _)| (*n).to_string()));
+            }
             Finish::Rollback => self.timed(tx.rollback()).await?,
         }
         Ok(WriteOutcome {
@@ -195,8 +213,23 @@ impl Store {
         })
     }
 
+    /// The locations of `rows` this process has not written to `locations` yet, in name
+    /// order (concurrent batches then lock the rows in one order), each with its earliest
+    /// `scheduled_at` in `rows`. Empty on the hot path.
+    fn unseen_locations<'a>(&self, rows: &'a [Row]) -> Vec<(&'a str, chrono::DateTime<chrono::Utc>)> {
+        let known = self.known_locations.lock().expect("lock");
+        let mut unseen: std::collections::BTreeMap<&str, chrono::DateTime<chrono::Utc>> = Default::default();
+        for r in rows.iter().map(|r| &r.result) {
+            if !known.contains(&r.location) {
+                let first = unseen.entry(&r.location).or_insert(r.scheduled_at);
+                *first = (*first).min(r.scheduled_at);
+            }
+        }
+        unseen.into_iter().collect()
+    }
+
     /// Inserts `dead` in `tx`; returns how many were new.
-    async fn insert_dead_letters(
+    pub(super) async fn insert_dead_letters(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         dead: &[DeadLetter],

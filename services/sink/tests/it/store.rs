@@ -55,7 +55,7 @@ pub fn sample(target: &str, at: DateTime<Utc>, success: bool, duration: f64) -> 
     }
 }
 
-fn rows(results: Vec<ProbeResult>) -> Vec<Row> {
+pub fn rows(results: Vec<ProbeResult>) -> Vec<Row> {
     results
         .into_iter()
         .enumerate()
@@ -69,7 +69,7 @@ fn rows(results: Vec<ProbeResult>) -> Vec<Row> {
         .collect()
 }
 
-async fn migrated_store() -> (Store, tokio_postgres::Client) {
+pub async fn migrated_store() -> (Store, tokio_postgres::Client) {
     let url = fresh_database().await;
     let store = Store::new(&url, 2, "topic").unwrap();
     store.migrate().await.unwrap();
