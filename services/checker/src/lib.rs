@@ -14,5 +14,6 @@ pub mod publish;
 pub mod resolve;
 pub mod schedule;
 pub mod target;
+pub mod targets_topic;
 pub mod timer;
 pub mod tls;

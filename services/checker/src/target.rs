@@ -3,10 +3,15 @@
 //! A target list is a JSON array (`TARGETS`), a YAML or JSON file (`TARGETS_FILE`) or the
 //! single-target form `TARGET`/`PATTERN`/`INTERVAL` of the tool this replaces. Every option is
 //! checked here, so a probe never meets an invalid setting; errors name the variable, the
-//! target's position and the field, e.g. `TARGETS[2].timeout`.
+//! target's position and the field, e.g. `TARGETS[2].timeout`. A list is judged target by
+//! target, so every problem of a list is found at once ([`read_list`]); one spec of the targets
+//! topic is built by [`target_from_json`], with the same parser and defaults.
+//!
+//! Building a target reads the files and variables its credentials name (`password_file`,
+//! `bearer_token_env`, ...) and nothing else: it never connects anywhere.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +76,9 @@ pub struct Target {
     pub resolver: Resolver,
     /// Body cap in bytes, raw and after decoding.
     pub body_max_bytes: u64,
+    /// Down when at least `quorum` locations failed; default (`None`) a strict majority of the
+    /// known locations (⌊M/2⌋+1). Used by the sink's `slot_verdicts` view, not by the probe.
+    pub quorum: Option<NonZeroU32>,
 }
 
 /// A condition on a response header (blackbox_exporter's `fail_if_header_[not_]matches`).
@@ -170,6 +178,7 @@ struct TargetSpec {
     bearer_token_file: Option<String>,
     bearer_token_env: Option<String>,
     body_max_bytes: Option<NonZeroU64>,
+    quorum: Option<NonZeroU32>,
 }
 
 /// A valid target list, shown with errors about the list.
@@ -183,6 +192,33 @@ struct Context<'a> {
     defaults: &'a Defaults,
     /// One copy for all targets; the proxy is chosen for each hop's URL.
     proxy_env: Arc<ProxyEnv>,
+    /// Whether the files and variables a target refers to (credentials, TLS files) are read;
+    /// not when a list is judged for the targets topic, far from where checkers run.
+    references: References,
+}
+
+impl<'a> Context<'a> {
+    fn new(env: &'a Env, defaults: &'a Defaults) -> Self {
+        Self {
+            env,
+            defaults,
+            proxy_env: Arc::new(defaults.proxy_env.clone()),
+            references: References::Read,
+        }
+    }
+}
+
+/// What building a target does with the files and variables it refers to
+/// (`basic_auth.password_file`/`password_env`, `bearer_token_file`/`bearer_token_env`,
+/// `tls.ca_file`/`cert_file`/`key_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum References {
+    /// Reads them, as the checker does before probing: a missing one is an error.
+    Read,
+    /// Leaves them alone (a credential becomes an empty placeholder, TLS files are not
+    /// opened): how `checker targets apply` judges a file for the targets topic, since they
+    /// exist where the checkers run, not where the apply runs.
+    NotRead,
 }
 
 /// Reads the target list from `env`: `TARGETS` (JSON array), else `TARGETS_FILE` (YAML or JSON
@@ -190,35 +226,16 @@ struct Context<'a> {
 ///
 /// # Errors
 /// A [`ConfigError`] naming the variable (and the target index and field) of the first invalid
-/// value, or saying that no target is configured.
+/// value (saying how many more there are: [`read_list`] has them all), or saying that no
+/// target is configured.
 pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, ConfigError> {
-    let ctx = Context {
-        env,
-        defaults,
-        proxy_env: Arc::new(defaults.proxy_env.clone()),
-    };
-    let (var, specs) = if let Some(json) = env.get("TARGETS") {
-        let mut de = serde_json::Deserializer::from_str(json);
-        let specs = typed_list("TARGETS", &mut de)
-            .and_then(|specs| de.end().map(|()| specs).map_err(|e| ("TARGETS".to_string(), e)));
-        let specs = specs.map_err(|(var, e)| {
-            ConfigError::new(var, format!("not a JSON array of targets: {e}"), format!("'{EXAMPLE}'"))
-        })?;
-        ("TARGETS", specs)
+    let listed = if let Some(json) = env.get("TARGETS") {
+        let specs = parse_json_list("TARGETS", json)?;
+        read_list("TARGETS", specs, env, defaults)
     } else if let Some(path) = env.get("TARGETS_FILE") {
-        let example = "/etc/healthcheck/targets.yaml";
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("TARGETS_FILE", format!("cannot read {path:?}: {e}"), example))?;
-        // YAML is a superset of JSON, so one parser reads both.
-        let specs = typed_list("TARGETS_FILE", serde_yaml::Deserializer::from_str(&text)).map_err(|(var, e)| {
-            ConfigError::new(
-                var,
-                format!("{path:?} is not a YAML/JSON list of targets: {e}"),
-                example,
-            )
-        })?;
-        ("TARGETS_FILE", specs)
+        read_file(path, env, defaults)
     } else if let Some(url) = env.get("TARGET") {
+        let ctx = Context::new(env, defaults);
         return single_target(env, url, &ctx).map(|t| vec![t]);
     } else {
         return Err(ConfigError::new(
@@ -227,50 +244,253 @@ pub fn load_targets(env: &Env, defaults: &Defaults) -> Result<Vec<Target>, Confi
             format!("'{EXAMPLE}'"),
         ));
     };
+    match listed {
+        Ok(listed) => Ok(listed.into_iter().map(|l| l.target).collect()),
+        Err(mut errors) => {
+            let more = errors.len() - 1;
+            let mut first = errors.swap_remove(0);
+            if more > 0 {
+                first.problem = format!(
+                    "{} (and {more} more problems: `checker targets validate FILE` lists them all)",
+                    first.problem
+                );
+            }
+            Err(first)
+        }
+    }
+}
+
+/// One valid entry of a target list.
+#[derive(Debug)]
+pub struct Listed {
+    /// Where it was written, as errors name it: `TARGETS_FILE[2]`.
+    pub origin: String,
+    /// The target built from it.
+    pub target: Target,
+    /// The entry as written: a JSON object (YAML is read as JSON), before defaults.
+    pub spec: serde_json::Value,
+}
+
+/// `json` as a JSON array, each entry still untyped.
+fn parse_json_list(var: &str, json: &str) -> Result<Vec<serde_json::Value>, ConfigError> {
+    serde_json::from_str(json)
+        .map_err(|e| ConfigError::new(var, format!("not a JSON array of targets: {e}"), format!("'{EXAMPLE}'")))
+}
+
+/// Reads `path` (YAML or JSON: YAML is a superset of JSON, so one parser reads both) as the
+/// service reads `TARGETS_FILE`, and builds every target ([`read_list`]).
+///
+/// # Errors
+/// Every problem, each naming `TARGETS_FILE[<index>].<field>` (or `TARGETS_FILE` for the file
+/// itself: unreadable, not a list, empty).
+pub fn read_file(path: &str, env: &Env, defaults: &Defaults) -> Result<Vec<Listed>, Vec<ConfigError>> {
+    read_file_with(path, env, defaults, References::Read)
+}
+
+/// [`read_file`], reading what targets refer to or not ([`References`]).
+///
+/// # Errors
+/// As [`read_file`].
+pub fn read_file_with(
+    path: &str,
+    env: &Env,
+    defaults: &Defaults,
+    references: References,
+) -> Result<Vec<Listed>, Vec<ConfigError>> {
+    let example = "/etc/healthcheck/targets.yaml";
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            "TARGETS_FILE",
+            format!("cannot read {path:?}: {e}"),
+            example,
+        )]
+    })?;
+    let specs: Vec<serde_json::Value> = serde_yaml::from_str(&text).map_err(|e| {
+        vec![ConfigError::new(
+            "TARGETS_FILE",
+            format!("{path:?} is not a YAML/JSON list of targets: {e}"),
+            example,
+        )]
+    })?;
+    let ctx = Context {
+        references,
+        ..Context::new(env, defaults)
+    };
+    list_with("TARGETS_FILE", specs, &ctx)
+}
+
+/// Builds every entry of the list held by `var`, judging each on its own.
+///
+/// # Errors
+/// Every problem found, in list order, one [`ConfigError`] each: a field's
+/// (`TARGETS_FILE[2].timeout`), an entry's outside any known field (`TARGETS_FILE[2]`: an
+/// unknown or missing field), a name used twice (`TARGETS_FILE[5].name`), or an empty list
+/// (`TARGETS_FILE`).
+pub fn read_list(
+    var: &str,
+    specs: Vec<serde_json::Value>,
+    env: &Env,
+    defaults: &Defaults,
+) -> Result<Vec<Listed>, Vec<ConfigError>> {
+    list_with(var, specs, &Context::new(env, defaults))
+}
+
+fn list_with(var: &str, specs: Vec<serde_json::Value>, ctx: &Context<'_>) -> Result<Vec<Listed>, Vec<ConfigError>> {
     if specs.is_empty() {
-        return Err(ConfigError::new(
+        return Err(vec![ConfigError::new(
             var,
             "the target list is empty",
             format!("'{EXAMPLE}'"),
-        ));
+        )]);
     }
-    let targets = specs
-        .into_iter()
-        .enumerate()
-        .map(|(index, spec)| build(spec, &ctx, &ListNames { var, index }))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-    names.sort_unstable();
-    if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(ConfigError::new(
-            var,
-            format!("target name {:?} is used twice; names must be unique", dup[0]),
-            "give each target a \"name\"",
-        ));
+    let mut errors = Vec::new();
+    let mut listed = Vec::new();
+    let mut first_use: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, spec) in specs.into_iter().enumerate() {
+        let names = ListNames { var, index };
+        let origin = format!("{var}[{index}]");
+        let built = typed_spec(&origin, &spec).and_then(|typed| build(typed, ctx, &names));
+        match built {
+            Ok(target) => {
+                if let Some(first) = first_use.get(&target.name) {
+                    errors.push(ConfigError::new(
+                        names.field("name"),
+                        format!(
+                            "target name {:?} is used twice (also by {var}[{first}]); names must be unique",
+                            target.name
+                        ),
+                        "give each target a \"name\"",
+                    ));
+                    continue;
+                }
+                first_use.insert(target.name.clone(), index);
+                listed.push(Listed { origin, target, spec });
+            }
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(targets)
+    if errors.is_empty() {
+        Ok(listed)
+    } else {
+        Err(errors)
+    }
 }
 
-/// The target list in `var`, typed in one pass (durations, counts, options). A value that does
-/// not fit its field is named by the path `serde_path_to_error` tracked, `TARGETS[2].timeout`;
-/// an error outside any field (syntax, an unknown or missing field) by `var` alone.
-fn typed_list<'de, D>(var: &str, de: D) -> Result<Vec<TargetSpec>, (String, D::Error)>
-where
-    D: serde::Deserializer<'de>,
-{
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// Builds the target `name` from its value on the targets topic (`KAFKA_TARGETS_TOPIC`): a
+/// JSON object in the schema of one entry of the targets file, read with the same parser and
+/// `defaults`, its `*_env` credentials looked up in `env`. The value's `name`, when present,
+/// must equal `name` (the record's key).
+///
+/// # Errors
+/// A [`ConfigError`] naming `KAFKA_TARGETS_TOPIC[<name>]` and the field: not JSON, an
+/// invalid field, or a `name` other than the key.
+pub fn target_from_json(name: &str, value: &[u8], env: &Env, defaults: &Defaults) -> Result<Target, ConfigError> {
+    let names = TopicNames { name };
+    let origin = format!("KAFKA_TARGETS_TOPIC[{name}]");
+    let spec: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+        ConfigError::new(
+            &origin,
+            format!("the value is not JSON: {e}"),
+            format!("'{}'", &EXAMPLE[1..EXAMPLE.len() - 1]),
+        )
+    })?;
+    let mut typed = typed_spec(&origin, &spec)?;
+    match &typed.name {
+        Some(n) if n != name => {
+            return Err(ConfigError::new(
+                names.field("name"),
+                format!("{n:?} differs from the record's key {name:?}"),
+                name,
+            ))
+        }
+        _ => typed.name = Some(name.to_string()),
+    }
+    build(typed, &Context::new(env, defaults), &names)
+}
+
+/// One entry of a list, typed in one pass (durations, counts, options). A value that does not
+/// fit its field is named by the path `serde_path_to_error` tracked, `TARGETS[2].timeout`; an
+/// error outside any known field (an unknown or missing field, not an object) by `origin`
+/// (`TARGETS[2]`) alone.
+fn typed_spec(origin: &str, spec: &serde_json::Value) -> Result<TargetSpec, ConfigError> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
         let fields = struct_fields::<TargetSpec>();
-        let in_field = e
-            .path()
-            .iter()
-            .any(|s| matches!(s, serde_path_to_error::Segment::Map { key } if fields.contains(&key.as_str())));
-        let named = if in_field {
-            format!("{var}{}", e.path())
-        } else {
-            var.to_string()
+        let in_field = matches!(
+            e.path().iter().next(),
+            Some(serde_path_to_error::Segment::Map { key }) if fields.contains(&key.as_str())
+        );
+        let first = match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) if in_field => key.clone(),
+            _ => String::new(),
         };
-        (named, e.into_inner())
+        let (var, example) = if in_field {
+            (format!("{origin}.{}", e.path()), field_example(&first).to_string())
+        } else {
+            (origin.to_string(), format!("'{}'", &EXAMPLE[1..EXAMPLE.len() - 1]))
+        };
+        ConfigError::new(var, e.into_inner().to_string(), example)
     })
+}
+
+/// A valid value of the spec field `field`, shown with an error about it.
+fn field_example(field: &str) -> &'static str {
+    match field {
+        "interval" | "timeout" => "30s",
+        "quorum" => "2",
+        "body_max_bytes" => "1048576",
+        "max_redirects" => "10",
+        "follow_redirects" => "true",
+        "valid_status_codes" => "[200, \"3xx\"]",
+        "headers" => "{accept: application/json}",
+        "basic_auth" => "{username: probe, password_file: /run/secrets/pw}",
+        "tls" => "{ca_file: /etc/ssl/private-ca.pem}",
+        "url" => "https://api.example.com/health",
+        _ => "<a value as README's target options show>",
+    }
+}
+
+/// Inline secrets in a valid entry, which may not be published to the targets topic (every
+/// reader of the topic would see them): `basic_auth.password`, values of credential headers
+/// ([`is_credential_header`]), and passwords in the URL's or the proxy's userinfo. Each
+/// problem names the target and the field and says which reference to use instead
+/// (`password_file`/`password_env`, `bearer_token_file`/`bearer_token_env`). TLS options hold
+/// file paths only (`key_file`), never an inline key.
+pub fn inline_secrets(listed: &Listed) -> Vec<ConfigError> {
+    let Ok(spec) = serde_json::from_value::<TargetSpec>(listed.spec.clone()) else {
+        return Vec::new();
+    };
+    let name = &listed.target.name;
+    let at = |field: &str| format!("{}.{field}", listed.origin);
+    let mut found = Vec::new();
+    if spec.basic_auth.as_ref().is_some_and(|b| b.password.is_some()) {
+        found.push(ConfigError::new(
+            at("basic_auth.password"),
+            format!("target {name:?}: an inline password may not go into the targets topic; reference a secret with basic_auth.password_file (a mounted file) or basic_auth.password_env"),
+            "{username: probe, password_file: /run/secrets/probe-password}",
+        ));
+    }
+    for header in spec.headers.keys() {
+        if HeaderName::from_bytes(header.as_bytes()).is_ok_and(|h| is_credential_header(&h)) {
+            found.push(ConfigError::new(
+                at(&format!("headers.{header}")),
+                format!("target {name:?}: header {header:?} carries a credential, which may not go inline into the targets topic; use bearer_token_file/bearer_token_env, or basic_auth with password_file/password_env"),
+                "bearer_token_file: /run/secrets/api-token",
+            ));
+        }
+    }
+    for (field, raw) in [("url", Some(spec.url.as_str())), ("proxy", spec.proxy.as_deref())] {
+        let password = raw
+            .and_then(|r| Url::parse(r.trim()).ok())
+            .is_some_and(|u| u.password().is_some());
+        if password {
+            found.push(ConfigError::new(
+                at(field),
+                format!("target {name:?}: the URL holds a password (user:pass@), which may not go into the targets topic; use basic_auth with password_file or password_env"),
+                "https://api.example.com/health with basic_auth: {username: probe, password_file: /run/secrets/pw}",
+            ));
+        }
+    }
+    found
 }
 
 /// The field names of a struct that derives `Deserialize`, as its derive hands them to
@@ -349,6 +569,17 @@ impl FieldNames for ListNames<'_> {
     }
 }
 
+/// A target of the targets topic: `KAFKA_TARGETS_TOPIC[api].timeout`.
+struct TopicNames<'a> {
+    name: &'a str,
+}
+
+impl FieldNames for TopicNames<'_> {
+    fn field(&self, field: &str) -> String {
+        format!("KAFKA_TARGETS_TOPIC[{}].{field}", self.name)
+    }
+}
+
 struct SingleNames;
 
 impl FieldNames for SingleNames {
@@ -385,7 +616,7 @@ fn field_error(names: &dyn FieldNames, field: &str, problem: impl Into<String>, 
 fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<Target, ConfigError> {
     let err = |field: &str, problem: String, example: &str| field_error(names, field, problem, example);
     let has_auth_header = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization"));
-    let auth = auth_header(&spec, ctx.env, names)?;
+    let auth = auth_header(&spec, ctx, names)?;
     let (url, auth) = url_and_credentials(&spec.url, auth, has_auth_header, names)?;
     let name = spec.name.unwrap_or_else(|| url.as_str().to_string());
     if name.is_empty() || name.len() > 200 {
@@ -417,7 +648,16 @@ fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<
     if let Some(auth) = auth {
         headers.insert(http::header::AUTHORIZATION, auth);
     }
-    let tls = tls::client_config(&spec.tls).map_err(|p| err("tls", p, "{\"ca_file\":\"/etc/ssl/private-ca.pem\"}"))?;
+    let tls_files = match ctx.references {
+        References::Read => spec.tls.clone(),
+        References::NotRead => TlsOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            ..spec.tls.clone()
+        },
+    };
+    let tls = tls::client_config(&tls_files).map_err(|p| err("tls", p, "{\"ca_file\":\"/etc/ssl/private-ca.pem\"}"))?;
     Ok(Target {
         name,
         url,
@@ -438,6 +678,7 @@ fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<
         proxy: proxy_mode(spec.proxy.as_deref(), &ctx.proxy_env, names)?,
         resolver: Resolver::system(),
         body_max_bytes: spec.body_max_bytes.map_or(ctx.defaults.body_max_bytes, NonZeroU64::get),
+        quorum: spec.quorum,
     })
 }
 
@@ -619,12 +860,20 @@ pub fn redact_userinfo(raw: &str) -> String {
 
 /// `Authorization` from `basic_auth` or a bearer token, read now from a file or a variable and
 /// marked sensitive so it is never logged.
-fn auth_header(spec: &TargetSpec, env: &Env, names: &dyn FieldNames) -> Result<Option<HeaderValue>, ConfigError> {
+fn auth_header(
+    spec: &TargetSpec,
+    ctx: &Context<'_>,
+    names: &dyn FieldNames,
+) -> Result<Option<HeaderValue>, ConfigError> {
+    let env = ctx.env;
     let read_secret = |field: &str,
                        file: &Option<String>,
                        var: &Option<String>,
                        inline: &Option<String>|
      -> Result<Option<String>, ConfigError> {
+        if ctx.references == References::NotRead && (file.is_some() || var.is_some()) {
+            return Ok(Some(String::new()));
+        }
         if let Some(path) = file {
             let v = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new(
@@ -822,7 +1071,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.var, "TARGETS[1].timeout");
         let e = load(&[("TARGETS", r#"[{"url":"http://a/","tmeout":"5s"}]"#)]).unwrap_err();
-        assert_eq!(e.var, "TARGETS");
+        assert_eq!(e.var, "TARGETS[0]");
         assert!(e.problem.contains("tmeout"), "{e}");
         let e = load(&[("TARGETS", r#"[{"url":"http://a/","interval":"5s","timeout":"10s"}]"#)]).unwrap_err();
         assert_eq!(e.var, "TARGETS[0].timeout");
@@ -860,9 +1109,12 @@ mod tests {
                 r#"[{"url":"http://a/","max_redirects":"many"}]"#,
                 "TARGETS[0].max_redirects",
             ),
-            // Not inside a known field: the list.
-            (r#"[{"url":"http://a/","intervall":"5s"}]"#, "TARGETS"),
-            (r#"[{"name":"no url"}]"#, "TARGETS"),
+            // Not inside a known field: the entry.
+            (r#"[{"url":"http://a/","intervall":"5s"}]"#, "TARGETS[0]"),
+            (r#"[{"name":"no url"}]"#, "TARGETS[0]"),
+            (r#"[{"url":"http://a/"}, 7]"#, "TARGETS[1]"),
+            // Not a list at all: the variable.
+            (r#"{"url":"http://a/"}"#, "TARGETS"),
             (r#"[{"url":"http://a/"}] trailing"#, "TARGETS"),
         ] {
             assert_eq!(load(&[("TARGETS", json)]).unwrap_err().var, field, "{json}");
@@ -917,5 +1169,105 @@ mod tests {
             assert!(t.headers[name].is_sensitive(), "{name}");
         }
         assert!(!t.headers["accept"].is_sensitive());
+    }
+    fn list(json: &str) -> Result<Vec<Listed>, Vec<ConfigError>> {
+        let specs: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+        read_list("TARGETS_FILE", specs, &Env::default(), &defaults())
+    }
+
+    /// `checker targets validate` lists every problem: one per broken entry, and one per
+    /// repeated name, in list order.
+    #[test]
+    fn every_problem_of_a_list_is_reported() {
+        let errors = list(
+            r#"[{"name":"a","url":"http://a/","timeout":"soon"},
+                {"name":"b","url":"http://b/"},
+                {"name":"c","uri":"http://c/"},
+                {"name":"b","url":"http://b2/"},
+                {"name":"e","url":"ftp://e/"}]"#,
+        )
+        .unwrap_err();
+        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
+        assert_eq!(
+            vars,
+            [
+                "TARGETS_FILE[0].timeout",
+                "TARGETS_FILE[2]",
+                "TARGETS_FILE[3].name",
+                "TARGETS_FILE[4].url"
+            ]
+        );
+        assert!(errors[2].problem.contains("TARGETS_FILE[1]"), "{}", errors[2]);
+        let ok = list(r#"[{"name":"a","url":"http://a/","quorum":2},{"url":"http://b/"}]"#).unwrap();
+        assert_eq!(ok[0].target.quorum, NonZeroU32::new(2));
+        assert_eq!((ok[1].target.quorum, ok[1].origin.as_str()), (None, "TARGETS_FILE[1]"));
+        let e = list(r#"[{"url":"http://a/","quorum":0}]"#).unwrap_err();
+        assert_eq!(e[0].var, "TARGETS_FILE[0].quorum");
+        // The service's start-up reports the first and says how many more there are.
+        let e = load(&[("TARGETS", r#"[{"url":"ftp://a/"},{"url":"ftp://b/"}]"#)]).unwrap_err();
+        assert_eq!(e.var, "TARGETS[0].url");
+        assert!(e.problem.contains("1 more"), "{e}");
+    }
+
+    #[test]
+    fn a_topic_value_is_one_entry_of_the_file_schema() {
+        let env = Env::default();
+        let t = target_from_json(
+            "api",
+            br#"{"url":"http://a/","interval":"1m","quorum":2}"#,
+            &env,
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.interval, t.quorum),
+            ("api", Duration::from_secs(60), NonZeroU32::new(2))
+        );
+        let t = target_from_json("api", br#"{"name":"api","url":"http://a/"}"#, &env, &defaults()).unwrap();
+        assert_eq!(t.interval, Duration::from_secs(30), "the consumer's defaults");
+        for (value, var) in [
+            (
+                &br#"{"name":"web","url":"http://a/"}"#[..],
+                "KAFKA_TARGETS_TOPIC[api].name",
+            ),
+            (
+                br#"{"url":"http://a/","timeout":"x"}"#,
+                "KAFKA_TARGETS_TOPIC[api].timeout",
+            ),
+            (br#"{"url":"http://a/","tmeout":"5s"}"#, "KAFKA_TARGETS_TOPIC[api]"),
+            (b"not json", "KAFKA_TARGETS_TOPIC[api]"),
+        ] {
+            let e = target_from_json("api", value, &env, &defaults()).unwrap_err();
+            assert_eq!(e.var, var, "{}", String::from_utf8_lossy(value));
+        }
+    }
+
+    #[test]
+    fn inline_secrets_are_found_by_field() {
+        let found = |json: &str| -> Vec<String> {
+            let env = Env::from_pairs([("PW", "x")]);
+            let specs: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+            let listed = read_list("TARGETS_FILE", specs, &env, &defaults()).unwrap();
+            listed.iter().flat_map(inline_secrets).map(|e| e.var).collect()
+        };
+        assert_eq!(
+            found(
+                r#"[{"name":"a","url":"http://u:p@a/"},
+                    {"name":"b","url":"http://b/","basic_auth":{"username":"u","password":"p"}},
+                    {"name":"c","url":"http://c/","headers":{"X-Api-Key":"k","Accept":"*/*"}},
+                    {"name":"d","url":"http://d/","proxy":"http://u:p@proxy:3128"}]"#
+            ),
+            [
+                "TARGETS_FILE[0].url",
+                "TARGETS_FILE[1].basic_auth.password",
+                "TARGETS_FILE[2].headers.X-Api-Key",
+                "TARGETS_FILE[3].proxy"
+            ]
+        );
+        assert!(found(
+            r#"[{"name":"a","url":"http://user@a/","proxy":"http://proxy:3128"},
+                {"name":"b","url":"http://b/","basic_auth":{"username":"u","password_env":"PW"}}]"#
+        )
+        .is_empty());
     }
 }

@@ -59,6 +59,10 @@ pub struct KafkaSettings {
     /// Replication factor of a topic created at start-up (`KAFKA_TOPIC_REPLICATION_FACTOR`,
     /// default 1; use 3 on a production cluster).
     pub topic_replication_factor: i32,
+    /// Partitions of the targets topic when it is created (`KAFKA_TARGETS_TOPIC_PARTITIONS`,
+    /// default 6): the most checker replicas of one location that can share the work, as each
+    /// partition belongs to one member of the location's group.
+    pub targets_topic_partitions: i32,
 }
 
 impl fmt::Debug for KafkaSettings {
@@ -76,6 +80,7 @@ impl fmt::Debug for KafkaSettings {
             .field("create_topic", &self.create_topic)
             .field("topic_partitions", &self.topic_partitions)
             .field("topic_replication_factor", &self.topic_replication_factor)
+            .field("targets_topic_partitions", &self.targets_topic_partitions)
             .finish()
     }
 }
@@ -112,6 +117,7 @@ struct Raw {
     kafka_create_topic: bool,
     kafka_topic_partitions: NonZeroU32,
     kafka_topic_replication_factor: NonZeroU32,
+    kafka_targets_topic_partitions: NonZeroU32,
 }
 
 impl Default for Raw {
@@ -123,6 +129,7 @@ impl Default for Raw {
             kafka_create_topic: true,
             kafka_topic_partitions: NonZeroU32::new(6).expect("positive"),
             kafka_topic_replication_factor: NonZeroU32::new(1).expect("positive"),
+            kafka_targets_topic_partitions: NonZeroU32::new(6).expect("positive"),
         }
     }
 }
@@ -197,6 +204,7 @@ impl KafkaSettings {
             create_topic: raw.kafka_create_topic,
             topic_partitions: to_i32("KAFKA_TOPIC_PARTITIONS", raw.kafka_topic_partitions)?,
             topic_replication_factor: to_i32("KAFKA_TOPIC_REPLICATION_FACTOR", raw.kafka_topic_replication_factor)?,
+            targets_topic_partitions: to_i32("KAFKA_TARGETS_TOPIC_PARTITIONS", raw.kafka_targets_topic_partitions)?,
         })
     }
 
@@ -272,30 +280,66 @@ impl KafkaSettings {
         cfg
     }
 
-    /// Creates the topic when `create_topic` is set and it does not exist yet. Takes at most
-    /// about 15 s when the broker does not answer.
+    /// Creates the results topic (`KAFKA_TOPIC`, `KAFKA_TOPIC_PARTITIONS` partitions) when
+    /// `create_topic` is set and it does not exist yet. Takes at most about 15 s when the
+    /// broker does not answer.
     ///
     /// # Errors
     /// The broker's error, except "topic already exists", which is success.
     pub async fn ensure_topic(&self) -> Result<(), rdkafka::error::KafkaError> {
+        self.ensure_named_topic(&self.topic, self.topic_partitions, &[]).await
+    }
+
+    /// Creates the targets topic (`KAFKA_TARGETS_TOPIC`, `KAFKA_TARGETS_TOPIC_PARTITIONS`
+    /// partitions, `cleanup.policy=compact`: the broker keeps the last value of each key, so
+    /// the topic is the current target set however old) when `create_topic` is set and it does
+    /// not exist yet. An existing topic is left as it is.
+    ///
+    /// # Errors
+    /// As [`KafkaSettings::ensure_topic`].
+    pub async fn ensure_targets_topic(&self) -> Result<(), rdkafka::error::KafkaError> {
+        self.ensure_named_topic(
+            &self.targets_topic,
+            self.targets_topic_partitions,
+            &[("cleanup.policy", "compact")],
+        )
+        .await
+    }
+
+    /// Creates `topic` with `partitions` partitions, the replication factor of
+    /// `KAFKA_TOPIC_REPLICATION_FACTOR` and the topic-level `configs` (Kafka's topic
+    /// configuration names, e.g. `cleanup.policy`) when `create_topic` is set and it does not
+    /// exist yet. Takes at most about 15 s when the broker does not answer.
+    ///
+    /// # Errors
+    /// The broker's error, except "topic already exists", which is success.
+    pub async fn ensure_named_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
         if !self.create_topic {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
-        let topic = NewTopic::new(
-            &self.topic,
-            self.topic_partitions,
+        let mut new = NewTopic::new(
+            topic,
+            partitions,
             TopicReplication::Fixed(self.topic_replication_factor),
         );
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         // Both timeouts bound the call: the broker's (`timeout_ms` of CreateTopics) and the
         // client's (otherwise `socket.timeout.ms`, 60 s, when the broker does not answer).
         let opts = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(10)))
             .request_timeout(Some(Duration::from_secs(15)));
-        let results = admin.create_topics([&topic], &opts).await?;
+        let results = admin.create_topics([&new], &opts).await?;
         for r in results {
             match r {
-                Ok(_) => tracing::info!(topic = %self.topic, partitions = self.topic_partitions, "Created topic."),
+                Ok(_) => tracing::info!(topic, partitions, ?configs, "Created topic."),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => return Err(rdkafka::error::KafkaError::AdminOp(code)),
             }
@@ -508,6 +552,7 @@ mod tests {
             ("KAFKA_TOPIC_PARTITIONS", "-3"),
             ("KAFKA_TOPIC_REPLICATION_FACTOR", "3000000000"),
             ("KAFKA_CREATE_TOPIC", "maybe"),
+            ("KAFKA_TARGETS_TOPIC_PARTITIONS", "0"),
         ] {
             let e = KafkaSettings::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");

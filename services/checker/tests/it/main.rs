@@ -1,6 +1,7 @@
 //! Integration tests of the checker: every probe rule of `checker::probe::run` against real
 //! servers on loopback addresses (hyper servers, and raw TCP for misbehaving peers). Targets are
-//! built through `checker::target::load_targets`, the path the service uses.
+//! built through `checker::target::load_targets`, the path the service uses. The `targets_*` modules
+//! run `checker targets ...` as a process against the test broker.
 
 mod body;
 mod credentials;
@@ -12,5 +13,6 @@ mod outage;
 mod proxy;
 mod redirects;
 mod support;
+mod targets_apply;
 mod targets_validate;
 mod tls;

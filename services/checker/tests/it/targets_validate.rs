@@ -67,6 +67,30 @@ fn an_invalid_target_exits_2_naming_index_and_field() {
 }
 
 #[test]
+fn every_problem_is_listed_one_per_line() {
+    let out = validate(
+        "- {name: a, url: 'https://a.example.com/', timeout: soon}\n\
+         - {name: b, url: 'https://b.example.com/'}\n\
+         - {name: c, url: 'ftp://c.example.com/'}\n\
+         - {name: d, url: 'https://d.example.com/', quorum: 0}\n\
+         - {name: e, url: 'https://e.example.com/'}\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with("TARGETS_FILE")).collect();
+    let fields: Vec<&str> = problems.iter().filter_map(|l| l.split(": ").next()).collect();
+    assert_eq!(
+        fields,
+        [
+            "TARGETS_FILE[0].timeout",
+            "TARGETS_FILE[2].url",
+            "TARGETS_FILE[3].quorum"
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     for args in [&["targets"][..], &["targets", "check", "x"], &["targets", "validate"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_checker"))
