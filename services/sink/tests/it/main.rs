@@ -14,3 +14,4 @@ mod store;
 mod support;
 mod targets;
 mod tls_support;
+mod views;
