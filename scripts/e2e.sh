@@ -398,7 +398,7 @@ docker events --filter "label=com.docker.compose.project=$E2E_PROJECT" --filter 
     --format '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "com.docker.compose.service"}} exitCode={{index .Actor.Attributes "exitCode"}}' \
     >"$ARTIFACTS/events.log" 2>/dev/null &
 EVENTS_PID=$!
-compose up -d --no-build
+compose up -d --no-build --scale checker="$A_REPLICAS"
 
 step "all containers healthy"
 HEALTH_REPORT=""
