@@ -1,4 +1,9 @@
-//! Wiring: configuration → admin server, producer, scheduler → run until stopped.
+//! Wiring: configuration → admin server, producer, scheduler, roster → run until stopped.
+//!
+//! The target source decides who drives the roster: a fixed list once, `TARGETS_FILE` at
+//! start and at each reload (`crate::reload`), the targets topic through the consumer group
+//! (`crate::fleet`). Shutdown stops the roster's schedules, waits for the probes in flight and
+//! flushes the producer within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +17,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, TargetSource};
+use crate::fleet::{self, Fleet, FleetMetrics};
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::{PublishLoop, Publisher};
+use crate::reload::FileReloader;
+use crate::roster::Roster;
 use crate::schedule::Scheduler;
 
 /// The checker, built and listening, not yet probing.
@@ -88,16 +96,6 @@ impl App {
             }
         });
 
-        let readiness = tokio::spawn(admin::readiness_loop(
-            health.clone(),
-            admin::READINESS_INTERVAL,
-            shutdown.clone(),
-            Delivering {
-                publisher: publisher.clone(),
-                stall: config.delivery_stall_timeout,
-            },
-        ));
-
         let tracker = TaskTracker::new();
         let scheduler = Scheduler {
             permits: Arc::new(Semaphore::new(config.probe_concurrency)),
@@ -108,12 +106,59 @@ impl App {
             location: Arc::from(config.location.as_str()),
             timer: Arc::new(crate::timer::Timer::start()),
         };
-        let schedules = TaskTracker::new();
-        // Fleet mode (TargetSource::Topic) is wired by `crate::fleet`.
-        for target in config.targets.initial().iter().cloned() {
-            schedules.spawn(scheduler.clone().run_target(Arc::new(target), shutdown.clone()));
+        // Fleet mode: the roster's schedules stop when the fleet's hand-over after shutdown is
+        // over, not at shutdown itself.
+        let roster_stop = match config.targets {
+            TargetSource::Topic => CancellationToken::new(),
+            _ => shutdown.clone(),
+        };
+        let roster = Roster::new(scheduler, roster_stop.clone());
+        let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        let mut fleet = None;
+        match &config.targets {
+            TargetSource::Fixed(_) => roster.sync(initial()),
+            TargetSource::File { path, .. } => {
+                roster.sync(initial());
+                let reloader = FileReloader {
+                    path: path.clone(),
+                    context: config.target_context.clone(),
+                    roster: roster.clone(),
+                    metrics: metrics.clone(),
+                    poll: config.targets_file_poll_interval,
+                };
+                tokio::spawn(reloader.run(shutdown.clone()));
+            }
+            // Fleet mode: `crate::fleet` joins the location's consumer group on the targets
+            // topic and drives `roster` from its assignments.
+            TargetSource::Topic => {
+                let kafka = config.kafka.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::targets_topic::ensure_topic(&kafka).await {
+                        tracing::warn!(error = %e, topic = %kafka.targets_topic, "Could not create the targets topic; assuming it exists or will be created.");
+                    }
+                });
+                fleet = Some(Fleet::start(
+                    &config.kafka,
+                    config.fleet.clone(),
+                    config.target_context.clone(),
+                    roster.clone(),
+                    FleetMetrics::register(&metrics.registry),
+                    shutdown.clone(),
+                    roster_stop.clone(),
+                )?);
+            }
         }
-        schedules.close();
+
+        let readiness = tokio::spawn(admin::readiness_loop(
+            health.clone(),
+            admin::READINESS_INTERVAL,
+            shutdown.clone(),
+            Delivering {
+                publisher: publisher.clone(),
+                stall: config.delivery_stall_timeout,
+                fleet: fleet.as_ref().map(Fleet::readiness),
+            },
+        ));
 
         if let Some(e) = supervise(&health, &shutdown, &mut publishing).await {
             shutdown.cancel();
@@ -121,11 +166,18 @@ impl App {
             admin_stop.cancel();
             return Err(e);
         }
+        let stopping = std::time::Instant::now();
+        if let Some(fleet) = &fleet {
+            // The group was left at once; the handed-over targets are probed until the
+            // hand-over period ends (bounded by the grace period), then the schedules stop.
+            fleet.stopped(config.shutdown_grace).await;
+            roster_stop.cancel();
+        }
         finish(
-            config.shutdown_grace,
+            config.shutdown_grace.saturating_sub(stopping.elapsed()),
             &metrics,
             &publisher,
-            schedules,
+            &roster,
             tracker,
             publishing,
         )
@@ -140,9 +192,11 @@ impl App {
 /// topic, and results do not wait longer than `stall` (DELIVERY_STALL_TIMEOUT) without any
 /// delivery (a broker that answers metadata but takes no results, or a producer that cannot
 /// deliver, is not ready either).
+/// In fleet mode, also every assigned targets partition has been loaded.
 struct Delivering {
     publisher: Publisher,
     stall: Duration,
+    fleet: Option<fleet::Readiness>,
 }
 
 impl admin::Check for Delivering {
@@ -152,6 +206,7 @@ impl admin::Check for Delivering {
             .await
             .map_err(|e| format!("Kafka: {e}"))
             .and_then(|()| self.publisher.delivering(self.stall))
+            .and_then(|()| self.fleet.as_ref().map_or(Ok(()), fleet::Readiness::check))
     }
 }
 
@@ -179,14 +234,14 @@ async fn supervise(
     }
 }
 
-/// Shutdown, within `grace`: no new probes (`schedules` end), in-flight probes (`tracker`)
+/// Shutdown, within `grace`: no new probes (the roster's schedules end), in-flight probes (`tracker`)
 /// finish and publish, then the publish loop delivers what waits; what is still waiting when
 /// the grace period is over is counted as dropped.
 async fn finish(
     grace: Duration,
     metrics: &Metrics,
     publisher: &Publisher,
-    schedules: TaskTracker,
+    roster: &Roster,
     tracker: TaskTracker,
     mut publishing: JoinHandle<Result<(), KafkaError>>,
 ) {
@@ -195,7 +250,7 @@ async fn finish(
         "Stopping: no new probes; waiting for in-flight probes and deliveries."
     );
     let deadline = tokio::time::Instant::now() + grace;
-    schedules.wait().await;
+    roster.wait().await;
     let drained = common::shutdown::drain(&tracker, grace).await;
     publisher.close();
     match tokio::time::timeout_at(deadline, &mut publishing).await {

@@ -38,9 +38,39 @@ pub struct Config {
     /// The most results that wait for delivery (`KAFKA_CFG_QUEUE_BUFFERING_MAX_MESSAGES`,
     /// default 100000); see `publish`.
     pub results_waiting_limit: usize,
+    /// Fleet mode's settings (used with [`TargetSource::Topic`]): the group, the hand-over
+    /// period (`HANDOVER_PERIOD`), and what target specs are built with.
+    pub fleet: crate::fleet::FleetConfig,
     /// `/readyz` fails when results have waited this long without any delivery
     /// (`DELIVERY_STALL_TIMEOUT`, default 30 s).
     pub delivery_stall_timeout: Duration,
+    /// How often `TARGETS_FILE`'s content is compared with what was applied
+    /// (`TARGETS_FILE_POLL_INTERVAL`, default 1 s); SIGHUP reloads at once.
+    pub targets_file_poll_interval: Duration,
+    /// What a target list is read with after start-up (a `TARGETS_FILE` reload, a record of
+    /// the targets topic): the same environment and defaults as at start-up.
+    pub target_context: TargetContext,
+}
+
+/// The environment snapshot and the defaults targets are built with, kept for reading target
+/// lists after start-up exactly as at start-up (`*_env` credential references are looked up in
+/// `env`). `Debug` shows the defaults and the variables' names only, never their values.
+#[derive(Clone)]
+pub struct TargetContext {
+    /// The environment snapshot the configuration was read from.
+    pub env: Env,
+    /// The defaults of targets that do not set an option.
+    pub defaults: Defaults,
+}
+
+impl std::fmt::Debug for TargetContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.env.pairs().map(|(k, _)| k).collect();
+        f.debug_struct("TargetContext")
+            .field("env", &names)
+            .field("defaults", &self.defaults)
+            .finish()
+    }
 }
 
 /// The scalar variables, typed, with their defaults: the one place they are written (README's
@@ -61,6 +91,10 @@ struct Raw {
     shutdown_grace_period: Duration,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     delivery_stall_timeout: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    handover_period: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    targets_file_poll_interval: Duration,
     log_format: String,
 }
 
@@ -75,6 +109,8 @@ impl Default for Raw {
             default_timeout: Duration::from_secs(10),
             shutdown_grace_period: Duration::from_secs(25),
             delivery_stall_timeout: Duration::from_secs(30),
+            handover_period: Duration::from_secs(20),
+            targets_file_poll_interval: Duration::from_secs(1),
             log_format: "auto".to_string(),
         }
     }
@@ -205,12 +241,34 @@ impl Config {
         let defaults = raw.target_defaults(env)?;
         let kafka = KafkaSettings::from_env(env)?;
         kafka.check_properties(crate::publish::PRODUCER_DEFAULTS, crate::publish::PROTECTED)?;
+        kafka.check_properties(crate::fleet::CONSUMER_DEFAULTS, crate::fleet::PROTECTED)?;
+        if raw.handover_period > raw.shutdown_grace_period {
+            return Err(ConfigError::new(
+                "HANDOVER_PERIOD",
+                format!(
+                    "{:?} is longer than SHUTDOWN_GRACE_PERIOD ({:?}); a stopping checker probes its targets for the hand-over period within the grace period",
+                    raw.handover_period, raw.shutdown_grace_period
+                ),
+                "20s",
+            ));
+        }
+        let location = location(raw.location)?;
+        let fleet = crate::fleet::FleetConfig {
+            group_id: format!("checker-{location}"),
+            handover_period: raw.handover_period,
+        };
         Ok(Self {
+            fleet,
             results_waiting_limit: crate::publish::results_waiting_limit(&kafka)?,
             delivery_stall_timeout: raw.delivery_stall_timeout,
+            targets_file_poll_interval: raw.targets_file_poll_interval,
             kafka,
             targets: TargetSource::from_env(env, &defaults)?,
-            location: location(raw.location)?,
+            target_context: TargetContext {
+                env: env.clone(),
+                defaults,
+            },
+            location,
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),
             probe_concurrency: raw.probe_concurrency.get(),
@@ -247,6 +305,32 @@ mod tests {
             let e = with(var, value).unwrap_err();
             assert_eq!(e.var, var, "{e}");
         }
+    }
+
+    /// Fleet mode's settings: the group follows LOCATION, the hand-over must fit in the
+    /// grace period, and the consumer properties it rests on cannot be changed.
+    #[test]
+    fn fleet_settings_name_their_variable() {
+        let c = Config::from_env(&Env::from_pairs([("LOCATION", "eu-1")])).unwrap();
+        assert!(matches!(c.targets, TargetSource::Topic));
+        assert_eq!(c.fleet.group_id, "checker-eu-1");
+        assert_eq!(c.fleet.handover_period, Duration::from_secs(20));
+        for (var, value) in [
+            ("HANDOVER_PERIOD", "26s"),
+            ("HANDOVER_PERIOD", "0"),
+            ("KAFKA_CFG_PARTITION_ASSIGNMENT_STRATEGY", "range"),
+            ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "true"),
+            ("KAFKA_CFG_ENABLE_PARTITION_EOF", "false"),
+        ] {
+            let e = Config::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}: {e}");
+        }
+        let c = Config::from_env(&Env::from_pairs([
+            ("HANDOVER_PERIOD", "40s"),
+            ("SHUTDOWN_GRACE_PERIOD", "1m"),
+        ]))
+        .unwrap();
+        assert_eq!(c.fleet.handover_period, Duration::from_secs(40));
     }
 
     /// Every duration the checker reads, too long to add to a time: an error naming where it

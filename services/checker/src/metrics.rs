@@ -94,6 +94,28 @@ pub enum DropReason {
     Shutdown,
 }
 
+/// `change` of `healthcheck_checker_target_changes_total`: what the roster did to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum TargetChange {
+    /// A target not scheduled before started.
+    Added,
+    /// A scheduled target's spec differed from the one it ran with.
+    Changed,
+    /// A scheduled target stopped.
+    Removed,
+}
+
+/// `result` of `healthcheck_checker_target_reloads_total`: a `TARGETS_FILE` read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum ReloadResult {
+    /// The new content was valid and the roster now schedules exactly its targets.
+    Applied,
+    /// The new content was unreadable or invalid; the targets running were kept.
+    Invalid,
+}
+
 /// A counter with one label whose values are the variants of `L`, all registered at start-up.
 #[derive(Clone)]
 pub struct CounterBy<L> {
@@ -210,6 +232,27 @@ impl ProbeGauges {
         }
     }
 
+    /// Removes every series of target `name` (absent ones are skipped).
+    fn forget(&self, name: &str) {
+        let t = [name];
+        for g in [
+            &self.success,
+            &self.duration,
+            &self.status_code,
+            &self.redirects,
+            &self.content_length,
+            &self.uncompressed_body_length,
+            &self.ssl_earliest_expiry,
+            &self.failed_due_to_regex,
+            &self.http_version,
+        ] {
+            let _ = g.remove_label_values(&t);
+        }
+        for phase in Phase::iter() {
+            let _ = self.phase_duration.remove_label_values(&[name, phase.into()]);
+        }
+    }
+
     fn record(&self, r: &ProbeResult) {
         let t = [r.target.as_str()];
         let b = |v: bool| if v { 1.0 } else { 0.0 };
@@ -294,8 +337,16 @@ pub struct Metrics {
     pub producer_stall_replacements: IntCounter,
     /// When the broker last acknowledged a result, Unix seconds.
     pub last_delivery: Gauge,
-    /// Targets configured.
+    /// Targets this checker schedules now (the roster's size).
     pub targets: Gauge,
+    /// Targets added, changed and removed while running, by [`TargetChange`].
+    pub target_changes: CounterBy<TargetChange>,
+    /// `TARGETS_FILE` reloads, by [`ReloadResult`].
+    pub target_reloads: CounterBy<ReloadResult>,
+    /// Held while per-target series are written or removed, so that a probe finishing after
+    /// its target was removed cannot bring the target's series back (see
+    /// [`Metrics::record_owned`]).
+    series: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Metrics {
@@ -367,7 +418,18 @@ impl Metrics {
                 "healthcheck_checker_last_delivery_timestamp_seconds",
                 "When the broker last acknowledged a result, Unix seconds (0 before the first).",
             ),
-            targets: reg.gauge("healthcheck_checker_targets", "Targets configured."),
+            targets: reg.gauge("healthcheck_checker_targets", "Targets this checker schedules now."),
+            target_changes: reg.counter_by(
+                "healthcheck_checker_target_changes_total",
+                "Targets added, changed (a spec that differs) and removed while the checker ran.",
+                "change",
+            ),
+            target_reloads: reg.counter_by(
+                "healthcheck_checker_target_reloads_total",
+                "TARGETS_FILE read again after a change or SIGHUP: applied, or invalid (the running targets were kept).",
+                "result",
+            ),
+            series: std::sync::Arc::default(),
             registry: reg.0,
         }
     }
@@ -375,6 +437,31 @@ impl Metrics {
     /// Records a completed probe: its per-target gauges and its outcome.
     pub fn record(&self, r: &ProbeResult) {
         self.probe.record(r);
+        self.count_outcome(r);
+    }
+
+    /// Records a completed probe of a target that may have been removed meanwhile: its
+    /// outcome always, its per-target gauges only while `owned` is not cancelled (the target
+    /// is still scheduled here). Checked and written under the lock [`Metrics::forget`] takes,
+    /// so a target removed (token cancelled, then `forget`) never gets its series back.
+    pub fn record_owned(&self, r: &ProbeResult, owned: &tokio_util::sync::CancellationToken) {
+        {
+            let _guard = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !owned.is_cancelled() {
+                self.probe.record(r);
+            }
+        }
+        self.count_outcome(r);
+    }
+
+    /// Removes every per-target `probe_*` series of target `name` from the registry (a target
+    /// removed or moved to another checker). Unknown names are ignored.
+    pub fn forget(&self, name: &str) {
+        let _guard = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.probe.forget(name);
+    }
+
+    fn count_outcome(&self, r: &ProbeResult) {
         if let Some(outcome) = Outcome::of(r) {
             self.probes_completed.inc(outcome);
         }
@@ -423,6 +510,68 @@ mod tests {
         assert_eq!(
             labels_of(&m, "healthcheck_checker_results_dropped_total"),
             ["buffer_full", "shutdown"]
+        );
+        assert_eq!(
+            labels_of(&m, "healthcheck_checker_target_changes_total"),
+            ["added", "changed", "removed"]
+        );
+        assert_eq!(
+            labels_of(&m, "healthcheck_checker_target_reloads_total"),
+            ["applied", "invalid"]
+        );
+    }
+
+    /// Every `probe_*` family, with the target names it has series for.
+    fn probe_targets(m: &Metrics) -> Vec<(String, Vec<String>)> {
+        m.registry
+            .gather()
+            .iter()
+            .filter(|f| f.get_name().starts_with("probe_"))
+            .map(|f| {
+                let names: std::collections::BTreeSet<String> = f
+                    .get_metric()
+                    .iter()
+                    .flat_map(|s| s.get_label().iter())
+                    .filter(|l| l.get_name() == "target")
+                    .map(|l| l.get_value().to_string())
+                    .collect();
+                (f.get_name().to_string(), names.into_iter().collect::<Vec<_>>())
+            })
+            .filter(|(_, names)| !names.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn forget_removes_every_series_of_one_target_and_a_late_probe_cannot_bring_them_back() {
+        let result = |target: &str| -> ProbeResult {
+            let json = format!(
+                r#"{{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"{target}","url":"http://x/",
+                "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":true,
+                "status_code":200,"http_version":"HTTP/1.1","tls":{{"earliest_not_after":"2030-01-01T00:00:00Z"}}}}"#
+            );
+            serde_json::from_str(&json).unwrap()
+        };
+        let m = Metrics::new();
+        let (a, b) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        m.record_owned(&result("a"), &a);
+        m.record_owned(&result("b"), &b);
+        let families = probe_targets(&m);
+        assert!(families.len() >= 10, "every probe_* family has series: {families:?}");
+        assert!(families.iter().all(|(_, names)| names == &["a", "b"]), "{families:?}");
+
+        a.cancel();
+        m.forget("a");
+        m.forget("never-scheduled");
+        m.record_owned(&result("a"), &a);
+        let families = probe_targets(&m);
+        assert!(families.iter().all(|(_, names)| names == &["b"]), "{families:?}");
+        assert_eq!(
+            m.probes_completed.get(Outcome::Success),
+            3,
+            "the late probe still counts"
         );
     }
 
