@@ -100,16 +100,22 @@ impl App {
         ));
         let mut targets = None;
         if migrate(&self.store, &shutdown, &heartbeat, &fatal).await {
+            // This month's partition exists before the first write: a row inserted into the
+            // default partition while maintenance creates its month's partition is refused
+            // (SQLSTATE 23514, "violates partition constraint").
+            let next = maintain_once(&self.store, self.config.partitions_ahead, self.config.retention).await;
             let maintenance = tokio::spawn(maintain_partitions(
                 self.store.clone(),
                 shutdown.clone(),
                 self.config.partitions_ahead,
                 self.config.retention,
+                next,
             ));
             targets = Some(tokio::spawn(consume_targets(
                 self.targets_consumer.clone(),
                 self.store.clone(),
                 self.config.kafka.targets_topic.clone(),
+                self.metrics.clone(),
                 shutdown.clone(),
                 fatal.clone(),
             )));
@@ -259,34 +265,49 @@ async fn consume_targets(
     consumer: Arc<StreamConsumer>,
     store: Store,
     topic: String,
+    metrics: Metrics,
     stop: CancellationToken,
     fatal: Fatal,
 ) {
-    if let Err(e) = crate::targets::run(consumer, store, topic, stop).await {
+    if let Err(e) = crate::targets::run(consumer, store, topic, metrics, stop).await {
         tracing::error!(error = %e, "Stopped consuming the targets topic. Fix the database, then restart the sink.");
         *fatal.lock().expect("lock") = Some(format!("targets consumer: {e}"));
     }
 }
 
-/// Partition maintenance: now, then every hour (a minute after a failure), until `stop`.
-async fn maintain_partitions(store: Store, stop: CancellationToken, months_ahead: u32, retention: Option<Duration>) {
+/// One partition maintenance run; returns when the next is due: in an hour, or in a minute
+/// after a failure.
+async fn maintain_once(store: &Store, months_ahead: u32, retention: Option<Duration>) -> Duration {
+    match store
+        .maintain_partitions(chrono::Utc::now(), months_ahead, retention)
+        .await
+    {
+        Ok(()) => Duration::from_secs(3600),
+        Err(e) => {
+            tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
+            Duration::from_secs(60)
+        }
+    }
+}
+
+/// Partition maintenance after `first_wait`, then every hour (a minute after a failure),
+/// until `stop`.
+async fn maintain_partitions(
+    store: Store,
+    stop: CancellationToken,
+    months_ahead: u32,
+    retention: Option<Duration>,
+    first_wait: Duration,
+) {
+    let mut wait = first_wait;
     loop {
-        let wait = match store
-            .maintain_partitions(chrono::Utc::now(), months_ahead, retention)
-            .await
-        {
-            Ok(()) => Duration::from_secs(3600),
-            Err(e) => {
-                tracing::warn!(error = %e, "Partition maintenance failed; retrying in a minute.");
-                Duration::from_secs(60)
-            }
-        };
         if common::shutdown::until_cancelled(&stop, tokio::time::sleep(wait))
             .await
             .is_none()
         {
             break;
         }
+        wait = maintain_once(&store, months_ahead, retention).await;
     }
 }
 

@@ -45,7 +45,14 @@ pub struct Metrics {
     pub last_progress: Gauge,
     /// Partitions of the topic assigned to this sink (readiness's last look).
     pub partitions_assigned: IntGauge,
+    /// Records of the targets topic written, by outcome ([`TARGET_RECORD_OUTCOMES`]):
+    /// `stored` (a new row of `target_changes`), `duplicate` (a replay absorbed),
+    /// `dead_letter` (a record the schema cannot hold).
+    pub target_records: IntCounterVec,
 }
+
+/// The `outcome` labels of `healthcheck_sink_target_records_total`.
+pub const TARGET_RECORD_OUTCOMES: [&str; 3] = ["stored", "duplicate", "dead_letter"];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -88,6 +95,16 @@ impl Metrics {
         ));
         for k in ["assign", "revoke"] {
             rebalances.with_label_values(&[k]);
+        }
+        let target_records: IntCounterVec = reg!(IntCounterVec::new(
+            Opts::new(
+                "healthcheck_sink_target_records_total",
+                "Records of the targets topic written to target_changes or dead_letters, by outcome."
+            ),
+            &["outcome"]
+        ));
+        for o in TARGET_RECORD_OUTCOMES {
+            target_records.with_label_values(&[o]);
         }
         common::telemetry::register_build_info(&registry, "healthcheck_sink", env!("CARGO_PKG_VERSION"));
         Self {
@@ -147,6 +164,7 @@ impl Metrics {
                 "healthcheck_sink_partitions_assigned",
                 "Partitions of the topic assigned to this sink."
             )),
+            target_records,
             registry,
         }
     }

@@ -15,7 +15,8 @@ ON CONFLICT DO NOTHING";
 
 impl Store {
     /// Writes the records of the targets topic `topic` in `changes` and the dead letters `dead` in one
-    /// transaction; returns how many changes were new (a replay inserts none).
+    /// transaction; returns how many changes and how many dead letters were new (a replay
+    /// inserts none).
     ///
     /// # Errors
     /// A transient [`StoreError`] to retry, or a fatal one (schema, permissions); nothing of
@@ -25,7 +26,7 @@ impl Store {
         topic: &str,
         changes: &[TargetChange],
         dead: &[DeadLetter],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = self.timed(client.transaction()).await?;
         self.timed(tx.batch_execute(&format!(
@@ -53,10 +54,12 @@ impl Store {
             ))
             .await?
         };
-        if !dead.is_empty() {
-            self.insert_dead_letters(&tx, dead).await?;
-        }
+        let dead_inserted = if dead.is_empty() {
+            0
+        } else {
+            self.insert_dead_letters(&tx, dead).await?
+        };
         self.timed(tx.commit()).await?;
-        Ok(inserted)
+        Ok((inserted, dead_inserted))
     }
 }

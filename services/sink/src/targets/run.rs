@@ -12,6 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{decode, TargetChange};
+use crate::metrics::Metrics;
 use crate::retry::{self, GaveUp};
 use crate::store::{DeadLetter, Store, StoreError};
 
@@ -60,6 +61,7 @@ pub async fn run(
     consumer: Arc<StreamConsumer>,
     store: Store,
     topic: String,
+    metrics: Metrics,
     stop: CancellationToken,
 ) -> Result<(), String> {
     if !wait_for_topic(&consumer, &topic, &stop).await {
@@ -97,12 +99,16 @@ pub async fn run(
         if last.is_empty() {
             continue;
         }
-        if !write(&store, &topic, &changes, &dead, &stop)
+        let written = write(&store, &topic, &changes, &dead, &stop)
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        let Some((inserted, dead_inserted)) = written else {
             return Ok(());
-        }
+        };
+        let count = |outcome: &str, n: u64| metrics.target_records.with_label_values(&[outcome]).inc_by(n);
+        count("stored", inserted);
+        count("duplicate", changes.len() as u64 - inserted);
+        count("dead_letter", dead_inserted);
         store_offsets(&consumer, &topic, &last);
     }
 }
@@ -147,23 +153,23 @@ fn decode_message(topic: &str, m: &BorrowedMessage<'_>) -> Result<TargetChange, 
     decode(topic, m.partition(), m.offset(), m.key(), m.payload(), changed_at)
 }
 
-/// Writes one batch, retrying transient failures until they pass (`true`) or `stop` is
-/// cancelled (`false`: the batch is replayed by the next run).
+/// Writes one batch, retrying transient failures until they pass (the new changes and dead
+/// letters) or `stop` is cancelled (`None`: the batch is replayed by the next run).
 async fn write(
     store: &Store,
     topic: &str,
     changes: &[TargetChange],
     dead: &[DeadLetter],
     stop: &CancellationToken,
-) -> Result<bool, StoreError> {
+) -> Result<Option<(u64, u64)>, StoreError> {
     let attempt = || store.write_target_changes(topic, changes, dead);
     let on_retry = |e: &StoreError, wait: Duration| {
         tracing::warn!(code = %e.code, error = %e.message, retry_in_ms = wait.as_millis() as u64, "Targets write failed; retrying.");
     };
     match retry::until_stopped(retry::WRITE, stop, Some(store), attempt, on_retry).await {
-        Ok(_) => Ok(true),
+        Ok(n) => Ok(Some(n)),
         Err(GaveUp::Fatal(e)) => Err(e),
-        Err(GaveUp::Stopped(_)) => Ok(false),
+        Err(GaveUp::Stopped(_)) => Ok(None),
     }
 }
 

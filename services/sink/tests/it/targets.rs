@@ -151,6 +151,13 @@ async fn the_targets_topic_becomes_versions_and_a_poison_record_a_dead_letter() 
     assert!(dead[0].2.contains("not JSON"), "{}", dead[0].2);
     assert_eq!((dead[1].0.as_str(), dead[1].1.as_str()), (targets.as_str(), "noint"));
     assert!(dead[1].2.contains("no interval"), "{}", dead[1].2);
+    // Counted right after the commit the rows came with.
+    let outcome = |o: &str| format!("healthcheck_sink_target_records_total{{outcome=\"{o}\"}}");
+    wait_until(Duration::from_secs(5), "records counted", || async {
+        sink.metric(&outcome("stored")).await == 5.0 && sink.metric(&outcome("dead_letter")).await == 2.0
+    })
+    .await;
+    assert_eq!(sink.metric(&outcome("duplicate")).await, 0.0);
     sink.stop().await;
 
     // A sink in a new group reads the topic from the beginning again: the replayed records
@@ -189,5 +196,11 @@ async fn the_targets_topic_becomes_versions_and_a_poison_record_a_dead_letter() 
         after, 1,
         "a new group reads from the beginning; only the new record is new"
     );
+    wait_until(Duration::from_secs(10), "replays counted", || async {
+        sink.metric("healthcheck_sink_target_records_total{outcome=\"duplicate\"}")
+            .await
+            == 5.0
+    })
+    .await;
     sink.stop().await;
 }

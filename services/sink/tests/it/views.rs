@@ -252,6 +252,20 @@ async fn coverage_counts_the_grid_of_each_version_and_lists_the_holes() {
         (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
         (540, 535, 5)
     );
+    // The same over an arbitrary window (a drill's): the last 20 minutes hold new[120..] with
+    // one hole (new[200]) and the off-grid probe.
+    let r = db
+        .query_one(
+            "SELECT expected_slots, present_slots, missing_slots FROM coverage_between($1, $2)
+             WHERE target_name = 'cov' AND location = 'a'",
+            &[&new[120], &(end + chrono::Duration::hours(1))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
+        (240, 239, 1)
+    );
     let rows_per_hour: i64 = db
         .query_one("SELECT count(*) FROM coverage WHERE target_name = $1", &[&target])
         .await
