@@ -8,7 +8,8 @@
 //! timing.
 //!
 //! Scenarios (`BENCH_ONLY` picks some): `images`, `cpu`, `capacity`, `precision` (items 3 and
-//! 6), `memory`, `startup`, `sink`, `write`, `profile`.
+//! 6), `memory`, `startup`, `sink`, `write`, `profile`, and issue #14's `fleet` (3 replicas
+//! sharing 100,000 targets through the targets topic on librdkafka's mock cluster).
 
 mod gen;
 mod histogram;
@@ -18,6 +19,7 @@ mod setup;
 mod scenario {
     pub mod capacity;
     pub mod cpu;
+    pub mod fleet;
     pub mod memory;
     pub mod pipeline;
     pub mod profile;
@@ -57,7 +59,7 @@ pub struct Ctx {
     pub load_at_start: String,
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "images",
     "cpu",
     "capacity",
@@ -67,6 +69,7 @@ const SCENARIOS: [&str; 9] = [
     "sink",
     "write",
     "profile",
+    "fleet",
 ];
 
 #[tokio::main(flavor = "current_thread")]
@@ -196,6 +199,7 @@ async fn run_scenario(ctx: &mut Ctx, name: &str) {
         "sink" => scenario::sink::run(ctx).await,
         "write" => scenario::write::run(ctx).await,
         "profile" => scenario::profile::run(ctx).await,
+        "fleet" => scenario::fleet::run(ctx).await,
         _ => unreachable!(),
     };
     match result {
@@ -436,14 +440,26 @@ fn method(ctx: &Ctx) -> String {
          `/readyz` 200, polled every 5 ms; the checker needs the broker's metadata for its topic, the sink PostgreSQL \
          and the broker."
     );
+    let _ = writeln!(
+        s,
+        "8. **Fleet (issue #14).** `BENCH_FLEET_TARGETS` targets (100,000; quick 20,000) every 60 s probing nginx, \
+         published to a 6-partition targets topic by `checker targets apply`, on librdkafka's mock cluster owned by \
+         the bench process (tansu mishandles groups of 3 members: `shared/notes/test-broker-groups.md`). Three \
+         release checkers join group `checker-bench` with a 6 s session timeout. Scheduled: start → the replicas \
+         hold every partition, nothing in hand-over, and `healthcheck_checker_targets` sums to N. RSS (`VmRSS`) and \
+         CPU per replica over one steady interval. Then one replica is SIGKILLed: the rebalance time is the first \
+         probe (its start) by a survivor of a target the killed replica probed in the interval before, minus the \
+         kill. Coverage is computed from the results topic, read back while it is written: slots of each target's \
+         grid (`common::slots`) from one interval after scheduling to the end that have a result."
+    );
     s
 }
 
 fn footer() -> String {
     "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
      BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
-     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile\n```\n\n\
-     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
+     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile fleet\n```\n\n\
+     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_FLEET_TARGETS` (default 100000; quick 20000), `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
      `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
      (default 54340 / 19100, apart from the test stack). Logs, configs and `perf.data` files stay in `.tmp/bench/`.\n"
         .to_string()

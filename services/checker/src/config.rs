@@ -403,12 +403,34 @@ mod tests {
             ("DEFAULT_INTERVAL", "0"),
             ("DELIVERY_STALL_TIMEOUT", "30 parsecs"),
             ("DEFAULT_TIMEOUT", "5q"),
+            ("TARGETS_FILE_POLL_INTERVAL", "0"),
+            ("TARGETS_FILE_POLL_INTERVAL", "often"),
         ] {
             let e = load(var, value).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");
         }
+        assert_eq!(
+            load("TARGETS_FILE_POLL_INTERVAL", "250ms")
+                .unwrap()
+                .targets_file_poll_interval,
+            Duration::from_millis(250)
+        );
         let c = Config::from_env(&Env::from_pairs([base, ("HOSTNAME", "pod-7")])).unwrap();
         assert_eq!(c.instance_id, "pod-7", "the host name comes from the snapshot");
+    }
+
+    /// The configuration keeps the environment snapshot (for reading targets later); its
+    /// `Debug` names the variables, never their values.
+    #[test]
+    fn the_kept_environment_never_shows_a_value() {
+        let c = Config::from_env(&Env::from_pairs([
+            ("TARGET", "http://127.0.0.1:1/"),
+            ("PROBE_TOKEN", "hunter2-value"),
+        ]))
+        .unwrap();
+        assert_eq!(c.target_context.env.get("PROBE_TOKEN"), Some("hunter2-value"));
+        let debug = format!("{c:?}");
+        assert!(debug.contains("PROBE_TOKEN") && !debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

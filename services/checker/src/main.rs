@@ -244,12 +244,20 @@ async fn apply(env: &Env, file: &str, dry_run: bool) -> Exit {
         eprintln!(
             "checker: another writer changed the targets topic {topic} during this apply: {} now differ from {file} ({}); \
              the topic holds a mix of both applies: apply once, from one place (see README)",
-            left.names().join(", "),
+            shown_names(&left.names()),
             left.summary()
         );
         return Exit::Raced;
     }
     Exit::Done
+}
+
+/// The first ten of `names`, then how many more.
+fn shown_names(names: &[&str]) -> String {
+    match names.len() {
+        0..=10 => names.join(", "),
+        n => format!("{} and {} more", names[..10].join(", "), n - 10),
+    }
 }
 
 /// `checker targets list [--json]`.

@@ -98,7 +98,7 @@ pub enum DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
 #[strum(serialize_all = "snake_case")]
 pub enum TargetChange {
-    /// A target not scheduled before started.
+    /// A target not scheduled before started (at start-up too).
     Added,
     /// A scheduled target's spec differed from the one it ran with.
     Changed,
@@ -339,7 +339,7 @@ pub struct Metrics {
     pub last_delivery: Gauge,
     /// Targets this checker schedules now (the roster's size).
     pub targets: Gauge,
-    /// Targets added, changed and removed while running, by [`TargetChange`].
+    /// Targets added (at start-up too), changed and removed, by [`TargetChange`].
     pub target_changes: CounterBy<TargetChange>,
     /// `TARGETS_FILE` reloads, by [`ReloadResult`].
     pub target_reloads: CounterBy<ReloadResult>,
@@ -421,7 +421,7 @@ impl Metrics {
             targets: reg.gauge("healthcheck_checker_targets", "Targets this checker schedules now."),
             target_changes: reg.counter_by(
                 "healthcheck_checker_target_changes_total",
-                "Targets added, changed (a spec that differs) and removed while the checker ran.",
+                "Targets added (at start-up too), changed (a spec that differs) and removed by this checker.",
                 "change",
             ),
             target_reloads: reg.counter_by(

@@ -401,6 +401,32 @@ mod tests {
         roster.wait().await;
     }
 
+    /// librdkafka calls rebalance callbacks on its own threads, outside the runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn it_can_be_driven_from_a_thread_outside_the_runtime() {
+        let stop = CancellationToken::new();
+        let (roster, m) = roster(&stop);
+        let r = roster.clone();
+        let list = targets(serde_json::json!([{"name": "a", "url": "http://127.0.0.1:1/a"}]));
+        std::thread::spawn(move || {
+            r.sync(list);
+            r.upsert(one(serde_json::json!({"name": "b", "url": "http://127.0.0.1:1/b"})));
+            r.remove("a");
+        })
+        .join()
+        .expect("no panic outside the runtime");
+        assert_eq!((roster.names(), counts(&m)), (vec!["b".to_string()], [2, 0, 1]));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while roster.inner.tasks.len() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("b's task runs, a's ended");
+        stop.cancel();
+        roster.wait().await;
+    }
+
     #[test]
     fn same_spec_compares_every_field_that_changes_a_probe() {
         let base = serde_json::json!({"name": "a", "url": "http://127.0.0.1:1/a"});

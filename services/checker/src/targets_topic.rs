@@ -299,9 +299,21 @@ pub async fn publish(settings: &KafkaSettings, changes: &[(String, Option<Vec<u8
         if let Some(v) = value {
             record = record.payload(v.as_slice());
         }
-        // Enqueue everything first (librdkafka batches), then wait for every report.
-        let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
-        deliveries.push(delivery);
+        // Enqueue everything first (librdkafka batches), then wait for every report; a full
+        // queue (`queue.buffering.max.messages`, 100,000 by default) empties as reports come.
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
     for d in deliveries {
         match d.await {

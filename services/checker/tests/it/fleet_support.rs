@@ -234,6 +234,46 @@ impl Cluster {
         out
     }
 
+    /// A consumer outside the group's membership with the group's id (`checker-<LOCATION>`),
+    /// for reading or writing its committed offsets.
+    fn group_client(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.mock.bootstrap_servers())
+            .set("group.id", format!("checker-{}", self.location))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("group client")
+    }
+
+    /// Commits, for the checkers' group, every targets partition's end: a group that had
+    /// committed offsets (a checker must still read from the beginning).
+    pub fn commit_ends(&self) {
+        let c = self.group_client();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..TARGET_PARTITIONS {
+            let (_, high) = c
+                .fetch_watermarks(&self.targets_topic, p, Duration::from_secs(10))
+                .unwrap();
+            tpl.add_partition_offset(&self.targets_topic, p, Offset::Offset(high))
+                .unwrap();
+        }
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit the ends");
+    }
+
+    /// The group's committed offsets of the targets topic, by partition.
+    pub fn committed(&self) -> Vec<Offset> {
+        let c = self.group_client();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..TARGET_PARTITIONS {
+            tpl.add_partition(&self.targets_topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        got.elements().iter().map(|e| e.offset()).collect()
+    }
+
     /// Where the checkers' logs are (for a human reading a failure).
     pub fn logs(&self) -> &std::path::Path {
         &self.logs

@@ -15,6 +15,7 @@ mod http_probe;
 mod outage;
 mod proxy;
 mod redirects;
+mod reload;
 mod support;
 mod targets_apply;
 mod targets_validate;

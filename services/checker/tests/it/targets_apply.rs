@@ -365,3 +365,40 @@ async fn apply_creates_a_compacted_topic_with_the_configured_partitions() {
         .unwrap();
     assert_eq!(md.topics()[0].partitions().len(), 3);
 }
+
+/// Two applies of different files racing on an empty topic: each publishes its own
+/// difference, so the topic ends up holding both files' targets, a mix neither describes.
+/// That is never silent: when the state is not exactly one of the files, an apply exits 3.
+#[test]
+fn racing_applies_that_leave_a_mix_exit_3() {
+    let list = |prefix: &str| -> String {
+        (0..100)
+            .map(|i| format!("- {{name: {prefix}{i:03}, url: 'http://127.0.0.1:1/'}}\n"))
+            .collect()
+    };
+    let (a, b) = (list("a"), list("b"));
+    let mut mixes = 0;
+    for _ in 0..3 {
+        let topic = Topic::new();
+        let (ra, rb) = std::thread::scope(|s| {
+            let ra = s.spawn(|| topic.apply(&a, &[]));
+            let rb = s.spawn(|| topic.apply(&b, &[]));
+            (ra.join().unwrap(), rb.join().unwrap())
+        });
+        let names: Vec<String> = topic.state().into_iter().map(|(k, _)| k).collect();
+        let only = |p: &str| names.len() == 100 && names.iter().all(|n| n.starts_with(p));
+        if only("a") || only("b") {
+            continue;
+        }
+        mixes += 1;
+        assert!(
+            ra.0 == 3 || rb.0 == 3,
+            "a mix of {} targets and no apply exited 3: {ra:?} {rb:?}",
+            names.len()
+        );
+        for (code, _, stderr) in [&ra, &rb] {
+            assert!([0, 3].contains(code), "{stderr}");
+        }
+    }
+    eprintln!("{mixes} of 3 races left a mix (each reported with exit 3)");
+}
