@@ -155,6 +155,12 @@ struct TargetSpec {
     method: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Header name → a file holding its value (a mounted secret), read like `password_file`.
+    #[serde(default)]
+    header_files: BTreeMap<String, String>,
+    /// Header name → an environment variable holding its value.
+    #[serde(default)]
+    header_env: BTreeMap<String, String>,
     body: Option<String>,
     valid_status_codes: Option<Vec<StatusSpec>>,
     #[serde(alias = "pattern")]
@@ -473,8 +479,8 @@ pub fn inline_secrets(listed: &Listed) -> Vec<ConfigError> {
         if HeaderName::from_bytes(header.as_bytes()).is_ok_and(|h| is_credential_header(&h)) {
             found.push(ConfigError::new(
                 at(&format!("headers.{header}")),
-                format!("target {name:?}: header {header:?} carries a credential, which may not go inline into the targets topic; use bearer_token_file/bearer_token_env, or basic_auth with password_file/password_env"),
-                "bearer_token_file: /run/secrets/api-token",
+                format!("target {name:?}: header {header:?} carries a credential, which may not go inline into the targets topic; reference it with header_files ({header}: /run/secrets/...) or header_env, or use bearer_token_file/bearer_token_env or basic_auth with password_file/password_env"),
+                "header_files: {X-Api-Key: /run/secrets/api-key}",
             ));
         }
     }
@@ -615,7 +621,12 @@ fn field_error(names: &dyn FieldNames, field: &str, problem: impl Into<String>, 
 
 fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<Target, ConfigError> {
     let err = |field: &str, problem: String, example: &str| field_error(names, field, problem, example);
-    let has_auth_header = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization"));
+    let has_auth_header = spec
+        .headers
+        .keys()
+        .chain(spec.header_files.keys())
+        .chain(spec.header_env.keys())
+        .any(|k| k.eq_ignore_ascii_case("authorization"));
     let auth = auth_header(&spec, ctx, names)?;
     let (url, auth) = url_and_credentials(&spec.url, auth, has_auth_header, names)?;
     let name = spec.name.unwrap_or_else(|| url.as_str().to_string());
@@ -643,8 +654,16 @@ fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<
         .as_deref()
         .map(|r| regex("fail_if_body_matches", r))
         .transpose()?;
-    let header_rules = header_rules(spec.fail_if_header_matches, spec.fail_if_header_not_matches, names)?;
     let mut headers = request_headers(&spec.headers, names)?;
+    let has_auth = spec.basic_auth.is_some() || spec.bearer_token_file.is_some() || spec.bearer_token_env.is_some();
+    secret_headers(
+        [&spec.header_files, &spec.header_env],
+        has_auth,
+        &mut headers,
+        ctx,
+        names,
+    )?;
+    let header_rules = header_rules(spec.fail_if_header_matches, spec.fail_if_header_not_matches, names)?;
     if let Some(auth) = auth {
         headers.insert(http::header::AUTHORIZATION, auth);
     }
@@ -769,6 +788,56 @@ fn request_headers(spec: &BTreeMap<String, String>, names: &dyn FieldNames) -> R
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// `header_files` and `header_env`: headers whose values are secrets referenced by a file or
+/// a variable (read now, unless [`References::NotRead`]), always marked sensitive. A name may
+/// be given once across `headers`, `header_files` and `header_env`, and `Authorization` not
+/// with `basic_auth` or a bearer token.
+fn secret_headers(
+    [files, vars]: [&BTreeMap<String, String>; 2],
+    has_auth: bool,
+    headers: &mut HeaderMap,
+    ctx: &Context<'_>,
+    names: &dyn FieldNames,
+) -> Result<(), ConfigError> {
+    for (field, map, from_file) in [("header_files", files, true), ("header_env", vars, false)] {
+        for (k, source) in map {
+            let err = |problem: String, example: &str| {
+                ConfigError::new(names.field(&format!("{field}.{k}")), problem, example)
+            };
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| err(format!("{k:?} is not a header name"), "X-Api-Key"))?;
+            if headers.contains_key(&name) {
+                return Err(err(format!("header {k:?} is given twice; keep one"), "X-Api-Key"));
+            }
+            if name == http::header::AUTHORIZATION && has_auth {
+                return Err(err(
+                    "Authorization is also set by basic_auth, a bearer token or headers; keep one".into(),
+                    "bearer_token_file",
+                ));
+            }
+            let value = match ctx.references {
+                References::NotRead => String::new(),
+                References::Read if from_file => std::fs::read_to_string(source)
+                    .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| err(format!("cannot read {source:?}: {e}"), "/run/secrets/api-key"))?,
+                References::Read => ctx
+                    .env
+                    .var(source)
+                    .map(str::to_string)
+                    .ok_or_else(|| err(format!("environment variable {source:?} is not set"), "API_KEY"))?,
+            };
+            let value = sensitive(&value).map_err(|()| {
+                err(
+                    "the value is not a valid header value".into(),
+                    "a printable ASCII token",
+                )
+            })?;
+            headers.insert(name, value);
+        }
+    }
+    Ok(())
 }
 
 /// `valid_status_codes` as ranges; 200-299 when unset.
@@ -1240,6 +1309,64 @@ mod tests {
             let e = target_from_json("api", value, &env, &defaults()).unwrap_err();
             assert_eq!(e.var, var, "{}", String::from_utf8_lossy(value));
         }
+    }
+
+    /// `header_files`/`header_env`: a credential header referenced, not inline, so it may go
+    /// into the targets topic.
+    #[test]
+    fn secret_headers_come_from_files_and_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k3y\n").unwrap();
+        let json = format!(
+            r#"[{{"url":"http://h/","header_files":{{"X-Api-Key":{:?}}},"header_env":{{"Cookie":"COOKIE"}}}}]"#,
+            key.display().to_string()
+        );
+        let t = &load(&[("TARGETS", json.as_str()), ("COOKIE", "s=1")]).unwrap()[0];
+        assert_eq!(
+            (&t.headers["x-api-key"], &t.headers["cookie"]),
+            (
+                &"k3y".parse::<HeaderValue>().unwrap(),
+                &"s=1".parse::<HeaderValue>().unwrap()
+            )
+        );
+        assert!(t.headers["x-api-key"].is_sensitive() && t.headers["cookie"].is_sensitive());
+        assert_eq!(
+            load(&[("TARGETS", json.as_str())]).unwrap_err().var,
+            "TARGETS[0].header_env.Cookie"
+        );
+        for (json, var) in [
+            (
+                r#"[{"url":"http://h/","header_files":{"X-K":"/nonexistent"}}]"#,
+                "TARGETS[0].header_files.X-K",
+            ),
+            (
+                r#"[{"url":"http://h/","headers":{"X-K":"a"},"header_env":{"x-k":"V"}}]"#,
+                "TARGETS[0].header_env.x-k",
+            ),
+            (
+                r#"[{"url":"http://h/","bearer_token_env":"V","header_env":{"Authorization":"V"}}]"#,
+                "TARGETS[0].header_env.Authorization",
+            ),
+            (
+                r#"[{"url":"http://u:p@h/","header_env":{"Authorization":"V"}}]"#,
+                "TARGETS[0].url",
+            ),
+        ] {
+            assert_eq!(load(&[("TARGETS", json), ("V", "x")]).unwrap_err().var, var, "{json}");
+        }
+        // Judged for the topic: nothing is read, and nothing is an inline secret.
+        let specs: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"name":"a","url":"http://h/","header_files":{"X-Api-Key":"/run/secrets/not-here"}}]"#,
+        )
+        .unwrap();
+        let (env, defaults) = (Env::default(), defaults());
+        let ctx = Context {
+            references: References::NotRead,
+            ..Context::new(&env, &defaults)
+        };
+        let listed = list_with("TARGETS_FILE", specs, &ctx).unwrap();
+        assert!(inline_secrets(&listed[0]).is_empty());
     }
 
     #[test]

@@ -250,6 +250,20 @@ fn inline_secrets_and_invalid_files_are_refused_and_nothing_is_published() {
         assert!(!stderr.contains("hunter2") && !stderr.contains("k3y"), "{stderr}");
         assert_eq!(topic.records(), before, "{yaml}: nothing published");
     }
+    // The same credential as a reference to a mounted secret is published as the reference.
+    let (code, _, stderr) = topic.apply(
+        "- {name: key, url: 'http://127.0.0.1:1/', header_files: {X-Api-Key: /run/secrets/not-here}}\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        topic.state(),
+        [(
+            "key".to_string(),
+            json!({"name": "key", "url": "http://127.0.0.1:1/", "interval": "45s",
+                   "header_files": {"X-Api-Key": "/run/secrets/not-here"}})
+        )]
+    );
 }
 
 #[test]
