@@ -3,24 +3,35 @@
 #
 # 1. base images (scripts/base-images.sh: local stand-ins, reused when present)
 # 2. checker + sink images from the real Dockerfile (scripts/images.sh)
-# 3. docker-compose.yml + docker-compose.local.yml up -d, under project $E2E_PROJECT,
-#    host ports chosen by Docker
+# 3. docker-compose.yml + docker-compose.local.yml + docker-compose.locations.yml up -d
+#    under project $E2E_PROJECT, host ports chosen by Docker: the checker fleet in two
+#    locations ($LOCATION_A: 2 replicas, $LOCATION_B: 1), targets published by the
+#    one-shot targets-init (`checker targets apply docker/targets.local.yaml`)
 # 4. asserts: every container healthy; results for every sample target in
-#    PostgreSQL (probe_results); Prometheus has up == 1 for checker and sink;
+#    PostgreSQL (probe_results) from both locations; Prometheus has up == 1 for every
+#    checker and the sink;
 #    both images run as non-root; image sizes (flagged above $SIZE_LIMIT_MB,
 #    default 30, failing above $SIZE_FAIL_MB, default 35)
 # 5. fault drills, each ending with "every result is a row, exactly once"
 #    (every check_id the topic holds, read back with target/debug/topic-ids
 #    through the broker's host listener, is in probe_results; rows == distinct
-#    check_ids; the replays the sink absorbed are reported): PostgreSQL stop/start, broker stop/start,
-#    sink SIGKILL, sink network disconnect/connect
+#    check_ids; the replays the sink absorbed are reported): the fleet drill (one
+#    $LOCATION_A replica SIGKILLed, the $LOCATION_B replica cut off the network for longer
+#    than the session timeout and reconnected; coverage per location from the sink's
+#    missing_slots() and coverage view: 100 % outside the killed replica's detection
+#    window), PostgreSQL stop/start, sink SIGKILL, sink network disconnect/connect,
+#    broker stop/start (last: the stand-in broker forgets the targets topic, which is
+#    applied again)
 # 6. tear down (always; KEEP_STACK=1 keeps it), container logs on failure
 #
 # Unattended: no TTY or stdin needed, every wait is bounded, timings per step
 # are printed at the end. Env: E2E_PROJECT (default hcp-e2e-<pid>), KEEP_STACK=1,
 # SIZE_LIMIT_MB, SIZE_FAIL_MB, SKIP_BUILD=1 (use the images as they are),
-# E2E_DRILLS (default "postgres broker sink-kill sink-network"; "" for none),
-# E2E_COMPOSE (default "docker compose" when that works, else "docker-compose").
+# E2E_DRILLS (default "fleet postgres sink-kill sink-network broker"; "" for none),
+# E2E_COMPOSE (default "docker compose" when that works, else "docker-compose"),
+# E2E_SESSION_TIMEOUT_MS (default 6000: the checkers' group session timeout),
+# E2E_CUT_SECONDS (default 2 x the session timeout: how long the fleet drill cuts
+# $LOCATION_B off), E2E_LOCATION_A / E2E_LOCATION_B (default site-a / site-b).
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -29,7 +40,7 @@ cd "$REPO"
 E2E_PROJECT="${E2E_PROJECT:-hcp-e2e-$$}"
 SIZE_LIMIT_MB="${SIZE_LIMIT_MB:-30}"   # goal: a larger image is flagged
 SIZE_FAIL_MB="${SIZE_FAIL_MB:-35}"     # a larger image fails the test
-E2E_DRILLS="${E2E_DRILLS-postgres broker sink-kill sink-network}"
+E2E_DRILLS="${E2E_DRILLS-fleet postgres sink-kill sink-network broker}"
 ARTIFACTS="${E2E_ARTIFACTS:-$REPO/.tmp/e2e}"
 mkdir -p "$ARTIFACTS"
 # What the topic held is collected across the run: never start from an earlier run's.
@@ -43,10 +54,18 @@ rm -f "$ARTIFACTS/topic.txt" "$ARTIFACTS/topic-now.txt" "$ARTIFACTS/topic-ids.lo
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export KAFKA_HOST_PORT="${E2E_KAFKA_HOST_PORT:-$(free_port)}"
 export POSTGRES_HOST_PORT="${E2E_POSTGRES_HOST_PORT:-0}"
-export CHECKER_ADMIN_HOST_PORT="${E2E_CHECKER_ADMIN_HOST_PORT:-0}"
 export SINK_ADMIN_HOST_PORT="${E2E_SINK_ADMIN_HOST_PORT:-0}"
 export PROMETHEUS_HOST_PORT="${E2E_PROMETHEUS_HOST_PORT:-0}"
 export RUST_LOG="${E2E_RUST_LOG:-info}"
+# The checker fleet: two locations, $LOCATION_A with 2 replicas (the stand-in broker
+# handles at most 2 members per group reliably: ../shared notes, README "Running a
+# fleet"), $LOCATION_B with 1; a short session timeout so that a killed replica's targets
+# move within seconds.
+export LOCATION_A="${E2E_LOCATION_A:-site-a}" LOCATION_B="${E2E_LOCATION_B:-site-b}"
+A_REPLICAS=2
+export CHECKER_SESSION_TIMEOUT_MS="${E2E_SESSION_TIMEOUT_MS:-6000}"
+export CHECKER_HEARTBEAT_INTERVAL_MS=1000
+CUT_SECONDS="${E2E_CUT_SECONDS:-$((2 * CHECKER_SESSION_TIMEOUT_MS / 1000))}"
 
 PG_USER=$(env_value POSTGRES_USER)
 PG_DB=$(env_value POSTGRES_DB)
@@ -55,6 +74,13 @@ SINK_IMAGE=$(env_value SINK_IMAGE)
 export CHECKER_IMAGE SINK_IMAGE
 RESULTS_TOPIC=$(env_value KAFKA_TOPIC)
 SAMPLE_TARGETS=(local-ok local-regex-miss local-http-500 local-slow local-refused)
+# every target of the file targets-init applies (the fleet drill measures them all)
+mapfile -t ALL_TARGETS < <(sed -n 's/^- {name: \([a-z0-9-]*\),.*/\1/p' docker/targets.local.yaml)
+((${#ALL_TARGETS[@]} >= ${#SAMPLE_TARGETS[@]})) || die "could not read the target names of docker/targets.local.yaml"
+# the longest interval and timeout in that file (seconds): the "one interval" of the
+# detection window, and how long before a SIGKILL a probe may have started that dies with it
+MAX_INTERVAL=2
+MAX_TIMEOUT=2
 
 if [[ -n "${E2E_COMPOSE:-}" ]]; then
     read -ra COMPOSE <<<"$E2E_COMPOSE"   # e.g. E2E_COMPOSE=docker-compose to test Compose v1
@@ -65,7 +91,7 @@ elif command -v docker-compose >/dev/null; then
 else
     die "neither 'docker compose' nor 'docker-compose' is available"
 fi
-COMPOSE+=(-p "$E2E_PROJECT" -f docker-compose.yml -f docker-compose.local.yml)
+COMPOSE+=(-p "$E2E_PROJECT" -f docker-compose.yml -f docker-compose.local.yml -f docker-compose.locations.yml)
 export COMPOSE_INTERACTIVE_NO_CLI=1 DOCKER_CLI_HINTS=false
 
 # ---------------------------------------------------------------------------
@@ -105,6 +131,8 @@ print_timings() {
 
 compose() { "${COMPOSE[@]}" "$@"; }
 cid() { compose ps -a -q "$1" 2>/dev/null | head -n1; }
+cids() { compose ps -a -q "$@" 2>/dev/null; } # every container of the services (replicas)
+CHECKER_SERVICES=(checker checker-b)
 
 dump_diagnostics() {
     log "---- diagnostics"
@@ -115,14 +143,15 @@ dump_diagnostics() {
             printf '%(%H:%M:%S)T %s %s\n' "$((ns / 1000000000))" "$action" "$rest"
         done >&2 || true
     fi
-    local service id
-    for service in kafka kafka-init postgres target checker sink prometheus; do
-        id=$(cid "$service")
-        [[ -n "$id" ]] || continue
-        printf '\n----- logs: %s (last 150 lines; full logs in %s) -----\n' "$service" "$ARTIFACTS" >&2
-        docker logs "$id" >"$ARTIFACTS/$service.log" 2>&1 || true
-        tail -n 150 "$ARTIFACTS/$service.log" >&2 || true
-        docker inspect -f '{{json .State}}' "$id" >&2 2>/dev/null || true
+    local service id name
+    for service in kafka kafka-init postgres target targets-init checker checker-b sink prometheus; do
+        for id in $(cids "$service"); do
+            name="$service-${id:0:12}"
+            printf '\n----- logs: %s (last 150 lines; full logs in %s) -----\n' "$name" "$ARTIFACTS" >&2
+            docker logs "$id" >"$ARTIFACTS/$name.log" 2>&1 || true
+            tail -n 150 "$ARTIFACTS/$name.log" >&2 || true
+            docker inspect -f '{{json .State}}' "$id" >&2 2>/dev/null || true
+        done
     done
 }
 
@@ -189,14 +218,26 @@ wait_healthy() { # wait_healthy SERVICE DESCRIPTION: up to 120 s for the service
 }
 
 all_healthy() {
-    local service status ok=0
-    for service in kafka postgres target checker sink prometheus; do
+    local service status ok=0 id n
+    for service in kafka postgres target sink prometheus; do
         status=$(health_of "$service" || echo missing)
         if [[ "$status" != healthy ]]; then
             ok=1
             HEALTH_REPORT="$service=$status"
         fi
     done
+    n=0
+    for id in $(cids "${CHECKER_SERVICES[@]}"); do
+        n=$((n + 1))
+        if ! is_healthy "$id"; then
+            ok=1
+            HEALTH_REPORT="checker ${id:0:12}=$(docker inspect -f '{{.State.Status}}' "$id" 2>/dev/null)"
+        fi
+    done
+    if ((n != A_REPLICAS + 1)); then
+        ok=1
+        HEALTH_REPORT="$n checker containers, expected $((A_REPLICAS + 1))"
+    fi
     return $ok
 }
 
@@ -278,6 +319,26 @@ results_for_all_targets() {
     done
 }
 
+sql_list() { printf "'%s'," "$@" | sed 's/,$//'; } # sql_list A B: 'A','B'
+
+# probing_everywhere SECONDS: every target of the file has a row from each location with a
+# slot in the last SECONDS (and, for the fleet drill, both $LOCATION_A replicas probe).
+probing_everywhere() {
+    local n
+    n=$(psql_q "select count(distinct (target_name, location)) from probe_results
+                where scheduled_at > now() - interval '$1 seconds'
+                  and location in ('$LOCATION_A', '$LOCATION_B')
+                  and target_name in ($(sql_list "${ALL_TARGETS[@]}"))" 2>/dev/null) || return 1
+    ((n == 2 * ${#ALL_TARGETS[@]}))
+}
+a_replicas_probing() { # both $LOCATION_A replicas published results in the last 4 s
+    local n
+    n=$(psql_q "select count(distinct instance_id) from probe_results
+                where scheduled_at > now() - interval '4 seconds' and location = '$LOCATION_A'" 2>/dev/null) || return 1
+    ((n == A_REPLICAS))
+}
+fleet_settled() { probing_everywhere 4 && a_replicas_probing; }
+
 running() { [[ "$(docker inspect -f '{{.State.Running}}' "$(cid "$1")" 2>/dev/null)" == true ]]; }
 
 # ---------------------------------------------------------------------------
@@ -337,13 +398,17 @@ docker events --filter "label=com.docker.compose.project=$E2E_PROJECT" --filter 
     --format '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "com.docker.compose.service"}} exitCode={{index .Actor.Attributes "exitCode"}}' \
     >"$ARTIFACTS/events.log" 2>/dev/null &
 EVENTS_PID=$!
-compose up -d --no-build
+compose up -d --no-build --scale checker="$A_REPLICAS"
 
 step "all containers healthy"
 HEALTH_REPORT=""
 wait_until_quiet "all containers healthy" 240 all_healthy || die "not healthy after 240 s: $HEALTH_REPORT"
 init_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(cid kafka-init)" 2>/dev/null || echo "?")
 [[ "$init_exit" == 0 ]] || die "kafka-init (topic creation) exited with $init_exit"
+init_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(cid targets-init)" 2>/dev/null || echo "?")
+[[ "$init_exit" == 0 ]] || die "targets-init (checker targets apply) exited with $init_exit"
+log "targets-init (checker targets apply docker/targets.local.yaml) printed:"
+docker logs "$(cid targets-init)" 2>/dev/null | grep -v '^{' | sed 's/^/    /' >&2 || true
 compose ps >&2
 
 step "results of every sample target reach PostgreSQL"
@@ -358,17 +423,18 @@ for target in local-http-500 local-slow local-refused; do
 done
 [[ "$(psql_q "select bool_or(regex_matched) from probe_results where target_name = 'local-regex-miss'")" != t ]] \
     || die "local-regex-miss matched its regex"
+wait_until "every target of the file probed from $LOCATION_A and $LOCATION_B" 120 probing_everywhere 6
 
 step "Prometheus: up == 1 for checker and sink"
 wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
 wait_until "Prometheus reports up{job=\"sink\"} == 1" 90 prometheus_up sink
 
 step "containers run as non-root"
-for service in checker sink; do
-    pid=$(docker inspect -f '{{.State.Pid}}' "$(cid "$service")")
+for id in $(cids "${CHECKER_SERVICES[@]}" sink); do
+    pid=$(docker inspect -f '{{.State.Pid}}' "$id")
     uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
-    log "$service: process uid $uid, image user $(docker inspect -f '{{.Config.User}}' "$(cid "$service")")"
-    ((uid != 0)) || die "$service runs as root"
+    log "$(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}' "$id") ${id:0:12}: process uid $uid, image user $(docker inspect -f '{{.Config.User}}' "$id")"
+    ((uid != 0)) || die "container ${id:0:12} runs as root"
 done
 
 DRILL_SUMMARY=()
@@ -380,6 +446,148 @@ exactly_once baseline 10
 
 broker_is_standin() {
     [[ -n "$(docker inspect -f '{{ index .Config.Labels "io.healthcheck-pipeline.standin" }}' "$(cid kafka)" 2>/dev/null)" ]]
+}
+
+now_utc() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+FLEET_SUMMARY=()
+# The fleet drill (issue #14): one $LOCATION_A replica SIGKILLed, the $LOCATION_B replica cut
+# off the network for longer than the session timeout and reconnected. Judged from the
+# sink's own view of its holes, per location over the drill window [from, to):
+#   missing_slots(target, location, from, to)   (every slot of the grid without a row)
+#   present = distinct slots with a row; coverage = present / (present + missing)
+# $LOCATION_A may miss slots only of the killed replica's targets and only inside its
+# detection window [kill - one timeout, kill + session timeout + one interval) (probes in
+# flight at the kill die with it, and its targets return after the session timeout and
+# the next slot); $LOCATION_B may miss none
+# (its probes while cut off are delivered late, same check_id per slot); and every result
+# the topic holds is a row, exactly once (exactly_once).
+drill_fleet() {
+    step "drill: checker fleet: SIGKILL a $LOCATION_A replica, cut $LOCATION_B off for ${CUT_SECONDS}s"
+    local session_s=$((CHECKER_SESSION_TIMEOUT_MS / 1000)) detect_s t_from t_kill t_cut t_back t_to
+    local victim survivor b_id network victim_targets before
+    detect_s=$((session_s + MAX_INTERVAL))
+    wait_until "fleet settled: every target probed from both locations, both $LOCATION_A replicas probing" \
+        120 fleet_settled
+    before=$(topic_ids | wc -l)
+    t_from=$(now_utc)
+    sleep 4
+
+    # the $LOCATION_A replica that owns the most targets (instance_id = its host name = the
+    # container id's prefix)
+    victim=$(psql_q "select instance_id from probe_results
+                     where location = '$LOCATION_A' and scheduled_at > now() - interval '3 seconds'
+                     group by 1 order by count(distinct target_name) desc, 1 limit 1")
+    victim_targets=$(psql_q "select count(distinct target_name) from probe_results
+                             where instance_id = '$victim' and scheduled_at > now() - interval '3 seconds'")
+    docker inspect "$victim" >/dev/null 2>&1 || die "no container for instance_id $victim"
+    survivor=$(psql_q "select instance_id from probe_results
+                       where location = '$LOCATION_A' and instance_id <> '$victim'
+                         and scheduled_at > now() - interval '3 seconds' limit 1")
+    b_id=$(cid checker-b)
+    network=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{"\n"}}{{end}}' "$b_id" | grep -m1 pipeline)
+
+    docker update --restart=no "$victim" >/dev/null # no restart policy: it stays dead
+    t_kill=$(now_utc)
+    docker kill "$victim" >/dev/null
+    log "SIGKILLed $LOCATION_A replica $victim ($victim_targets targets) at $t_kill; survivor $survivor"
+    t_cut=$(now_utc)
+    docker network disconnect "$network" "$b_id"
+    log "$LOCATION_B replica ${b_id:0:12} cut off $network at $t_cut for ${CUT_SECONDS}s (session timeout ${session_s}s)"
+    sleep "$CUT_SECONDS"
+    docker network connect --alias checker-b "$network" "$b_id"
+    t_back=$(now_utc)
+    log "$LOCATION_B replica reconnected at $t_back"
+
+    wait_until "the survivor probes every target of $LOCATION_A" 60 survivor_owns_all "$survivor" "$t_kill"
+    wait_until "$LOCATION_B probes every target again" 90 location_probes_since "$LOCATION_B" "$t_back"
+    # a steady stretch after both faults, then the window ends; results of its last slots
+    # (timeouts <= 2 s) are in the topic a few seconds later
+    sleep 5
+    t_to=$(now_utc)
+    sleep 4
+    exactly_once "fleet kill/cut" $((before + 10))
+
+    local takeover
+    takeover=$(psql_q "select round(extract(epoch from max(first_slot) - '$t_kill'::timestamptz)::numeric, 1)
+                       from (select target_name, min(scheduled_at) first_slot from probe_results
+                             where location = '$LOCATION_A' and instance_id = '$survivor'
+                               and scheduled_at > '$t_kill'
+                               and target_name in (select distinct target_name from probe_results
+                                                   where instance_id = '$victim')
+                             group by 1) moved")
+    local late
+    late=$(psql_q "select count(*) from probe_results where location = '$LOCATION_B'
+                   and scheduled_at >= '$t_cut' and scheduled_at < '$t_back'")
+
+    # per target and location: present slots, missing slots (the sink's missing_slots()),
+    # missing slots the rule allows (the victim's targets, inside the detection window)
+    local rows="$ARTIFACTS/fleet-coverage.txt"
+    psql_q "
+      with w as (select '$t_from'::timestamptz f, '$t_to'::timestamptz t,
+                        '$t_kill'::timestamptz - interval '$MAX_TIMEOUT seconds' k,
+                        '$t_kill'::timestamptz + interval '$detect_s seconds' d),
+           victim_targets as (select distinct target_name from probe_results, w
+                              where instance_id = '$victim' and scheduled_at >= w.f and scheduled_at < w.k),
+           tl as (select n.target_name, l.location
+                  from unnest(array[$(sql_list "${ALL_TARGETS[@]}")]) n(target_name)
+                  cross join unnest(array['$LOCATION_A', '$LOCATION_B']) l(location))
+      select tl.location, tl.target_name,
+             (select count(distinct p.scheduled_at) from probe_results p, w
+              where p.target_name = tl.target_name and p.location = tl.location
+                and p.scheduled_at >= w.f and p.scheduled_at < w.t) present,
+             (select count(*) from w, missing_slots(tl.target_name, tl.location, w.f, w.t)) missing,
+             (select count(*) from w, missing_slots(tl.target_name, tl.location, w.f, w.t) m
+              where tl.location = '$LOCATION_A' and tl.target_name in (select target_name from victim_targets)
+                and m.scheduled_at >= w.k and m.scheduled_at < w.d) allowed
+      from tl order by 1, 2" | tr '|' ' ' >"$rows"
+    log "coverage over the drill window [$t_from, $t_to), per location (detection window: ${MAX_TIMEOUT}s before the kill to ${detect_s}s after):"
+    printf '    %-8s %8s %8s %8s %10s %8s %9s %16s\n' location expected present missing in_window outside coverage outside_window >&2
+    local loc expected present missing allowed outside pct pct_out bad=0
+    for loc in "$LOCATION_A" "$LOCATION_B"; do
+        read -r expected present missing allowed < <(awk -v l="$loc" '$1 == l { e += $3 + $4; p += $3; m += $4; a += $5 }
+            END { print e + 0, p + 0, m + 0, a + 0 }' "$rows")
+        outside=$((missing - allowed))
+        pct=$(awk -v p="$present" -v e="$expected" 'BEGIN { printf "%.2f%%", e ? 100 * p / e : 0 }')
+        # coverage of the slots outside the allowance (the killed replica's targets inside
+        # its detection window): the goal is 100 %
+        pct_out=$(awk -v o="$outside" -v e="$expected" -v a="$allowed" 'BEGIN { printf "%.2f%%", e - a ? 100 * (e - a - o) / (e - a) : 0 }')
+        printf '    %-8s %8s %8s %8s %10s %8s %9s %16s\n' "$loc" "$expected" "$present" "$missing" "$allowed" "$outside" "$pct" "$pct_out" >&2
+        FLEET_SUMMARY+=("$loc: expected=$expected present=$present missing=$missing (in the detection window: $allowed, outside: $outside) coverage=$pct, outside the detection window $pct_out")
+        ((expected > 0)) || die "fleet drill: no slots expected for $loc (no targets in the sink's targets view?)"
+        ((outside == 0)) || bad=1
+    done
+    log "coverage view (expected/present/missing per hour) for the drill's hours:"
+    psql_q "select location, hour, sum(expected_slots), sum(present_slots), sum(missing_slots) from coverage
+            where hour >= date_trunc('hour', '$t_from'::timestamptz) and location in ('$LOCATION_A', '$LOCATION_B')
+            group by 1, 2 order by 1, 2" | tr '|' ' ' | sed 's/^/    /' >&2 || true
+    FLEET_SUMMARY+=("takeover of the killed replica's targets: ${takeover}s after the SIGKILL (session timeout ${session_s}s)")
+    FLEET_SUMMARY+=("$LOCATION_B: $late results with slots inside the ${CUT_SECONDS}s cut, delivered after the reconnect")
+    log "takeover: ${takeover}s; $LOCATION_B results of slots inside the cut: $late"
+    if ((bad)); then
+        log "every missing slot (location, target, slot, seconds after the kill):"
+        psql_q "select l, n, m.scheduled_at, round(extract(epoch from m.scheduled_at - '$t_kill'::timestamptz)::numeric, 1)
+                from unnest(array['$LOCATION_A', '$LOCATION_B']) l cross join unnest(array[$(sql_list "${ALL_TARGETS[@]}")]) n,
+                     missing_slots(n, l, '$t_from', '$t_to') m order by 1, 2, 3" | sed 's/^/    /' | head -n 60 >&2 || true
+        die "fleet drill: slots missing outside the killed replica's detection window"
+    fi
+
+    docker update --restart=unless-stopped "$victim" >/dev/null
+    docker start "$victim" >/dev/null
+    wait_until "the killed replica is back and healthy" 120 is_healthy "$victim"
+    wait_until "fleet settled again (both $LOCATION_A replicas probing)" 120 fleet_settled
+}
+survivor_owns_all() { # survivor_owns_all INSTANCE SINCE: INSTANCE probes every target of $LOCATION_A
+    local n
+    n=$(psql_q "select count(distinct target_name) from probe_results
+                where location = '$LOCATION_A' and instance_id = '$1' and scheduled_at > greatest('$2'::timestamptz, now() - interval '4 seconds')") || return 1
+    ((n == ${#ALL_TARGETS[@]}))
+}
+location_probes_since() { # location_probes_since LOCATION SINCE: every target has a row after SINCE
+    local n
+    n=$(psql_q "select count(distinct target_name) from probe_results
+                where location = '$1' and scheduled_at > '$2'::timestamptz + interval '1 second'") || return 1
+    ((n == ${#ALL_TARGETS[@]}))
 }
 
 drill_postgres() {
@@ -410,13 +618,15 @@ drill_broker() {
         # its log, topic ids and the group's offsets on the volume, and the
         # checker and sink keep running.
         standin=1
-        docker pause "$(cid checker)" >/dev/null
+        # shellcheck disable=SC2046
+        docker pause $(cids "${CHECKER_SERVICES[@]}") >/dev/null
         wait_until "sink drained the topic (stand-in broker)" 120 caught_up
         docker stop -t 30 "$(cid sink)" >/dev/null
     fi
     before=$(topic_ids | wc -l)
     docker stop -t 20 "$(cid kafka)" >/dev/null
-    if ((standin)); then docker unpause "$(cid checker)" >/dev/null; fi
+    # shellcheck disable=SC2046
+    if ((standin)); then docker unpause $(cids "${CHECKER_SERVICES[@]}") >/dev/null; fi
     log "broker stopped; the checker buffers its results for 15 s"
     sleep 15
     docker start "$(cid kafka)" >/dev/null
@@ -424,6 +634,12 @@ drill_broker() {
     if ((standin)); then
         docker start "$(cid sink)" >/dev/null
         wait_healthy sink "sink healthy again"
+        # The stand-in forgot the targets topic's records too (Kafka keeps them): apply the
+        # file again, as a rollout would, and the fleet probes every target again.
+        log "applying the targets again (docker start -a targets-init)"
+        docker start -a "$(cid targets-init)" 2>&1 | grep -v '^{' | sed 's/^/    /' >&2 \
+            || die "targets-init failed after the broker restart"
+        wait_until "every target probed again from $LOCATION_A and $LOCATION_B" 120 probing_everywhere 4
     fi
     exactly_once "broker stop/start" $((before + 10))
 }
@@ -456,6 +672,7 @@ drill_sink_network() {
 
 for drill in $E2E_DRILLS; do
     case "$drill" in
+    fleet) drill_fleet ;;
     postgres) drill_postgres ;;
     broker) drill_broker ;;
     sink-kill) drill_sink_kill ;;
@@ -472,3 +689,4 @@ end_step ok
 
 printf '\n' >&2
 for line in "${DRILL_SUMMARY[@]}"; do log "exactly once: $line"; done
+for line in "${FLEET_SUMMARY[@]}"; do log "fleet: $line"; done

@@ -9,9 +9,12 @@ own; each check belongs to the tool that owns it:
   checkov     selected CKV_K8S_* checks (restricted Pod Security, probes, resources, image tags)
               and the custom policies in scripts/k8s/policies/ (namespace label, probe paths,
               scrape annotations, PDB/Service/ServiceAccount/ServiceMonitor connections)
-  checker     `checker targets validate FILE` on the targets ConfigMap: the service's parser
+  checker     `checker targets validate FILE` on the targets ConfigMap the Job applies (or a
+              TARGETS_FILE mount): the service's parser
   rules       what no tool knows (project_rules): ConfigMap/Secret/port references, the
-              TARGETS_FILE mount, grace period vs SHUTDOWN_GRACE_PERIOD, requests <= limits
+              targets file mount, grace period vs SHUTDOWN_GRACE_PERIOD, requests <= limits,
+              the fleet (no static targets on checker Deployments, a Job that applies the
+              targets, one Deployment per LOCATION, replicas <= targets topic partitions)
 
 Run by the script with the venv's python; K8S_VALIDATE_CHECKER names the checker binary.
 """
@@ -146,7 +149,7 @@ def checkov(path):
 def pods(objs):
     """(object, pod spec, pod metadata) of every workload in a render."""
     for o in objs:
-        tpl = (o.get("spec") or {}).get("template") if o.get("kind") in ("Deployment", "StatefulSet") else None
+        tpl = (o.get("spec") or {}).get("template") if o.get("kind") in ("Deployment", "StatefulSet", "Job") else None
         if tpl:
             yield o, tpl.get("spec") or {}, tpl.get("metadata") or {}
 
@@ -162,9 +165,32 @@ def env_value(c, name, configmaps):
     return None
 
 
+# The checker's static target forms (README, "Checker"): a fleet checker sets none of them.
+STATIC_TARGET_VARS = ("TARGETS", "TARGETS_FILE", "TARGET")
+
+
+def is_checker(c):
+    """A container running the checker image (healthcheck-pipeline/checker, any registry or tag)."""
+    return (c.get("image") or "").rsplit("/", 1)[-1].split(":")[0].split("@")[0] == "checker"
+
+
+def applied_file(c):
+    """The FILE of a container running `checker targets apply FILE` (args or command), or None."""
+    words = list(c.get("command") or []) + list(c.get("args") or [])
+    for i in range(len(words) - 2):
+        if words[i] == "targets" and words[i + 1] == "apply":
+            rest = [w for w in words[i + 2:] if not w.startswith("-")]
+            return rest[0] if rest else None
+    return None
+
+
 def targets_file(c, spec, configmaps):
-    """(content, problem): the ConfigMap key mounted where the container's TARGETS_FILE points."""
-    path = env_value(c, "TARGETS_FILE", configmaps)
+    """(content, problem): the ConfigMap key mounted where the container's targets file lies:
+    the FILE of `checker targets apply FILE`, else TARGETS_FILE."""
+    path = applied_file(c) if is_checker(c) else None
+    what = "targets apply %s" % path if path else "TARGETS_FILE %s"
+    path = path or env_value(c, "TARGETS_FILE", configmaps)
+    what = what % path if "%s" in what else what
     volumes = {v.get("name"): v for v in spec.get("volumes") or []}
     for m in c.get("volumeMounts") or [] if path else []:
         cm = (volumes.get(m.get("name")) or {}).get("configMap")
@@ -174,8 +200,49 @@ def targets_file(c, spec, configmaps):
         if cm and key:
             data = configmaps.get(cm.get("name")) or {}
             return (data[key], None) if key in data else \
-                (None, "TARGETS_FILE %s: key %r not in ConfigMap %r" % (path, key, cm.get("name")))
-    return None, "TARGETS_FILE %s is not inside a mounted ConfigMap" % path if path else None
+                (None, "%s: key %r not in ConfigMap %r" % (what, key, cm.get("name")))
+    return None, "%s is not inside a mounted ConfigMap" % what if path else None
+
+
+def fleet_rules(objs, configmaps):
+    """Problems of the checker fleet (deploy/README.md, "Sizing"): checker Deployments take
+    their targets from the topic (no static form: every replica would probe every target),
+    something applies the targets (a Job running `checker targets apply`), one Deployment per
+    LOCATION (each location is one consumer group), and no more replicas per location than
+    the targets topic has partitions (the rest would only stand by)."""
+    problems, locations, fleet = [], {}, []
+    for o, spec, _ in pods(objs):
+        if o.get("kind") != "Deployment":
+            continue
+        for c in spec.get("containers") or []:
+            if not is_checker(c) or applied_file(c):
+                continue
+            static = [v for v in STATIC_TARGET_VARS if env_value(c, v, configmaps) is not None]
+            if static:
+                problems.append((oid(o), "container %s: static targets (%s) on a fleet checker: its targets "
+                                 "come from KAFKA_TARGETS_TOPIC (the targets Job publishes the ConfigMap); "
+                                 "with a static list every replica probes every target"
+                                 % (c.get("name"), ", ".join(static))))
+            location = env_value(c, "LOCATION", configmaps) or "default"
+            if location in locations:
+                problems.append((oid(o), "LOCATION %r is also the location of %s: one Deployment per location "
+                                 "(each location is one consumer group, checker-<LOCATION>)"
+                                 % (location, locations[location])))
+            locations.setdefault(location, oid(o))
+            partitions = env_value(c, "KAFKA_TARGETS_TOPIC_PARTITIONS", configmaps) or "6"
+            replicas = (o.get("spec") or {}).get("replicas", 1)
+            if str(partitions).isdigit() and replicas > int(partitions):
+                problems.append((oid(o), "%d replicas for the %s partitions of the targets topic "
+                                 "(KAFKA_TARGETS_TOPIC_PARTITIONS): %d would only stand by; raise the "
+                                 "partitions to the most replicas per location" % (replicas, partitions,
+                                                                                 replicas - int(partitions))))
+            fleet.append(oid(o))
+    appliers = [oid(o) for o, spec, _ in pods(objs) if o.get("kind") == "Job"
+                for c in spec.get("containers") or [] if is_checker(c) and applied_file(c)]
+    if fleet and not appliers:
+        problems.append((fleet[0], "no Job runs `checker targets apply`: nothing publishes the targets the "
+                         "fleet checkers (%s) probe" % ", ".join(fleet)))
+    return problems
 
 
 def container_rules(c, spec, configmaps, secrets, external):
@@ -226,7 +293,7 @@ def project_rules(objs, external):
     configmaps = {n: o.get("data") or {} for n, o in named.get("ConfigMap", {}).items()}
     secrets = {n: dict(o.get("data") or {}, **(o.get("stringData") or {})) for n, o in named.get("Secret", {}).items()}
     services = list(named.get("Service", {}).values())
-    problems, targets = [], []
+    problems, targets = fleet_rules(objs, configmaps), []
     for o, spec, meta in pods(objs):
         labels = meta.get("labels") or {}
         if any(labels.get(k) != v for k, v in ((o["spec"].get("selector") or {}).get("matchLabels") or {}).items()):
@@ -236,7 +303,8 @@ def project_rules(objs, external):
                 problems.append((oid(o), "volume %s: ConfigMap %r not in this render" % (v["name"], v["configMap"].get("name"))))
         containers = spec.get("containers") or []
         ports = {p.get(k) for c in containers for p in c.get("ports") or [] for k in ("name", "containerPort")}
-        if (meta.get("annotations") or {}).get("prometheus.io/port") not in {str(p) for p in ports}:
+        scraped = o.get("kind") != "Job" or "prometheus.io/scrape" in (meta.get("annotations") or {})
+        if scraped and (meta.get("annotations") or {}).get("prometheus.io/port") not in {str(p) for p in ports}:
             problems.append((oid(o), "annotation prometheus.io/port is not a container port"))
         for svc in services:
             sel = (svc.get("spec") or {}).get("selector") or {}
@@ -428,9 +496,22 @@ MUTATIONS = [
      "memory: 64Mi", "memory: lots", "rules", "not a Kubernetes quantity"),
     ("request above limit", "base/sink/deployment.yaml",
      "cpu: 100m", "cpu: 1500m", "rules", "requests.cpu exceeds"),
-    ("TARGETS_FILE not mounted", "base/checker/deployment.yaml",
-     "value: /etc/healthcheck/targets.yaml", "value: /etc/checker/targets.yaml", "rules",
-     "not inside a mounted ConfigMap"),
+    ("targets file of the Job not mounted", "base/targets/job.yaml",
+     '"/etc/healthcheck/targets.yaml"]', '"/etc/checker/targets.yaml"]', "rules",
+     "targets apply /etc/checker/targets.yaml is not inside a mounted ConfigMap"),
+    ("targets Job may escalate", "base/targets/job.yaml",
+     "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "checkov", "CKV_K8S_20"),
+    ("static TARGETS_FILE on a fleet checker", "base/checker/deployment.yaml",
+     "            - name: LOCATION\n              value: default",
+     "            - name: TARGETS_FILE\n              value: /etc/healthcheck/targets.yaml\n"
+     "            - name: LOCATION\n              value: default", "rules", "static targets (TARGETS_FILE)"),
+    ("no Job applies the targets", "base/kustomization.yaml",
+     "  - targets/job.yaml\n", "", "rules", "no Job runs `checker targets apply`"),
+    ("two Deployments for one location", "components/location-us-east/checker/location-patch.yaml",
+     "value: us-east", "value: eu-west", "rules", "LOCATION 'eu-west' is also the location of"),
+    ("more checker replicas than partitions", "overlays/prod/kustomization.yaml",
+     "  - name: checker-us-east\n    count: 3", "  - name: checker-us-east\n    count: 8", "rules",
+     "8 replicas for the 6 partitions"),
     ("grace period too short", "base/checker/deployment.yaml",
      "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 20", "rules",
      "must exceed SHUTDOWN_GRACE_PERIOD"),
