@@ -101,7 +101,14 @@ impl ConsumerContext for FleetContext {
                 } else {
                     RebalanceKind::Revoke
                 });
-                shared.state.lock().expect("fleet state").revoke(&parts, now);
+                {
+                    let mut state = shared.state.lock().expect("fleet state");
+                    if lost {
+                        state.lose(&parts);
+                    } else {
+                        state.revoke(&parts, now);
+                    }
+                }
                 let r = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -116,7 +123,7 @@ impl ConsumerContext for FleetContext {
                 let code: rdkafka::error::RDKafkaErrorCode = other.into();
                 tracing::error!(error = %code, "Rebalance error; treating the assignment as lost.");
                 shared.metrics.rebalance(RebalanceKind::Lost);
-                shared.state.lock().expect("fleet state").revoke_all(now);
+                shared.state.lock().expect("fleet state").lose_all();
                 let _ = consumer.unassign();
             }
         }

@@ -6,9 +6,14 @@
 //! - An assigned partition is `Loading` until its end: its records are collected (last value
 //!   per key; a tombstone removes), then its targets are scheduled at once.
 //! - A `Live` partition applies each record as it comes (upsert, or remove on a tombstone).
-//! - A revoked (or lost) partition's targets are not removed at once: they are handed over,
-//!   kept scheduled for the hand-over period and removed then, unless a partition assigned in
-//!   the meantime schedules them again (coverage over exclusivity during a rebalance).
+//! - A revoked partition's targets are not removed at once: they are handed over, kept
+//!   scheduled for the hand-over period and removed then, unless a partition assigned in the
+//!   meantime schedules them again (coverage over exclusivity during a rebalance).
+//! - A lost assignment (the session expired: the broker was unreachable, or this replica was
+//!   cut off) keeps its targets scheduled with no end until the group answers again (the next
+//!   assignment, possibly empty), and the hand-over period runs from then. A replica that
+//!   cannot reach the group keeps probing, as a single checker does through a broker outage;
+//!   what it probed that another replica probed too has the same `check_id`.
 //! - A value that does not build a target changes nothing: the previous spec keeps running.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,8 +58,9 @@ enum Partition {
 #[derive(Debug)]
 pub struct State {
     partitions: BTreeMap<i32, Partition>,
-    /// Targets of revoked partitions, still scheduled until the instant given.
-    handover: HashMap<String, Instant>,
+    /// Targets of revoked partitions, still scheduled until the instant given (`None`: of a
+    /// lost assignment, until the next assignment starts the hand-over period).
+    handover: HashMap<String, Option<Instant>>,
     handover_period: Duration,
 }
 
@@ -68,8 +74,12 @@ impl State {
         }
     }
 
-    /// Partitions newly assigned: each starts loading.
+    /// Partitions newly assigned (possibly none: the group answered): each starts loading, and
+    /// the targets of a lost assignment start their hand-over period.
     pub fn assign(&mut self, partitions: &[i32], now: Instant) {
+        for until in self.handover.values_mut() {
+            until.get_or_insert(now + self.handover_period);
+        }
         for &p in partitions {
             self.partitions.insert(
                 p,
@@ -81,12 +91,22 @@ impl State {
         }
     }
 
-    /// Partitions revoked or lost: their scheduled targets are handed over.
+    /// Partitions revoked: their scheduled targets are handed over for the hand-over period.
     pub fn revoke(&mut self, partitions: &[i32], now: Instant) {
+        self.release(partitions, Some(now + self.handover_period));
+    }
+
+    /// Partitions of a lost assignment: their targets stay scheduled until the next
+    /// assignment, then for the hand-over period.
+    pub fn lose(&mut self, partitions: &[i32]) {
+        self.release(partitions, None);
+    }
+
+    fn release(&mut self, partitions: &[i32], until: Option<Instant>) {
         for p in partitions {
             if let Some(Partition::Live { names }) = self.partitions.remove(p) {
                 for name in names {
-                    self.handover.insert(name, now + self.handover_period);
+                    self.handover.insert(name, until);
                 }
             }
         }
@@ -96,6 +116,12 @@ impl State {
     pub fn revoke_all(&mut self, now: Instant) {
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         self.revoke(&all, now);
+    }
+
+    /// Every partition lost (a rebalance error).
+    pub fn lose_all(&mut self) {
+        let all: Vec<i32> = self.partitions.keys().copied().collect();
+        self.lose(&all);
     }
 
     /// A record of partition `p`: `Some(target)` a valid spec, `None` a tombstone. Records of a
@@ -161,7 +187,7 @@ impl State {
         let expired: Vec<String> = self
             .handover
             .iter()
-            .filter(|(name, until)| **until <= now && !loading(name))
+            .filter(|(name, until)| until.is_some_and(|until| until <= now) && !loading(name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &expired {
@@ -268,6 +294,39 @@ mod tests {
         assert_eq!(names(&changes), ["+b"]);
         assert_eq!(s.handing_over(), 0);
         assert!(s.tick(t0 + period * 3).is_empty(), "b is owned again, never removed");
+    }
+
+    /// Found by reading the first version: a lost assignment was handed over like a revoked
+    /// one, so a replica cut off from the broker for longer than the session timeout plus the
+    /// hand-over period stopped probing altogether.
+    #[test]
+    fn a_lost_assignment_keeps_probing_until_the_group_answers_again() {
+        let t0 = Instant::now();
+        let period = Duration::from_secs(10);
+        let mut s = State::new(period);
+        s.assign(&[0, 1], t0);
+        s.record(0, "a", Some(target("a")));
+        s.record(1, "b", Some(target("b")));
+        s.end_of_partition(0, t0);
+        s.end_of_partition(1, t0);
+        s.lose(&[0, 1]);
+        assert!(
+            s.tick(t0 + Duration::from_secs(3600)).is_empty(),
+            "an hour cut off: still probing"
+        );
+        assert_eq!(s.handing_over(), 2);
+        // The group answers: partition 1 comes back, 0 went to another replica.
+        let back = t0 + Duration::from_secs(3600);
+        s.assign(&[1], back);
+        s.record(1, "b", Some(target("b")));
+        s.end_of_partition(1, back);
+        assert!(s.tick(back + period - Duration::from_millis(1)).is_empty());
+        assert_eq!(names(&s.tick(back + period)), ["-a"]);
+        assert_eq!(s.handing_over(), 0);
+        // An empty assignment starts the hand-over period too (a standby after the cut).
+        s.lose_all();
+        s.assign(&[], back + period);
+        assert_eq!(names(&s.tick(back + period * 2)), ["-b"]);
     }
 
     #[test]
