@@ -31,7 +31,7 @@
 # E2E_COMPOSE (default "docker compose" when that works, else "docker-compose"),
 # E2E_SESSION_TIMEOUT_MS (default 6000: the checkers' group session timeout),
 # E2E_CUT_SECONDS (default 2 x the session timeout: how long the fleet drill cuts
-# $LOCATION_B off), E2E_LOCATION_A / E2E_LOCATION_B (default site-a / site-b).
+# $LOCATION_B off), E2E_LOCATION_A / E2E_LOCATION_B (default site-a / site-b). E2E_HANDOVER_PERIOD (default 3s: shorter than the cut minus the session timeout).
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -66,6 +66,10 @@ A_REPLICAS=2
 export CHECKER_SESSION_TIMEOUT_MS="${E2E_SESSION_TIMEOUT_MS:-6000}"
 export CHECKER_HEARTBEAT_INTERVAL_MS=1000
 CUT_SECONDS="${E2E_CUT_SECONDS:-$((2 * CHECKER_SESSION_TIMEOUT_MS / 1000))}"
+# Shorter than the cut minus the session timeout, so that the drill shows a cut-off replica
+# probing on after its assignment was lost (it hands over only once it reaches the group
+# again), not a hand-over period that happened to outlast the cut.
+export CHECKER_HANDOVER_PERIOD="${E2E_HANDOVER_PERIOD:-3s}"
 
 PG_USER=$(env_value POSTGRES_USER)
 PG_DB=$(env_value POSTGRES_DB)
