@@ -1,7 +1,9 @@
 -- Issue #14: the targets topic (KAFKA_TARGETS_TOPIC, key = target name, value = its spec as
 -- JSON, tombstone = removal) as history, written by the sink's targets consumer
--- (sink::targets). One row per record; (topic, kafka_partition, kafka_offset) is unique, so a
--- replayed record is a no-op.
+-- (sink::targets). One row per record; (topic, kafka_partition, kafka_offset, changed_at) is
+-- unique, so a replayed record is a no-op. The record's timestamp is in the key because
+-- offsets are not unique over time: a topic deleted and created again (or a test broker that
+-- forgot its log) starts again at offset 0, and its records are new changes, not replays.
 CREATE TABLE target_changes (
     id               bigserial   PRIMARY KEY,
     topic            text        NOT NULL,
@@ -22,7 +24,7 @@ CREATE TABLE target_changes (
     -- The record's timestamp.
     changed_at       timestamptz NOT NULL,
     inserted_at      timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (topic, kafka_partition, kafka_offset),
+    UNIQUE (topic, kafka_partition, kafka_offset, changed_at),
     CHECK ((spec IS NULL) = (interval_seconds IS NULL) AND (spec IS NULL) = (phase_seconds IS NULL))
 );
 

@@ -1,5 +1,5 @@
 //! The targets topic's records into `target_changes`: one batch, one transaction, with its
-//! dead letters; replays absorbed by the unique (topic, partition, offset).
+//! dead letters; replays absorbed by the unique (topic, partition, offset, record timestamp).
 
 use super::{DeadLetter, Store, StoreError};
 use crate::targets::{exact_seconds, TargetChange};

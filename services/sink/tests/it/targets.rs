@@ -204,3 +204,50 @@ async fn the_targets_topic_becomes_versions_and_a_poison_record_a_dead_letter() 
     .await;
     sink.stop().await;
 }
+
+/// Found by the container drill: the stand-in broker forgot its log on restart, the targets
+/// were applied again at offsets already stored, and `ON CONFLICT` dropped them as replays,
+/// so the `targets` view stayed on the old versions. A topic deleted and created again does
+/// the same on Kafka. A record at a stored offset with another timestamp is a new change; the
+/// same record again is a replay.
+#[tokio::test]
+async fn a_reused_offset_with_a_new_timestamp_is_a_new_change() {
+    let (store, db) = crate::store::migrated_store().await;
+    let change = |at: &str| sink::targets::TargetChange {
+        partition: 0,
+        offset: 0,
+        name: "api".into(),
+        spec: Some(serde_json::json!({"name": "api", "url": "http://api/", "interval": "10s"})),
+        interval: Some(Duration::from_secs(10)),
+        phase: Some(common::slots::phase("api", Duration::from_secs(10))),
+        quorum: None,
+        changed_at: at.parse::<DateTime<Utc>>().unwrap(),
+    };
+    let first = change("2026-01-01T00:00:00Z");
+    assert_eq!(
+        store.write_target_changes("t", &[first.clone()], &[]).await.unwrap(),
+        (1, 0)
+    );
+    assert_eq!(
+        store.write_target_changes("t", &[first], &[]).await.unwrap(),
+        (0, 0),
+        "a replay"
+    );
+    let again = change("2026-01-02T00:00:00Z");
+    assert_eq!(
+        store.write_target_changes("t", &[again], &[]).await.unwrap(),
+        (1, 0),
+        "a new log"
+    );
+    let since: Vec<DateTime<Utc>> = db
+        .query(
+            "SELECT since FROM targets WHERE target_name = 'api' ORDER BY since",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(since.len(), 2, "{since:?}");
+}
