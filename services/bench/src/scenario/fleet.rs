@@ -432,7 +432,10 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
          | outside the holes of the {} moved targets | {} | {} | {:.3} % |\n\n\
          Holes (min / median / p99 / max; {unclosed} not closed before the end), next to session timeout + interval = {} s:\n\n\
          | per moved target | s |\n|---|---:|\n\
-         | last delivered slot → survivor's first slot | {} |\n| kill → survivor's first slot | {} |\n",
+         | last delivered slot → survivor's first slot | {} |\n| kill → survivor's first slot | {} |\n\n\
+         A hole's ends are consecutive results, so every slot inside one is missing: the coverage goal says that \
+         every missing slot is in a hole, and the holes' lengths (a span of k intervals is k − 1 missing slots) say \
+         how much the kill cost.\n",
         num(seen.len() as f64),
         num(a.before_kill.expected as f64),
         num(a.before_kill.present as f64),
