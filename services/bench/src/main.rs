@@ -450,7 +450,9 @@ fn method(ctx: &Ctx) -> String {
          CPU per replica over one steady interval. Then one replica is SIGKILLed: the rebalance time is the first \
          probe (its start) by a survivor of a target the killed replica probed in the interval before, minus the \
          kill. Coverage is computed from the results topic, read back while it is written: slots of each target's \
-         grid (`common::slots`) from one interval after scheduling to the end that have a result."
+         grid (`common::slots`) from one interval after scheduling to the end that have a result; the goal is met outside \
+         the killed replica's hole, which is per moved target (owned by the killed replica at the kill): from its last \
+         delivered slot to a survivor's first probed slot, both exclusive. Every missing slot is classified by cause."
     );
     s
 }

@@ -15,7 +15,12 @@
 //!   such target was probed again;
 //! - coverage from the results topic (read back as it is written): the share of the slots of
 //!   the grid (`common::slots`) that have a result, before the kill, over the whole run, and
-//!   outside the detection window (kill → first survivor probe).
+//!   outside the killed replica's holes. The hole is per moved target (one the victim owned
+//!   at the kill), from the victim's last delivered slot to a survivor's first probed slot,
+//!   both exclusive: its partition is reassigned and loaded at its own time, and the victim's
+//!   last probes (in flight, or not yet delivered) die with it. Every missing slot is
+//!   classified ([`Cause`]) and written to `<work>/fleet-missing.csv`, every result to
+//!   `<work>/fleet-results.csv`.
 //!
 //! Never asserts: figures only.
 
@@ -212,7 +217,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let scrapes0 = scrape_all(&replicas).await;
     tokio::time::sleep(INTERVAL).await;
     let c1 = CpuSnap::take(&who);
-    let scrapes1 = scrape_all(&replicas).await;
+    let mut scrapes1 = scrape_all(&replicas).await;
     let cpu = c0.delta(&c1);
     let mut rss = Vec::new();
     let mut per_replica = String::from(
@@ -255,6 +260,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     // Every moved target's next slot, and a margin for the results to arrive.
     tokio::time::sleep(INTERVAL + Duration::from_secs(10)).await;
     let end_at = Utc::now() - chrono::Duration::seconds(5);
+    let mut counters = scrape_all(&replicas).await;
+    counters[VICTIM] = scrapes1[VICTIM].take();
     for s in replicas.iter_mut().filter_map(Option::take) {
         s.stop(Duration::from_secs(20)).await;
     }
@@ -292,37 +299,27 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         f64::NAN
     };
 
-    // Coverage of the grid, from the results.
-    let mut slots: Vec<Vec<i64>> = vec![Vec::new(); n];
-    for s in &seen {
-        slots[s.target as usize].push(s.scheduled_ms);
-    }
+    // Coverage of the grid, from the results, and why each missing slot is missing.
     let from = settled_at + chrono::Duration::from_std(INTERVAL)?;
-    let detection_end = if first_probe_secs.is_finite() {
-        kill_at + chrono::Duration::milliseconds((first_probe_secs * 1e3) as i64)
-    } else {
-        end_at
-    };
-    let mut cov = [Coverage::default(); 3];
-    for (i, present) in slots.iter_mut().enumerate() {
-        present.sort_unstable();
-        present.dedup();
-        let phase = common::slots::phase(&name(i), INTERVAL);
-        let mut slot = common::slots::next_slot_after(from, INTERVAL, phase);
-        while slot <= end_at {
-            let ms = slot.timestamp_millis();
-            let has = present.binary_search(&ms).is_ok();
-            if slot <= kill_at {
-                cov[0].add(has);
-            }
-            cov[1].add(has);
-            if slot <= kill_at || slot > detection_end {
-                cov[2].add(has);
-            }
-            slot += chrono::Duration::from_std(INTERVAL)?;
-        }
+    let a = analyse(&seen, n, INTERVAL, from, end_at, kill_ms, VICTIM as u8)?;
+    dump(&b.work, &seen, &a, kill_ms)?;
+    let mut spans: Vec<f64> = a
+        .holes
+        .iter()
+        .filter_map(|h| Some((h.first_ms? - h.last_ms) as f64 / 1e3))
+        .collect();
+    spans.sort_unstable_by(f64::total_cmp);
+    let unclosed = a.holes.iter().filter(|h| h.first_ms.is_none()).count();
+    let mut takeovers: Vec<f64> = a
+        .holes
+        .iter()
+        .filter_map(|h| Some((h.first_ms? - kill_ms) as f64 / 1e3))
+        .collect();
+    takeovers.sort_unstable_by(f64::total_cmp);
+    let mut causes: std::collections::BTreeMap<Cause, usize> = std::collections::BTreeMap::new();
+    for m in &a.missing {
+        *causes.entry(m.cause).or_default() += 1;
     }
-
     let r = &mut ctx.report;
     r.figures.push(Figure::new(
         "14",
@@ -379,10 +376,21 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ));
     r.figures.push(Figure::new(
         "14",
-        "fleet: coverage outside the killed replica's detection window",
+        "fleet: coverage outside the killed replica's holes (per moved target: its last delivered slot → a survivor's first slot)",
         "%",
-        vec![cov[2].percent()],
+        vec![a.outside_holes.percent()],
         Some(Goal::AtLeast(100.0)),
+    ));
+    r.figures.push(Figure::new(
+        "14",
+        format!(
+            "fleet: hole per moved target, last delivered slot → survivor's first slot (samples: the {} holes; session timeout + interval = {} s)",
+            num(spans.len() as f64),
+            SESSION_TIMEOUT_MS / 1000 + INTERVAL.as_secs()
+        ),
+        "s",
+        spans.clone(),
+        None,
     ));
     let mut d = String::new();
     let _ = writeln!(
@@ -405,29 +413,85 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         num(firsts.len() as f64),
         num(moved.len() as f64)
     );
+    let pct = |v: &[f64]| {
+        format!(
+            "{:.1} / {:.1} / {:.1} / {:.1}",
+            quantile(v, 0.0),
+            quantile(v, 0.5),
+            quantile(v, 0.99),
+            quantile(v, 1.0)
+        )
+    };
     let _ = writeln!(
         d,
-        "Coverage (slots of the grid with a result, from {from} to {end_at}; {} results read back):\n\n\
+        "Coverage (slots of the grid with a result, from {from} to {end_at}; {} results read back). A moved target \
+         (owned by {victim} at the kill: its last result at or before the kill is {victim}'s) has a hole from {victim}'s \
+         last delivered slot to a survivor's first probed slot, both exclusive:\n\n\
          | window | expected slots | with a result | coverage |\n|---|---:|---:|---:|\n\
          | before the kill | {} | {} | {:.3} % |\n| whole run, kill included | {} | {} | {:.3} % |\n\
-         | outside the detection window (kill → first survivor probe) | {} | {} | {:.3} % |",
+         | outside the holes of the {} moved targets | {} | {} | {:.3} % |\n\n\
+         Holes (min / median / p99 / max; {unclosed} not closed before the end), next to session timeout + interval = {} s:\n\n\
+         | per moved target | s |\n|---|---:|\n\
+         | last delivered slot → survivor's first slot | {} |\n| kill → survivor's first slot | {} |\n\n\
+         A hole's ends are consecutive results, so every slot inside one is missing: the coverage goal says that \
+         every missing slot is in a hole, and the holes' lengths (a span of k intervals is k − 1 missing slots) say \
+         how much the kill cost.\n",
         num(seen.len() as f64),
-        num(cov[0].expected as f64),
-        num(cov[0].present as f64),
-        cov[0].percent(),
-        num(cov[1].expected as f64),
-        num(cov[1].present as f64),
-        cov[1].percent(),
-        num(cov[2].expected as f64),
-        num(cov[2].present as f64),
-        cov[2].percent()
+        num(a.before_kill.expected as f64),
+        num(a.before_kill.present as f64),
+        a.before_kill.percent(),
+        num(a.whole.expected as f64),
+        num(a.whole.present as f64),
+        a.whole.percent(),
+        num(a.holes.len() as f64),
+        num(a.outside_holes.expected as f64),
+        num(a.outside_holes.present as f64),
+        a.outside_holes.percent(),
+        SESSION_TIMEOUT_MS / 1000 + INTERVAL.as_secs(),
+        pct(&spans),
+        pct(&takeovers),
+        victim = REPLICAS[VICTIM],
     );
+    d.push_str("Missing slots by cause (all listed in `fleet-missing.csv`, results in `fleet-results.csv`):\n\n| cause | slots |\n|---|---:|\n");
+    for (c, k) in &causes {
+        let _ = writeln!(d, "| {} | {k} |", c.describe());
+    }
+    let outside: Vec<&Missing> = a.missing.iter().filter(|m| !m.cause.in_hole()).collect();
+    if !outside.is_empty() {
+        d.push_str(
+            "\nMissing outside the holes (first 40): target, cause, slot − kill, slot − start of the window:\n\n",
+        );
+        for m in outside.iter().take(40) {
+            let _ = writeln!(
+                d,
+                "- {} {:?} {:+.1} s, {:+.1} s",
+                name(m.target as usize),
+                m.cause,
+                (m.slot_ms - kill_ms) as f64 / 1e3,
+                (m.slot_ms - from.timestamp_millis()) as f64 / 1e3
+            );
+        }
+    }
+    d.push_str("\nCounters (the victim's just before the kill, the survivors' at the end):\n\n| replica | skipped slots | results dropped | publish failures | results waiting | probes in flight |\n|---|---:|---:|---:|---:|---:|\n");
+    for (i, sc) in counters.iter().enumerate() {
+        let m = |name: &str| sc.as_ref().map_or(f64::NAN, |s| s.sum(name));
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} | {} | {} |",
+            REPLICAS[i],
+            m("healthcheck_checker_skipped_slots_total"),
+            m("healthcheck_checker_results_dropped_total"),
+            m("healthcheck_checker_publish_failures_total"),
+            m("healthcheck_checker_results_waiting"),
+            m("healthcheck_checker_probes_in_flight"),
+        );
+    }
     r.details.push(("14. Fleet".into(), d));
     Ok(())
 }
 
 /// Slots expected and slots with a result.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Coverage {
     expected: u64,
     present: u64,
@@ -446,6 +510,194 @@ impl Coverage {
             self.present as f64 * 100.0 / self.expected as f64
         }
     }
+}
+
+/// Why a slot of the grid has no result (see [`analyse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cause {
+    /// A target the victim owned at the kill, slot at or before the kill, after the victim's
+    /// last delivered slot: lost with the victim (probe in flight or result not yet delivered).
+    HoleBeforeKill,
+    /// A target the victim owned, slot after the kill, before the survivor's first slot:
+    /// detection (session timeout) + reassignment + load + the wait for the next slot.
+    HoleAfterKill,
+    /// The victim's target, slot before its last delivered one (a slot the victim skipped).
+    VictimEarlier,
+    /// The victim's target, slot after the survivor's first one.
+    MovedLater,
+    /// A survivor's own target, slot at or before the kill.
+    SurvivorBeforeKill,
+    /// A survivor's own target, slot after the kill.
+    SurvivorAfterKill,
+    /// A target with no result before the kill at all (owner unknown).
+    NoOwner,
+}
+
+impl Cause {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::HoleBeforeKill => "victim's target, at/before the kill, after its last delivered slot (lost with it)",
+            Self::HoleAfterKill => "victim's target, after the kill, before the survivor's first slot (takeover)",
+            Self::VictimEarlier => "victim's target, before its last delivered slot",
+            Self::MovedLater => "victim's target, after the survivor's first slot",
+            Self::SurvivorBeforeKill => "survivor's own target, at/before the kill",
+            Self::SurvivorAfterKill => "survivor's own target, after the kill",
+            Self::NoOwner => "target without any result before the kill",
+        }
+    }
+
+    fn in_hole(self) -> bool {
+        matches!(self, Self::HoleBeforeKill | Self::HoleAfterKill)
+    }
+}
+
+/// One slot of the grid without a result.
+#[derive(Clone, Copy, Debug)]
+struct Missing {
+    target: u32,
+    slot_ms: i64,
+    cause: Cause,
+}
+
+/// The killed replica's hole in one moved target's history: from its last delivered slot
+/// (exclusive) to a survivor's first probed slot (exclusive); `first_ms` is `None` when no
+/// survivor probed it before the end.
+#[derive(Clone, Copy, Debug)]
+struct Hole {
+    last_ms: i64,
+    first_ms: Option<i64>,
+}
+
+/// Coverage of the grid, with every missing slot and its cause.
+#[derive(Debug, Default)]
+struct Analysis {
+    /// Slots at or before the kill.
+    before_kill: Coverage,
+    /// Every slot.
+    whole: Coverage,
+    /// Slots outside the holes of the moved targets.
+    outside_holes: Coverage,
+    /// Per moved target (owned by the victim at the kill).
+    holes: Vec<Hole>,
+    missing: Vec<Missing>,
+}
+
+/// The grid's slots `from < slot <= end` of targets `0..n` (interval `interval`, phase from
+/// their name), checked against the results `seen`; `victim` is the killed replica's index,
+/// killed at `kill_ms`. A target's owner at the kill is the replica of its last result
+/// scheduled at or before the kill.
+fn analyse(
+    seen: &[Seen],
+    n: usize,
+    interval: Duration,
+    from: chrono::DateTime<Utc>,
+    end: chrono::DateTime<Utc>,
+    kill_ms: i64,
+    victim: u8,
+) -> anyhow::Result<Analysis> {
+    let mut by_target: Vec<Vec<(i64, u8)>> = vec![Vec::new(); n];
+    for s in seen {
+        if let Some(v) = by_target.get_mut(s.target as usize) {
+            v.push((s.scheduled_ms, s.instance));
+        }
+    }
+    let step = chrono::Duration::from_std(interval)?;
+    let mut a = Analysis::default();
+    for (i, results) in by_target.iter_mut().enumerate() {
+        results.sort_unstable();
+        let owner = results.iter().rev().find(|(ms, _)| *ms <= kill_ms).map(|(_, who)| *who);
+        let hole = (owner == Some(victim)).then(|| {
+            let last_ms = results
+                .iter()
+                .filter(|(_, who)| *who == victim)
+                .map(|(ms, _)| *ms)
+                .max()
+                .expect("the owner has a result");
+            let first_ms = results
+                .iter()
+                .find(|(ms, who)| *who != victim && *ms > last_ms)
+                .map(|(ms, _)| *ms);
+            Hole { last_ms, first_ms }
+        });
+        if let Some(h) = hole {
+            a.holes.push(h);
+        }
+        let phase = common::slots::phase(&name(i), interval);
+        let mut slot = common::slots::next_slot_after(from, interval, phase);
+        while slot <= end {
+            let ms = slot.timestamp_millis();
+            let has = results.binary_search_by(|(m, _)| m.cmp(&ms)).is_ok();
+            let cause = match (owner, hole) {
+                (None, _) => Cause::NoOwner,
+                (Some(_), Some(h)) if ms > h.last_ms && h.first_ms.is_none_or(|f| ms < f) => {
+                    if ms <= kill_ms {
+                        Cause::HoleBeforeKill
+                    } else {
+                        Cause::HoleAfterKill
+                    }
+                }
+                (Some(_), Some(h)) if ms <= h.last_ms => Cause::VictimEarlier,
+                (Some(_), Some(_)) => Cause::MovedLater,
+                (Some(_), None) if ms <= kill_ms => Cause::SurvivorBeforeKill,
+                (Some(_), None) => Cause::SurvivorAfterKill,
+            };
+            if ms <= kill_ms {
+                a.before_kill.add(has);
+            }
+            a.whole.add(has);
+            if !cause.in_hole() {
+                a.outside_holes.add(has);
+            }
+            if !has {
+                a.missing.push(Missing {
+                    target: i as u32,
+                    slot_ms: ms,
+                    cause,
+                });
+            }
+            slot += step;
+        }
+    }
+    Ok(a)
+}
+
+/// The `q`-quantile (0..=1, nearest rank) of sorted `v`; NaN when empty.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Writes the results (`fleet-results.csv`) and the missing slots (`fleet-missing.csv`) to
+/// `work`, times in Unix milliseconds and relative to the kill.
+fn dump(work: &std::path::Path, seen: &[Seen], a: &Analysis, kill_ms: i64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(work.join("fleet-results.csv"))?);
+    writeln!(f, "target,instance,scheduled_ms,started_ms")?;
+    for s in seen {
+        writeln!(
+            f,
+            "{},{},{},{}",
+            s.target, REPLICAS[s.instance as usize], s.scheduled_ms, s.started_ms
+        )?;
+    }
+    f.flush()?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(work.join("fleet-missing.csv"))?);
+    writeln!(f, "target,slot_ms,slot_minus_kill_s,cause")?;
+    for m in &a.missing {
+        writeln!(
+            f,
+            "{},{},{:.3},{:?}",
+            m.target,
+            m.slot_ms,
+            (m.slot_ms - kill_ms) as f64 / 1e3,
+            m.cause
+        )?;
+    }
+    f.flush()?;
+    Ok(())
 }
 
 async fn scrape_all(replicas: &[Option<Service>]) -> Vec<Option<Scrape>> {
@@ -487,5 +739,67 @@ async fn settle(replicas: &[Option<Service>], which: &[usize], n: usize, limit: 
             bail!("not settled within {limit:?}: {partitions} partitions, {targets} targets of {n}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first `k` slots of target `i` after `from`, in Unix milliseconds.
+    fn slots(i: usize, from: chrono::DateTime<Utc>, k: usize) -> Vec<i64> {
+        let first = common::slots::next_slot_after(from, INTERVAL, common::slots::phase(&name(i), INTERVAL));
+        (0..k as i32)
+            .map(|j| (first + chrono::Duration::seconds(60 * i64::from(j))).timestamp_millis())
+            .collect()
+    }
+
+    fn seen(target: u32, instance: u8, scheduled_ms: i64) -> Seen {
+        Seen {
+            target,
+            instance,
+            scheduled_ms,
+            started_ms: scheduled_ms,
+        }
+    }
+
+    #[test]
+    fn missing_slots_are_split_into_the_victims_hole_and_the_rest() {
+        let from = chrono::DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (t0, t1) = (slots(0, from, 8), slots(1, from, 8));
+        // Target 0 is the victim's (replica 0): its 3rd slot is lost with it, its 4th falls in
+        // the takeover, replica 1 probes it from the 5th on. Target 1 is replica 2's and misses
+        // its 1st slot, and its 5th (after the kill).
+        let kill_ms = t0[2] + 1;
+        let end = chrono::DateTime::from_timestamp_millis(t0[5]).unwrap();
+        let mut r = vec![
+            seen(0, 0, t0[0]),
+            seen(0, 0, t0[1]),
+            seen(0, 1, t0[4]),
+            seen(0, 1, t0[5]),
+        ];
+        r.extend(
+            t1.iter()
+                .enumerate()
+                .filter(|(j, ms)| *j != 0 && *j != 4 && **ms <= t0[5])
+                .map(|(_, ms)| seen(1, 2, *ms)),
+        );
+        let a = analyse(&r, 2, INTERVAL, from, end, kill_ms, 0).unwrap();
+        let causes: Vec<(u32, i64, Cause)> = a.missing.iter().map(|m| (m.target, m.slot_ms, m.cause)).collect();
+        let want = vec![
+            (0, t0[2], Cause::HoleBeforeKill),
+            (0, t0[3], Cause::HoleAfterKill),
+            (1, t1[0], Cause::SurvivorBeforeKill),
+            (1, t1[4], Cause::SurvivorAfterKill),
+        ];
+        assert_eq!(causes, want);
+        assert_eq!(a.holes.len(), 1);
+        assert_eq!((a.holes[0].last_ms, a.holes[0].first_ms), (t0[1], Some(t0[4])));
+        assert_eq!(a.whole.expected - a.whole.present, want.len() as u64);
+        assert_eq!(a.outside_holes.expected, a.whole.expected - 2);
+        assert_eq!(a.outside_holes.present, a.whole.present);
+        assert_eq!(a.before_kill.expected - a.before_kill.present, 2);
     }
 }
