@@ -225,7 +225,10 @@ async fn a_reused_offset_with_a_new_timestamp_is_a_new_change() {
     };
     let first = change("2026-01-01T00:00:00Z");
     assert_eq!(
-        store.write_target_changes("t", &[first.clone()], &[]).await.unwrap(),
+        store
+            .write_target_changes("t", std::slice::from_ref(&first), &[])
+            .await
+            .unwrap(),
         (1, 0)
     );
     assert_eq!(
