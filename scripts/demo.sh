@@ -253,10 +253,7 @@ SINK_PID=$!
 wait_http sink "http://$SINK_ADMIN/healthz" 60 "$SINK_PID" "$DEMO_DIR/sink.log"
 
 log "starting checker (admin http://$CHECKER_ADMIN)"
-# HANDOVER_PERIOD (fleet mode's hand-over, default 20 s) must fit in the grace period above,
-# which the checker checks whatever its target source.
 TARGETS="$TARGETS_JSON" ADMIN_ADDR="$CHECKER_ADMIN" INSTANCE_ID=demo-checker \
-    HANDOVER_PERIOD="${HANDOVER_PERIOD:-5s}" \
     setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null 8>&- &
 CHECKER_PID=$!
 wait_http checker "http://$CHECKER_ADMIN/healthz" 60 "$CHECKER_PID" "$DEMO_DIR/checker.log"
