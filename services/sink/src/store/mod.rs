@@ -43,6 +43,7 @@ pub mod error;
 mod partitions;
 mod reject;
 mod sqlstate;
+pub mod status;
 mod targets;
 mod write;
 
