@@ -20,6 +20,7 @@ Run by the script with the venv's python; K8S_VALIDATE_CHECKER names the checker
 """
 import argparse
 import functools
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -42,10 +43,13 @@ CHECKER = os.environ.get("K8S_VALIDATE_CHECKER", "")
 CRD_FILE = os.path.join(HERE, "schemas", "monitoring.coreos.com_servicemonitors.yaml")
 POLICIES = os.path.join(HERE, "policies")
 # The checkov checks that match what the manifests promise (deploy/README.md, "Security");
-# CKV_K8S_43 (digest) and _15 (pull Always) are left out: overlays pin tags.
+# CKV_K8S_15 (pull Always) is left out; CKV_K8S_43 (image by digest) runs on the prod renders
+# only (PROD_CHECKS): dev runs images loaded into a local cluster by tag.
 CHECKOV_CHECKS = [
     "CKV_K8S_8", "CKV_K8S_9",                              # liveness, readiness probes
-    "CKV_K8S_10", "CKV_K8S_11", "CKV_K8S_12", "CKV_K8S_13",  # cpu/memory requests and limits
+    # cpu/memory requests, memory limits; not CKV_K8S_11 (CPU limits): CPU limits are refused
+    # (deployment_rules: CFS throttling delays the checker's timer thread)
+    "CKV_K8S_10", "CKV_K8S_12", "CKV_K8S_13",
     "CKV_K8S_14",                                          # image tag pinned, not latest
     "CKV_K8S_16", "CKV_K8S_17", "CKV_K8S_18", "CKV_K8S_19",  # privileged, host PID/IPC/network
     "CKV_K8S_20",                                          # allowPrivilegeEscalation false
@@ -57,6 +61,16 @@ CHECKOV_CHECKS = [
     "CKV_K8S_31",                                          # seccomp RuntimeDefault
     "CKV_K8S_38",                                          # no service account token
 ]
+
+PROD_CHECKS = ["CKV_K8S_43"]
+# Custom resources with no vendored schema (their CRDs are not redistributed here): their
+# fields are checked by deployment_rules instead (what refers to what, the bounds).
+UNVALIDATED_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+
+
+def is_prod(label):
+    """Whether a render is the prod overlay (alone or with a component)."""
+    return label == "overlays/prod" or label.startswith("overlays/prod+")
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,6 +132,8 @@ def crd_validator(version):
 
 
 def schema_errors(obj, version):
+    if (obj.get("apiVersion"), obj.get("kind")) in UNVALIDATED_KINDS:
+        return []
     if (obj.get("apiVersion"), obj.get("kind")) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
         return [("crd-schema", "k8s %s: %s: %s" % (version, ".".join(map(str, e.absolute_path)) or "<root>", e.message))
                 for e in crd_validator(version).iter_errors(obj)]
@@ -131,12 +147,13 @@ def schema_errors(obj, version):
 
 
 # ------------------------------------------------------------------------------ checkov
-def checkov(path):
+def checkov(path, prod=False):
     """checkov's kubernetes runner (what its CLI runs) on one rendered file, so that one graph
-    holds one render and a connection (Service -> Pod, ...) never crosses renders. Returns
-    ([(object, message)], number of checks passed)."""
+    holds one render and a connection (Service -> Pod, ...) never crosses renders; `prod` adds
+    PROD_CHECKS. Returns ([(object, message)], number of checks passed)."""
+    checks = CHECKOV_CHECKS + (PROD_CHECKS if prod else []) + list(policy_ids())
     report = Runner().run(root_folder=None, files=[path], external_checks_dir=[POLICIES], runner_filter=RunnerFilter(
-        framework=["kubernetes"], checks=CHECKOV_CHECKS + list(policy_ids()), download_external_modules=False))
+        framework=["kubernetes"], checks=checks, download_external_modules=False))
     out = []
     for r in report.failed_checks:
         kind, ns, name = (r.resource.split(".") + ["", ""])[:3]  # Pod.<ns>.<name>.<labels>
@@ -277,6 +294,12 @@ def container_rules(c, spec, configmaps, secrets, external):
             continue
         if len(q) == 2 and q["requests"] > q["limits"]:
             out.append("resources.requests.%s exceeds resources.limits.%s" % (r, r))
+        if r == "memory" and len(q) == 2 and q["requests"] != q["limits"]:
+            out.append("resources.requests.memory (%s) != resources.limits.memory (%s): a pod may be OOM-killed "
+                       "for memory it was never promised (request = limit)" % (res["requests"][r], res["limits"][r]))
+        if r == "cpu" and "limits" in q:
+            out.append("resources.limits.cpu is set: CFS throttling stops every thread for the rest of its "
+                       "period, the checker's timer thread included (scheduling lateness); request CPU instead")
     ports = {p.get(k) for p in c.get("ports") or [] for k in ("name", "containerPort")}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
@@ -285,7 +308,116 @@ def container_rules(c, spec, configmaps, secrets, external):
     return ["container %s: %s" % (c.get("name"), p) for p in out]
 
 
-def project_rules(objs, external):
+def selects(selector, labels):
+    """Whether a label selector's matchLabels (the only form these manifests use) select `labels`."""
+    return all(labels.get(k) == v for k, v in ((selector or {}).get("matchLabels") or {}).items())
+
+
+def network_rules(objs, policies):
+    """Problems of the NetworkPolicies of a render (deploy/components/network-policy): a
+    default deny, DNS egress for every pod, the admin port reachable (Prometheus), and no
+    egress block that contains the cloud metadata address without excepting it."""
+    problems = []
+    if not any(not (p.get("spec") or {}).get("podSelector") and
+               {"Ingress", "Egress"} <= set((p.get("spec") or {}).get("policyTypes") or []) and
+               not (p.get("spec") or {}).get("ingress") and not (p.get("spec") or {}).get("egress")
+               for p in policies):
+        problems.append((oid(policies[0]), "NetworkPolicies without a default deny (podSelector {}, "
+                         "policyTypes [Ingress, Egress], no rules): what no policy selects is open"))
+    for p in policies:
+        for rule in (p.get("spec") or {}).get("egress") or []:
+            for peer in rule.get("to") or []:
+                block = peer.get("ipBlock") or {}
+                if block.get("cidr") and ipaddress.ip_address(METADATA_V4) in ipaddress.ip_network(block["cidr"]) \
+                        and not any(ipaddress.ip_address(METADATA_V4) in ipaddress.ip_network(e)
+                                    for e in block.get("except") or []):
+                    problems.append((oid(p), "egress to %s includes the cloud metadata address %s: add it to "
+                                     "`except` (a prober fetches the URLs it is told to)" % (block["cidr"], METADATA_V4)))
+    for o, spec, meta in pods(objs):
+        labels = meta.get("labels") or {}
+        mine = [p for p in policies if selects((p.get("spec") or {}).get("podSelector"), labels)]
+        dns = any(port.get("port") == 53 for p in mine for rule in (p.get("spec") or {}).get("egress") or []
+                  for port in rule.get("ports") or [])
+        if not dns:
+            problems.append((oid(o), "no NetworkPolicy allows its egress to DNS (port 53)"))
+        for c in spec.get("containers") or []:
+            for cp in c.get("ports") or []:
+                if cp.get("name") != "admin":
+                    continue
+                if not any(port.get("port") in (cp.get("name"), cp.get("containerPort"))
+                           for p in mine for rule in (p.get("spec") or {}).get("ingress") or []
+                           for port in rule.get("ports") or []):
+                    problems.append((oid(o), "no NetworkPolicy allows ingress to its admin port (%s): Prometheus "
+                                     "cannot scrape it" % cp.get("containerPort")))
+    return problems
+
+
+METADATA_V4 = "169.254.169.254"
+
+
+def deployment_rules(label, objs, named, configmaps):
+    """Problems no tool knows of how the manifests meet a cluster (deploy/README.md): the
+    Namespace outside base and overlays, static membership only in a StatefulSet, topology
+    spread per revision, ServiceMonitors' `release` label, prod's topic creation, the KEDA
+    ScaledObject's bounds and references, and the NetworkPolicies."""
+    problems = []
+    if not label.startswith("namespaces/"):
+        for ns in named.get("Namespace", {}).values():
+            problems.append((oid(ns), "a Namespace in %s: `kubectl delete -k` would delete it and every Secret "
+                             "created in it; it belongs in deploy/namespaces/" % label))
+    for o, spec, _ in pods(objs):
+        revision = {"Deployment": "pod-template-hash", "StatefulSet": "controller-revision-hash"}.get(o.get("kind"))
+        for t in spec.get("topologySpreadConstraints") or [] if revision else []:
+            if revision not in (t.get("matchLabelKeys") or []):
+                problems.append((oid(o), "topologySpreadConstraint on %s without matchLabelKeys [%s]: during a "
+                                 "rollout the old pods count, and the new ones pile up" % (t.get("topologyKey"), revision)))
+        for c in spec.get("containers") or []:
+            static = [e for e in c.get("env") or [] if e.get("name") == "KAFKA_GROUP_INSTANCE_ID"]
+            if static and o.get("kind") == "Deployment":
+                problems.append((oid(o), "container %s: KAFKA_GROUP_INSTANCE_ID (static membership) in a Deployment: "
+                                 "pod names change on every rollout and a static member never leaves, so each "
+                                 "rollout strands its partitions for a session timeout; use a StatefulSet"
+                                 % c.get("name")))
+            if is_prod(label) and env_value(c, "KAFKA_BOOTSTRAP_SERVERS", configmaps) is not None:
+                create = (env_value(c, "KAFKA_CREATE_TOPIC", configmaps) or "true").lower() in ("true", "1", "yes")
+                factor = int(env_value(c, "KAFKA_TOPIC_REPLICATION_FACTOR", configmaps) or "1")
+                if create and factor < 3:
+                    problems.append((oid(o), "container %s: creates topics with replication factor %d in prod: with "
+                                     "min.insync.replicas=2 every acks=all publish fails; set "
+                                     "KAFKA_CREATE_TOPIC=false (topics made by the Kafka operator) or a factor of 3"
+                                     % (c.get("name"), factor)))
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        for m in named.get(kind, {}).values():
+            if "release" not in ((m.get("metadata") or {}).get("labels") or {}):
+                problems.append((oid(m), "no `release` label: most Prometheus Operator installs select %ss by it "
+                                 "(set it per overlay with a patch)" % kind))
+    for so in named.get("ScaledObject", {}).values():
+        ref = (so.get("spec") or {}).get("scaleTargetRef") or {}
+        target = named.get(ref.get("kind", "Deployment"), {}).get(ref.get("name"))
+        if target is None:
+            problems.append((oid(so), "scaleTargetRef %s/%s is not in this render" % (ref.get("kind"), ref.get("name"))))
+            continue
+        c = ((target["spec"].get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
+        partitions = int(env_value(c, "KAFKA_TOPIC_PARTITIONS", configmaps) or "6")
+        if so["spec"].get("maxReplicaCount", 100) > partitions:
+            problems.append((oid(so), "maxReplicaCount %s exceeds the %d partitions of the topic "
+                             "(KAFKA_TOPIC_PARTITIONS): the rest would get no partition"
+                             % (so["spec"].get("maxReplicaCount", 100), partitions)))
+        for t in so["spec"].get("triggers") or []:
+            md = t.get("metadata") or {}
+            want = {"topic": env_value(c, "KAFKA_TOPIC", configmaps) or "healthcheck-results",
+                    "consumerGroup": env_value(c, "KAFKA_GROUP_ID", configmaps) or "healthcheck-sink",
+                    "bootstrapServers": env_value(c, "KAFKA_BOOTSTRAP_SERVERS", configmaps)}
+            for k, v in want.items():
+                if t.get("type") == "kafka" and md.get(k) != v:
+                    problems.append((oid(so), "trigger %s %r is not the sink's (%r)" % (k, md.get(k), v)))
+    policies = list(named.get("NetworkPolicy", {}).values())
+    if policies:
+        problems.extend(network_rules(objs, policies))
+    return problems
+
+
+def project_rules(objs, external, label=""):
     """Returns ([(object, message)], [(object, targets file content)])."""
     named = {}
     for o in objs:
@@ -293,7 +425,7 @@ def project_rules(objs, external):
     configmaps = {n: o.get("data") or {} for n, o in named.get("ConfigMap", {}).items()}
     secrets = {n: dict(o.get("data") or {}, **(o.get("stringData") or {})) for n, o in named.get("Secret", {}).items()}
     services = list(named.get("Service", {}).values())
-    problems, targets = fleet_rules(objs, configmaps), []
+    problems, targets = fleet_rules(objs, configmaps) + deployment_rules(label, objs, named, configmaps), []
     for o, spec, meta in pods(objs):
         labels = meta.get("labels") or {}
         if any(labels.get(k) != v for k, v in ((o["spec"].get("selector") or {}).get("matchLabels") or {}).items()):
@@ -355,6 +487,7 @@ def renders(root):
     examples = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                       if f.endswith((".example.yaml", ".example.yml")))
     out = [("base", os.path.join(root, "base"), None)]
+    out += [("namespaces/" + ns, os.path.join(root, "namespaces", ns), None) for ns in kustomizations(root, "namespaces")]
     for ov in kustomizations(root, "overlays"):
         out.append(("overlays/" + ov, os.path.join(root, "overlays", ov), None))
         for comp in kustomizations(root, "components"):
@@ -403,6 +536,20 @@ def render_all(root, work):
     return problems, rendered, external
 
 
+def namespace_rules(rendered):
+    """Every namespace an overlay deploys into is a Namespace of some deploy/namespaces/ render
+    (applied first, and kept when the overlay is deleted)."""
+    made = {(o.get("metadata") or {}).get("name") for label, _, objs in rendered if label.startswith("namespaces/")
+            for o in objs if o.get("kind") == "Namespace"}
+    problems = []
+    for label, path, objs in rendered:
+        if path and label.startswith("overlays/") and "+" not in label:
+            for ns in sorted({(o.get("metadata") or {}).get("namespace") for o in objs} - {None} - made):
+                problems.append((label, "-", "rules", "namespace %r has no deploy/namespaces/ kustomization "
+                                 "making its Namespace (Pod Security labels)" % ns))
+    return problems
+
+
 def validate_copy(root, work, versions, log):
     """Validates one deploy/ copy; returns (problems, n_objects, n_renders) where a problem is
     (render, object, tool, message)."""
@@ -412,14 +559,15 @@ def validate_copy(root, work, versions, log):
         before = len(problems)
         problems.extend((label, oid(o), tool, m) for o in objs for v in versions for tool, m in schema_errors(o, v))
         if path:  # an example only needs its schema
-            failed, passed = checkov(path)
+            failed, passed = checkov(path, is_prod(label))
             problems.extend((label, ident, "checkov", m) for ident, m in failed)
             n_checkov += passed
-            rule_problems, targets = project_rules(objs, external)
+            rule_problems, targets = project_rules(objs, external, label)
             problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
             problems.extend((label, ident, "checker", err) for ident, content in targets
                             for err in [checker_validate(content, work)] if err)
         log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
+    problems.extend(namespace_rules(rendered))
     log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
     return problems, sum(len(objs) for _, _, objs in rendered), len(rendered)
 
@@ -444,7 +592,7 @@ def run_many(deploy_dirs, versions, log=print):
 MUTATIONS = [
     ("misspelt field", "base/checker/deployment.yaml",
      "readinessProbe:", "readinesProbe:", "schema", "Additional properties are not allowed"),
-    ("wrong type", "base/sink/deployment.yaml",
+    ("wrong type", "base/sink/statefulset.yaml",
      "revisionHistoryLimit: 5", "revisionHistoryLimit: five", "schema", "is not of type"),
     ("bad example Secret", "overlays/prod/secrets.example.yaml",
      "type: Opaque", "type: [Opaque]", "schema", "is not of type"),
@@ -452,33 +600,33 @@ MUTATIONS = [
      "interval: 30s", "interval: 30 seconds", "crd-schema", "does not match"),
     ("unknown ServiceMonitor field", "components/servicemonitor/servicemonitor-checker.yaml",
      "scrapeTimeout: 10s", "scrapeTimout: 10s", "crd-schema", "Additional properties are not allowed"),
-    ("privilege escalation", "base/sink/deployment.yaml",
+    ("privilege escalation", "base/sink/statefulset.yaml",
      "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "checkov", "CKV_K8S_20"),
     ("writable root filesystem", "base/checker/deployment.yaml",
      "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "checkov", "CKV_K8S_22"),
     ("capabilities not dropped", "base/checker/deployment.yaml",
      'drop: ["ALL"]', 'drop: ["NET_RAW"]', "checkov", "CKV_K8S_37"),
-    ("pod seccomp unconfined", "base/sink/deployment.yaml",
+    ("pod seccomp unconfined", "base/sink/statefulset.yaml",
      "        seccompProfile:\n          type: RuntimeDefault", "        seccompProfile:\n          type: Unconfined",
      "checkov", "CKV_K8S_31"),
-    ("container seccomp unconfined", "base/sink/deployment.yaml",
+    ("container seccomp unconfined", "base/sink/statefulset.yaml",
      "            seccompProfile:\n              type: RuntimeDefault",
      "            seccompProfile:\n              type: Unconfined", "checkov", "CKV2_HCP_9"),
     ("runAsNonRoot false on the pod", "base/checker/deployment.yaml",
      "runAsNonRoot: true", "runAsNonRoot: false", "checkov", "CKV2_HCP_9"),
     ("memory limit missing", "base/checker/deployment.yaml",
-     "              memory: 256Mi", "", "checkov", "CKV_K8S_13"),
+     "            limits:\n              memory: 384Mi\n", "", "checkov", "CKV_K8S_13"),
     ("image tag latest", "base/kustomization.yaml",
      'newTag: "0.1.0"', "newTag: latest", "checkov", "CKV_K8S_14"),
-    ("namespace not restricted", "base/namespace.yaml",
+    ("namespace not restricted", "namespaces/healthcheck/namespace.yaml",
      "enforce: restricted", "enforce: baseline", "checkov", "CKV2_HCP_1"),
-    ("readiness path", "base/sink/deployment.yaml",
+    ("readiness path", "base/sink/statefulset.yaml",
      "path: /readyz", "path: /healthz", "checkov", "CKV2_HCP_3"),
     ("no PodDisruptionBudget selects the sink", "base/sink/pdb.yaml",
      "      app.kubernetes.io/name: sink", "      app.kubernetes.io/name: sinks", "checkov", "CKV2_HCP_5"),
     ("ServiceAccount mounts its token", "base/sink/serviceaccount.yaml",
      "automountServiceAccountToken: false", "automountServiceAccountToken: true", "checkov", "CKV2_HCP_2"),
-    ("scrape path", "base/sink/deployment.yaml",
+    ("scrape path", "base/sink/statefulset.yaml",
      "prometheus.io/path: /metrics", "prometheus.io/path: /stats", "checkov", "CKV2_HCP_4"),
     ("no Service selects the sink", "base/sink/service.yaml",
      "  selector:\n    app.kubernetes.io/name: sink", "  selector:\n    app.kubernetes.io/name: sinks",
@@ -492,10 +640,11 @@ MUTATIONS = [
      "  url: https://www.example.com/", "  uri: https://www.example.com/", "checker", "uri"),
     ("target with a bad interval", "overlays/dev/targets.yaml",
      "  interval: 15s", "  interval: soon", "checker", "TARGETS_FILE[0].interval"),
-    ("bad memory quantity", "base/checker/deployment.yaml",
-     "memory: 64Mi", "memory: lots", "rules", "not a Kubernetes quantity"),
-    ("request above limit", "base/sink/deployment.yaml",
-     "cpu: 100m", "cpu: 1500m", "rules", "requests.cpu exceeds"),
+    ("bad memory quantity", "base/targets/job.yaml",
+     "memory: 128Mi", "memory: lots", "rules", "not a Kubernetes quantity"),
+    ("request above limit", "base/sink/statefulset.yaml",
+     "              cpu: 100m\n              memory: 512Mi", "              cpu: 100m\n              memory: 1Gi",
+     "rules", "requests.memory exceeds"),
     ("targets file of the Job not mounted", "base/targets/job.yaml",
      '"/etc/healthcheck/targets.yaml"]', '"/etc/checker/targets.yaml"]', "rules",
      "targets apply /etc/checker/targets.yaml is not inside a mounted ConfigMap"),
@@ -515,16 +664,57 @@ MUTATIONS = [
     ("grace period too short", "base/checker/deployment.yaml",
      "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 20", "rules",
      "must exceed SHUTDOWN_GRACE_PERIOD"),
-    ("dangling Secret reference", "base/sink/deployment.yaml",
+    ("dangling Secret reference", "base/sink/statefulset.yaml",
      "name: sink-database", "name: sink-db", "rules", "'sink-db' is not in this render"),
     ("ServiceMonitor port name", "components/servicemonitor/servicemonitor-checker.yaml",
      "- port: admin", "- port: metrics", "rules", "endpoint port 'metrics'"),
     ("probe on an unknown port", "base/checker/deployment.yaml",
      "              port: admin", "              port: http", "rules", "startupProbe port 'http'"),
-    ("scrape port", "base/sink/deployment.yaml",
+    ("scrape port", "base/sink/statefulset.yaml",
      'prometheus.io/port: "8081"', 'prometheus.io/port: "9090"', "rules", "prometheus.io/port"),
     ("missing file", "overlays/dev/kustomization.yaml",
      "- targets.yaml", "- no-such-targets.yaml", "render", "no-such-targets.yaml"),
+    # deployment_rules (issue #11): each trap, reintroduced
+    ("Namespace back in the base", "base/kustomization.yaml",
+     "resources:\n", "resources:\n  - ../namespaces/healthcheck\n", "rules", "a Namespace in base"),
+    ("overlay namespace nobody makes", "overlays/dev/kustomization.yaml",
+     "namespace: healthcheck-dev", "namespace: healthcheck-test", "rules", "'healthcheck-test' has no deploy/namespaces/"),
+    ("memory request below limit", "base/checker/deployment.yaml",
+     "              cpu: 100m\n              memory: 384Mi", "              cpu: 100m\n              memory: 128Mi",
+     "rules", "resources.requests.memory (128Mi) != resources.limits.memory"),
+    ("CPU limit", "base/sink/statefulset.yaml",
+     "            limits:\n              memory: 512Mi", "            limits:\n              cpu: \"1\"\n              memory: 512Mi",
+     "rules", "resources.limits.cpu is set"),
+    ("spread without matchLabelKeys", "overlays/prod/checker-patch.yaml",
+     "          matchLabelKeys: [pod-template-hash]\n", "", "rules", "without matchLabelKeys [pod-template-hash]"),
+    ("static membership in a Deployment", "base/sink/statefulset.yaml",
+     "kind: StatefulSet", "kind: Deployment", "rules", "KAFKA_GROUP_INSTANCE_ID (static membership) in a Deployment"),
+    ("prod creates topics with one replica", "overlays/prod/kustomization.yaml",
+     "KAFKA_CREATE_TOPIC=false", "KAFKA_CREATE_TOPIC=true", "rules", "creates topics with replication factor 1 in prod"),
+    ("prod image by tag", "overlays/prod/kustomization.yaml",
+     "    digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n", "    newTag: \"0.1.0\"\n",
+     "checkov", "CKV_K8S_43"),
+    ("ServiceMonitor without release", "components/servicemonitor/servicemonitor-sink.yaml",
+     "    release: kube-prometheus-stack\n", "", "rules", "no `release` label"),
+    ("no default deny", "components/network-policy/kustomization.yaml",
+     "  - default-deny.yaml\n", "", "rules", "without a default deny"),
+    ("probe egress to the metadata service", "components/network-policy/allow-checker-probes.yaml",
+     "              - 169.254.169.254/32", "              - 169.254.0.0/32", "rules", "includes the cloud metadata address"),
+    ("no DNS egress", "components/network-policy/allow-dns-kafka.yaml",
+     "          port: 53\n        - protocol: TCP\n          port: 53", "          port: 5353\n        - protocol: TCP\n          port: 5353",
+     "rules", "egress to DNS"),
+    ("admin port closed to Prometheus", "components/network-policy/allow-admin.yaml",
+     "          port: admin", "          port: metrics", "rules", "ingress to its admin port"),
+    ("autoscaling beyond the partitions", "components/sink-autoscaling/scaledobject.yaml",
+     "maxReplicaCount: 6", "maxReplicaCount: 12", "rules", "maxReplicaCount 12 exceeds the 6 partitions"),
+    ("autoscaling another workload", "components/sink-autoscaling/scaledobject.yaml",
+     "    kind: StatefulSet\n    name: sink", "    kind: StatefulSet\n    name: sinks", "rules", "scaleTargetRef StatefulSet/sinks"),
+    ("autoscaling trigger not the sink's group", "components/sink-autoscaling/kustomization.yaml",
+     "  - source:\n      kind: StatefulSet\n      name: sink\n"
+     "      fieldPath: spec.template.spec.containers.[name=sink].env.[name=KAFKA_GROUP_ID].value\n"
+     "    targets:\n      - select:\n          kind: ScaledObject\n          name: sink\n"
+     "        fieldPaths:\n          - spec.triggers.0.metadata.consumerGroup\n", "",
+     "rules", "trigger consumerGroup 'set-by-kustomize' is not the sink's"),
 ]
 
 
