@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# promtool-test.sh: checks and unit-tests the alert rules of deploy/mixin/ (run by `make test`).
+#
+#   1. `promtool check rules deploy/mixin/alerts.yaml` (syntax, PromQL, templates);
+#   2. `promtool test rules` on every deploy/mixin/tests/*.yaml (input series -> the alerts
+#      expected firing, and not firing, at given times);
+#   3. every metric the rules name is registered by the services (a literal "name" in
+#      services/*/src), so a renamed metric cannot leave an alert that never fires;
+#   4. deploy/components/prometheus-rules/prometheusrule.yaml is what deploy/mixin/generate.py
+#      makes of alerts.yaml (no drift);
+#   5. compose's Prometheus config (docker/prometheus/prometheus.yml, with the rules file that
+#      docker-compose.yml mounts beside it) runs in the real Prometheus of Debian's
+#      `prometheus` package and reports every rule loaded and healthy on /api/v1/rules.
+#
+# Needs promtool and prometheus (Debian's `prometheus`, which `scripts/stack.sh install`
+# installs) and python3. Exit 0 = all passed.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+MIXIN="$REPO/deploy/mixin"
+RULES="$MIXIN/alerts.yaml"
+
+command -v promtool >/dev/null 2>&1 ||
+    die "promtool not found: install Debian's prometheus package (scripts/stack.sh install does)"
+
+log "promtool check rules ${RULES#"$REPO"/}"
+promtool check rules "$RULES"
+
+shopt -s nullglob
+tests=("$MIXIN"/tests/*.yaml)
+((${#tests[@]})) || die "no test files in deploy/mixin/tests/"
+log "promtool test rules (${#tests[@]} files)"
+# promtool resolves rule_files relative to each test file.
+promtool test rules "${tests[@]}"
+
+log "metrics the rules name are registered by the services"
+missing=0
+# Metrics another branch of this session adds (issue #10's history helper): listed here until
+# it is merged, then this line goes (the check below says so).
+PENDING=(healthcheck_sink_open_incidents)
+# probe_* and healthcheck_* names in the rules, not inside a recording rule's level:name:op
+# (a histogram's _bucket series is its name).
+mapfile -t names < <(grep -oE '(^|[^:a-z0-9_])(probe|healthcheck)_[a-z0-9_]+' "$RULES" |
+    sed -E 's/^[^a-z]//; s/_bucket$//' | sort -u)
+for name in "${names[@]}"; do
+    if grep -rqF --include='*.rs' "\"$name\"" "$REPO/services"; then
+        [[ " ${PENDING[*]} " != *" $name "* ]] ||
+            log "note: $name is registered now: remove it from PENDING in ${BASH_SOURCE[0]#"$REPO"/}"
+    elif [[ " ${PENDING[*]} " == *" $name "* ]]; then
+        log "warning: $name is not registered yet (PENDING: added by another branch)"
+    else
+        log "error: $name is used by deploy/mixin/alerts.yaml but no service registers it"
+        missing=$((missing + 1))
+    fi
+done
+((missing == 0)) || die "$missing metric(s) of the rules not found in services/*/src"
+log "  ${#names[@]} metrics found: ${names[*]}"
+
+python3 "$MIXIN/generate.py" --check
+
+command -v prometheus >/dev/null 2>&1 ||
+    die "prometheus not found: install Debian's prometheus package (scripts/stack.sh install does)"
+log "compose's Prometheus config loads the rules (real prometheus $(prometheus --version 2>&1 | awk 'NR == 1 {print $3}'))"
+work=$(mktemp -d "${TMPDIR:-/tmp}/promtool-test.XXXXXX")
+prom_pid=""
+cleanup() {
+    stop_process prometheus "$prom_pid" 5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/etc"
+cp "$REPO/docker/prometheus/prometheus.yml" "$work/etc/prometheus.yml"
+# The bind mounts of docker-compose.yml into /etc/prometheus/ (its config's directory).
+mounts=$(grep -oE '\./[^:[:space:]]+:/etc/prometheus/[^:[:space:]]+' "$REPO/docker-compose.yml" | grep -v ':/etc/prometheus/prometheus.yml$' || true)
+[[ -n "$mounts" ]] || die "docker-compose.yml mounts no rules file into /etc/prometheus/"
+while IFS=: read -r src dst; do
+    mkdir -p "$work/etc/$(dirname "${dst#/etc/prometheus/}")"
+    cp "$REPO/${src#./}" "$work/etc/${dst#/etc/prometheus/}"
+done <<<"$mounts"
+promtool check config "$work/etc/prometheus.yml"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+prometheus --config.file="$work/etc/prometheus.yml" --storage.tsdb.path="$work/data" \
+    --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
+prom_pid=$!
+rules_json() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' \
+    "http://127.0.0.1:$port/api/v1/rules" >"$work/rules.json" 2>/dev/null; }
+if ! poll --while-alive "$prom_pid" 30 0.5 rules_json; then
+    tail_log "$work/prometheus.log"
+    die "prometheus did not answer /api/v1/rules on 127.0.0.1:$port"
+fi
+# Every rule of the source is loaded (same names, same count) and none reports an error
+# (health "unknown" until the first evaluation is fine).
+python3 - "$RULES" "$work/rules.json" <<'PY'
+import json, re, sys
+src = open(sys.argv[1]).read()
+want = sorted(re.findall(r"^\s+- (?:alert|record): (\S+)", src, re.M))
+data = json.load(open(sys.argv[2]))["data"]["groups"]
+got = sorted(r["name"] for g in data for r in g["rules"])
+bad = [(r["name"], r.get("lastError")) for g in data for r in g["rules"] if r.get("health") == "err"]
+if got != want or bad:
+    sys.exit("promtool-test: compose's Prometheus loaded %s, expected %s; errors: %s" % (got, want, bad))
+print("promtool-test: compose's Prometheus loaded all %d rules of %d groups" % (len(got), len(data)))
+PY
+log "all rule checks passed"
