@@ -12,12 +12,22 @@
 #      docker-compose.yml mounts beside it) runs in the real Prometheus of Debian's
 #      `prometheus` package and reports every rule loaded and healthy on /api/v1/rules.
 #
+#   scripts/promtool-test.sh --self-test   also proves the unit tests catch broken rules
+#                                          (deploy/mixin/selftest.py: each mutation of
+#                                          alerts.yaml must fail them; about 30 s idle)
+#
 # Needs promtool and prometheus (Debian's `prometheus`, which `scripts/stack.sh install`
 # installs) and python3. Exit 0 = all passed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MIXIN="$REPO/deploy/mixin"
+self_test=0
+case "${1:-}" in
+"") ;;
+--self-test) self_test=1 ;;
+*) die "unknown argument '$1' (usage: scripts/promtool-test.sh [--self-test])" 2 ;;
+esac
 RULES="$MIXIN/alerts.yaml"
 
 command -v promtool >/dev/null 2>&1 ||
@@ -54,7 +64,7 @@ for name in "${names[@]}"; do
     fi
 done
 ((missing == 0)) || die "$missing metric(s) of the rules not found in services/*/src"
-log "  ${#names[@]} metrics found: ${names[*]}"
+log "  ${#names[@]} metrics checked: ${names[*]}"
 
 python3 "$MIXIN/generate.py" --check
 
@@ -101,4 +111,8 @@ if got != want or bad:
     sys.exit("promtool-test: compose's Prometheus loaded %s, expected %s; errors: %s" % (got, want, bad))
 print("promtool-test: compose's Prometheus loaded all %d rules of %d groups" % (len(got), len(data)))
 PY
+if ((self_test)); then
+    log "self-test: broken copies of alerts.yaml must fail the unit tests"
+    python3 "$MIXIN/selftest.py"
+fi
 log "all rule checks passed"
