@@ -10,7 +10,13 @@
 #      makes of alerts.yaml (no drift);
 #   5. compose's Prometheus config (docker/prometheus/prometheus.yml, with the rules file that
 #      docker-compose.yml mounts beside it) runs in the real Prometheus of Debian's
-#      `prometheus` package and reports every rule loaded and healthy on /api/v1/rules.
+#      `prometheus` package and reports every rule loaded and healthy on /api/v1/rules;
+#   6. live: that Prometheus (1 s scrapes and evaluations) scrapes a real checker probing one
+#      target that answers (the checker's own /healthz) and one that refuses (127.0.0.1:1),
+#      with no broker (127.0.0.1:1): /api/v1/alerts must show HealthcheckProbeFailed pending for
+#      the refusing target only, and HealthcheckCheckerNotDelivering pending (results wait, none
+#      delivered), and the quorum ratio 1 and 0. The checker is target/debug/checker (built with
+#      cargo when missing) unless PROMTOOL_TEST_CHECKER names a binary.
 #
 #   scripts/promtool-test.sh --self-test   also proves the unit tests catch broken rules
 #                                          (deploy/mixin/selftest.py: each mutation of
@@ -111,6 +117,67 @@ if got != want or bad:
     sys.exit("promtool-test: compose's Prometheus loaded %s, expected %s; errors: %s" % (got, want, bad))
 print("promtool-test: compose's Prometheus loaded all %d rules of %d groups" % (len(got), len(data)))
 PY
+log "live: a real checker scraped by the real Prometheus with these rules"
+checker=${PROMTOOL_TEST_CHECKER:-}
+if [[ -z "$checker" ]]; then
+    cargo build -q -p checker --manifest-path "$REPO/Cargo.toml" || die "cargo build -p checker failed"
+    checker="$(cargo metadata -q --format-version 1 --no-deps --manifest-path "$REPO/Cargo.toml" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/checker"
+fi
+[[ -x "$checker" ]] || die "no checker binary at $checker (PROMTOOL_TEST_CHECKER)"
+stop_process prometheus "$prom_pid" 5
+prom_pid=""
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+admin_port=$(free_port)
+port=$(free_port)
+checker_pid=""
+trap 'stop_process checker "$checker_pid" 5; cleanup' EXIT
+TARGETS="[{\"name\":\"answers\",\"url\":\"http://127.0.0.1:$admin_port/healthz\",\"interval\":\"1s\"},
+          {\"name\":\"refuses\",\"url\":\"http://127.0.0.1:1/\",\"interval\":\"1s\"}]" \
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1 ADMIN_ADDR="127.0.0.1:$admin_port" LOG_FORMAT=json SHUTDOWN_GRACE_PERIOD=1s \
+    "$checker" >"$work/checker.log" 2>&1 &
+checker_pid=$!
+mkdir -p "$work/live"
+cat >"$work/live/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $RULES
+scrape_configs:
+  - job_name: checker
+    static_configs:
+      - targets: ["127.0.0.1:$admin_port"]
+YAML
+prometheus --config.file="$work/live/prometheus.yml" --storage.tsdb.path="$work/live/data" \
+    --web.listen-address="127.0.0.1:$port" >"$work/prometheus-live.log" 2>&1 &
+prom_pid=$!
+live_ok() {
+    python3 - "http://127.0.0.1:$port" >"$work/live.out" 2>&1 <<'PY'
+import json, sys, urllib.parse, urllib.request
+base = sys.argv[1]
+def get(path):
+    return json.load(urllib.request.urlopen(base + path, timeout=2))["data"]
+alerts = {(a["labels"]["alertname"], a["labels"].get("target", "")): a["state"] for a in get("/api/v1/alerts")["alerts"]}
+ratio = {r["metric"]["target"]: float(r["value"][1]) for r in
+         get("/api/v1/query?query=" + urllib.parse.quote("target:probe_failing_locations:ratio"))["result"]}
+want = {("HealthcheckProbeFailed", "refuses"): "pending", ("HealthcheckCheckerNotDelivering", ""): "pending"}
+print("alerts:", alerts, "ratio:", ratio)
+ok = all(alerts.get(k) == v for k, v in want.items()) and ("HealthcheckProbeFailed", "answers") not in alerts \
+    and ("HealthcheckCheckerAbsent", "") not in alerts and ratio == {"answers": 0.0, "refuses": 1.0}
+sys.exit(0 if ok else 1)
+PY
+}
+if ! poll --while-alive "$prom_pid" 60 1 live_ok; then
+    cat "$work/live.out" >&2
+    tail_log "$work/checker.log" 10
+    tail_log "$work/prometheus-live.log" 10
+    die "live: the alerts expected from a real checker did not show (last state above)"
+fi
+log "  after ${POLL_WAITED}s: $(cat "$work/live.out")"
+stop_process checker "$checker_pid" 5
+checker_pid=""
+
 if ((self_test)); then
     log "self-test: broken copies of alerts.yaml must fail the unit tests"
     python3 "$MIXIN/selftest.py"

@@ -350,7 +350,7 @@ def checker_validate(content, work):
 
 
 # ------------------------------------------------------------------------------ alert rules
-def rule_problems(objs, root, work):
+def prometheusrule_problems(objs, root, work):
     """[(object, tool, message)] of the PrometheusRules of a render: `promtool check rules` on
     each spec (the tool that owns PromQL and the rule format), and the spec compared, as parsed
     YAML, with deploy/mixin/alerts.yaml of the same copy (deploy/mixin/generate.py writes one
@@ -461,7 +461,7 @@ def validate_copy(root, work, versions, log):
             problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
             problems.extend((label, ident, "checker", err) for ident, content in targets
                             for err in [checker_validate(content, work)] if err)
-            problems.extend((label, ident, tool, m) for ident, tool, m in rule_problems(objs, root, work))
+            problems.extend((label, ident, tool, m) for ident, tool, m in prometheusrule_problems(objs, root, work))
         log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
     log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
     return problems, sum(len(objs) for _, _, objs in rendered), len(rendered)
