@@ -51,6 +51,9 @@ MUTATIONS = [
     ("lag of a partition counted twice", "max by (topic, partition)", "sum by (topic, partition)"),
     ("dead letters remembered 30 minutes", "dead_letters_total{%s}[10m]" % SINK,
      "dead_letters_total{%s}[30m]" % SINK),
+    ("rollup lag of any job", "max(healthcheck_sink_rollup_lag_seconds{%s})" % SINK,
+     "max(healthcheck_sink_rollup_lag_seconds)"),
+    ("rollup lag alert without `for`", "> 600\n        for: 10m", "> 600\n        for: 0m"),
     ("incidents summed over the sinks", "max(healthcheck_sink_open_incidents",
      "sum(healthcheck_sink_open_incidents"),
 ]
