@@ -417,3 +417,56 @@ async fn ipv6_literals_and_unicode_hosts() {
     assert_eq!(r.url, "http://xn--bcher-kva.invalid/");
     assert_eq!(r.error_kind.as_deref(), Some("dns"));
 }
+
+/// In fleet mode the checkers read their targets from the targets topic: the spec `checker
+/// targets list --json` prints for a name is one `--target`, probed as the fleet probes it.
+#[tokio::test]
+async fn a_spec_of_the_targets_topic_is_one_target() {
+    let server = serve(|_| async { text(200, "from the topic") }).await;
+    let (bootstrap, topic) = (testkit::broker::bootstrap(), testkit::unique("targets"));
+    let kafka = [
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
+        ("KAFKA_TARGETS_TOPIC", topic.as_str()),
+    ];
+    let targets = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_checker"))
+            .arg("targets")
+            .args(args)
+            .env_clear()
+            .envs(kafka)
+            .output()
+            .expect("checker binary");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        "- {{name: api, url: '{}', regex: 'from the topic', timeout: 4s}}\n- {{name: other, url: 'http://127.0.0.1:1/'}}\n",
+        server.url("/health")
+    )
+    .unwrap();
+    targets(&["apply", file.path().to_str().unwrap()]);
+    let listed: serde_json::Value = serde_json::from_str(&targets(&["list", "--json"])).unwrap();
+    let spec = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "api")
+        .map(|t| t["spec"].to_string())
+        .expect("api in the topic");
+
+    let run = probe_cli(&["--target", &spec], &[]).await;
+
+    assert_eq!(run.code, Some(0), "{spec}: stderr: {}", run.stderr);
+    let r = run.result();
+    assert_eq!(
+        (r.target.as_str(), r.regex_matched, r.timeout_seconds),
+        ("api", Some(true), 4.0)
+    );
+}
