@@ -131,6 +131,8 @@ pub struct Given {
     pub flag: &'static str,
     /// The spec field, dotted for nested ones: `timeout`, `tls.ca_file`.
     pub field: &'static str,
+    /// A valid value of the flag, shown with an error about it (empty for a switch).
+    pub example: &'static str,
     /// The field's value, as a targets file would hold it.
     pub value: Value,
 }
@@ -143,51 +145,91 @@ impl SpecFlags {
     /// twice.
     pub fn given(&self) -> Result<Vec<Given>, ConfigError> {
         let mut given = Vec::new();
-        let mut set = |flag, field, value: Option<Value>| {
+        let mut set = |flag, field, example, value: Option<Value>| {
             if let Some(value) = value {
-                given.push(Given { flag, field, value });
+                given.push(Given {
+                    flag,
+                    field,
+                    example,
+                    value,
+                });
             }
         };
         let text = |v: &Option<String>| v.clone().map(Value::String);
-        set("--regex", "regex", text(&self.regex));
+        set("--regex", "regex", "'\"status\":\"ok\"'", text(&self.regex));
         set(
             "--fail-if-body-matches",
             "fail_if_body_matches",
+            "maintenance",
             text(&self.fail_if_body_matches),
         );
-        set("--timeout", "timeout", text(&self.timeout));
+        set("--timeout", "timeout", "5s", text(&self.timeout));
         // The interval means nothing to one probe; it is set so that a timeout longer than
         // DEFAULT_INTERVAL is not refused as "longer than the interval".
-        set("--timeout", "interval", text(&self.timeout));
-        set("--method", "method", text(&self.method));
-        set("--header", "headers", headers(&self.headers)?);
-        set("--body", "body", text(&self.body));
+        set("--timeout", "interval", "5s", text(&self.timeout));
+        set("--method", "method", "HEAD", text(&self.method));
+        set(
+            "--header",
+            "headers",
+            "'Accept: application/json'",
+            headers(&self.headers)?,
+        );
+        set("--body", "body", "'{}'", text(&self.body));
         set(
             "--valid-status",
             "valid_status_codes",
+            "200,3xx,400-404",
             (!self.valid_status.is_empty())
                 .then(|| Value::Array(self.valid_status.iter().cloned().map(Value::String).collect())),
         );
         set(
             "--no-follow-redirects",
             "follow_redirects",
+            "",
             self.no_follow_redirects.then_some(Value::Bool(false)),
         );
-        set("--max-redirects", "max_redirects", self.max_redirects.map(Value::from));
-        set("--ip-family", "ip_family", text(&self.ip_family));
-        set("--proxy", "proxy", text(&self.proxy));
+        set(
+            "--max-redirects",
+            "max_redirects",
+            "10",
+            self.max_redirects.map(Value::from),
+        );
+        set("--ip-family", "ip_family", "ipv4", text(&self.ip_family));
+        set("--proxy", "proxy", "http://proxy.internal:3128", text(&self.proxy));
         set(
             "--insecure",
             "tls.insecure_skip_verify",
+            "",
             self.insecure.then_some(Value::Bool(true)),
         );
-        set("--ca-file", "tls.ca_file", text(&self.ca_file));
-        set("--cert-file", "tls.cert_file", text(&self.cert_file));
-        set("--key-file", "tls.key_file", text(&self.key_file));
-        set("--server-name", "tls.server_name", text(&self.server_name));
+        set(
+            "--ca-file",
+            "tls.ca_file",
+            "/etc/ssl/private-ca.pem",
+            text(&self.ca_file),
+        );
+        set(
+            "--cert-file",
+            "tls.cert_file",
+            "/etc/tls/client.pem",
+            text(&self.cert_file),
+        );
+        set(
+            "--key-file",
+            "tls.key_file",
+            "/etc/tls/client.key",
+            text(&self.key_file),
+        );
+        set(
+            "--server-name",
+            "tls.server_name",
+            "api.internal",
+            text(&self.server_name),
+        );
         set(
             "--body-max-bytes",
             "body_max_bytes",
+            "1048576",
             self.body_max_bytes.map(Value::from),
         );
         Ok(given)
@@ -334,12 +376,14 @@ fn url_target(
     given.push(Given {
         flag: "URL",
         field: "url",
+        example: "https://api.example.com/health",
         value: Value::String(url.to_string()),
     });
     if let Some(name) = name {
         given.push(Given {
             flag: "--name",
             field: "name",
+            example: "api",
             value: Value::String(name.to_string()),
         });
     }
@@ -351,9 +395,13 @@ fn url_target(
     let listed = read_list(VAR, vec![Value::Object(spec)], env, defaults).map_err(|errors| {
         errors
             .into_iter()
-            .map(|e| ConfigError {
-                var: flag_of(&e.var, &format!("{VAR}[0]"), &given),
-                ..e
+            .map(|e| {
+                let (var, example) = flag_of(&e.var, &format!("{VAR}[0]"), &given);
+                ConfigError {
+                    var,
+                    example: example.to_string(),
+                    ..e
+                }
             })
             .collect::<Vec<_>>()
     })?;
@@ -361,24 +409,24 @@ fn url_target(
 }
 
 /// The flag(s) that set the field an error of the URL form's spec names (`URL[0].tls` →
-/// `--ca-file`); `URL` for the entry as a whole.
-fn flag_of(var: &str, prefix: &str, given: &[Given]) -> String {
+/// `--ca-file`), `URL` for the entry as a whole, and a valid value of the first.
+fn flag_of(var: &str, prefix: &str, given: &[Given]) -> (String, &'static str) {
     let field = var
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('.'))
         .unwrap_or_default();
     let head = field.split(['.', '[']).next().unwrap_or_default();
-    let mut flags: Vec<&str> = Vec::new();
+    let mut flags: Vec<&Given> = Vec::new();
     for g in given {
-        if g.field.split('.').next() == Some(head) && !flags.contains(&g.flag) {
-            flags.push(g.flag);
+        if g.field.split('.').next() == Some(head) && !flags.iter().any(|f| f.flag == g.flag) {
+            flags.push(g);
         }
     }
     if flags.is_empty() {
-        "URL".to_string()
-    } else {
-        flags.join("/")
+        return ("URL".to_string(), "https://api.example.com/health");
     }
+    let example = flags.iter().map(|g| g.example).find(|e| !e.is_empty()).unwrap_or("");
+    (flags.iter().map(|g| g.flag).collect::<Vec<_>>().join("/"), example)
 }
 
 /// `--target`: one entry of a targets file, JSON or YAML (one parser reads both, as for
@@ -711,6 +759,25 @@ mod tests {
         ] {
             assert_eq!(error_vars(args), [var], "{args:?}");
         }
+        // The example is a value of the flag, not of the spec field.
+        let e = prepared(&["http://h/", "--valid-status", "9xx"]).unwrap_err();
+        assert_eq!(
+            e[0].to_string().rsplit("example: ").next(),
+            Some("--valid-status=200,3xx,400-404)")
+        );
+        let e = prepared(&[
+            "http://h/",
+            "--server-name",
+            "api.internal",
+            "--ca-file",
+            "/nonexistent.pem",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            (e[0].var.as_str(), e[0].example.as_str()),
+            ("--ca-file/--server-name", "/etc/ssl/private-ca.pem"),
+            "a tls error names every tls flag given"
+        );
     }
 
     #[test]
