@@ -23,7 +23,7 @@ use common::config::{ConfigError, Env};
 use common::result::{ProbeResult, DEFAULT_LOCATION};
 use serde_json::{Map, Value};
 
-use crate::target::{read_file, read_list, Defaults, Target};
+use crate::target::{read_file_with, read_list, Defaults, References, Target};
 
 /// `checker probe ...`: what to probe and how to print it.
 #[derive(Debug, clap::Parser)]
@@ -457,7 +457,8 @@ fn inline_target(text: &str, env: &Env, defaults: &Defaults) -> Result<Target, V
 }
 
 /// `--file FILE [--name NAME]`: the file judged as the service judges `TARGETS_FILE` (every
-/// problem of it is an error, as at start-up), then one of its targets picked.
+/// problem of any entry is an error, as at start-up), then one of its targets picked and
+/// built, reading the files and variables it refers to (the other entries' are not read).
 fn file_target(
     path: &std::path::Path,
     name: Option<&str>,
@@ -465,7 +466,9 @@ fn file_target(
     defaults: &Defaults,
 ) -> Result<Target, Vec<ConfigError>> {
     let shown = path.display();
-    let mut listed = read_file(&path.to_string_lossy(), env, defaults)?;
+    // Every entry is judged, as at start-up, but only the probed target's files and variables
+    // are read: the others' secrets need not exist where the probe runs.
+    let listed = read_file_with(&path.to_string_lossy(), env, defaults, References::NotRead)?;
     let names: Vec<&str> = listed.iter().map(|l| l.target.name.as_str()).collect();
     let shown_names = || {
         let mut s = names.iter().take(20).copied().collect::<Vec<_>>().join(", ");
@@ -496,7 +499,17 @@ fn file_target(
             )])
         }
     };
-    Ok(listed.swap_remove(index).target)
+    let chosen = &listed[index];
+    let built = read_list("TARGETS_FILE", vec![chosen.spec.clone()], env, defaults).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| ConfigError {
+                var: e.var.replacen("TARGETS_FILE[0]", &chosen.origin, 1),
+                ..e
+            })
+            .collect::<Vec<_>>()
+    })?;
+    Ok(one(built))
 }
 
 /// The only target of a one-entry list that `read_list` accepted.
@@ -827,6 +840,35 @@ mod tests {
         assert_eq!(
             error_vars(&["--file", file, "--name", "a"]),
             ["TARGETS_FILE[0].timeout"]
+        );
+        // Another target's secret need not exist here; the probed one's must, named by its index.
+        std::fs::write(
+            &path,
+            "- {name: a, url: 'http://a/', bearer_token_file: /run/secrets/not-here}\n\
+             - {name: b, url: 'http://b/', bearer_token_env: B_TOKEN}\n\
+             - {name: c, url: 'http://c/', timeout: soon}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            error_vars(&["--file", file, "--name", "b"]),
+            ["TARGETS_FILE[2].timeout"]
+        );
+        std::fs::write(
+            &path,
+            "- {name: a, url: 'http://a/', bearer_token_file: /run/secrets/not-here}\n\
+             - {name: b, url: 'http://b/', bearer_token_env: B_TOKEN}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            error_vars(&["--file", file, "--name", "b"]),
+            ["TARGETS_FILE[1].bearer_token"]
+        );
+        let args = ProbeArgs::try_parse_from(["checker probe", "--file", file, "--name", "b"]).unwrap();
+        let b = prepare(&args, &Env::from_pairs([("B_TOKEN", "t0k")]), &defaults()).unwrap();
+        assert_eq!(b.target.headers["authorization"], "Bearer t0k");
+        assert_eq!(
+            error_vars(&["--file", file, "--name", "a"]),
+            ["TARGETS_FILE[0].bearer_token"]
         );
     }
 
