@@ -470,3 +470,35 @@ async fn a_spec_of_the_targets_topic_is_one_target() {
         ("api", Some(true), 4.0)
     );
 }
+
+/// Credentials given in the URL are sent as basic auth and never printed: not in the JSON
+/// (url, target, final_url), not in the summary, not in an error about the URL.
+#[tokio::test]
+async fn credentials_never_reach_the_output() {
+    let server = serve(|req: http::Request<_>| async move {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        text(200, format!("auth={}", auth.unwrap_or_default()))
+    })
+    .await;
+    let url = format!("http://probe:s3cret-pw@127.0.0.1:{}/", server.addr.port());
+
+    // base64("probe:s3cret-pw")
+    let run = probe_cli(&[&url, "--regex", "auth=Basic cHJvYmU6czNjcmV0LXB3"], &[]).await;
+    let bad = probe_cli(&[&url.replace("127.0.0.1", "[::1"), "--timeout", "1s"], &[]).await;
+
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let r = run.result();
+    assert_eq!(r.url, server.url("/"));
+    assert_eq!(
+        r.target,
+        server.url("/"),
+        "the default name is the URL without credentials"
+    );
+    assert_eq!(bad.code, Some(2));
+    for out in [&run.stdout, &run.stderr, &bad.stderr] {
+        assert!(!out.contains("s3cret-pw"), "{out}");
+    }
+}
