@@ -208,7 +208,11 @@ impl TargetSource {
 
 /// `LOCATION`: 1 to 63 characters of `[a-zA-Z0-9._-]`, so that `checker-<LOCATION>` is a
 /// valid consumer group id and a label value, and `check_id`'s fields cannot run together.
-fn location(name: String) -> Result<String, ConfigError> {
+/// Shared with `checker probe --location`.
+///
+/// # Errors
+/// A [`ConfigError`] naming `LOCATION`.
+pub fn location(name: String) -> Result<String, ConfigError> {
     let valid = (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if valid {
         Ok(name)

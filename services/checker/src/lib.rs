@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod fleet;
 pub mod metrics;
+pub mod oneshot;
 pub mod probe;
 pub mod proxy;
 pub mod publish;

@@ -10,18 +10,26 @@
 //!   exist where it runs, as at start-up. Never connects to Kafka.
 //! - `checker targets apply FILE [--dry-run]` makes the targets topic (`KAFKA_TARGETS_TOPIC`)
 //!   hold exactly FILE's targets, publishing only the difference, and prints it;
-//! - `checker targets list [--json]` prints the topic's targets.
+//! - `checker targets list [--json]` prints the topic's targets;
+//! - `checker probe URL [flags]`, `checker probe --target JSON|YAML`, `checker probe --file
+//!   FILE [--name NAME]` probe one target now through `checker::probe::run` (see
+//!   `checker::oneshot`): the result's wire JSON on stdout, a summary on stderr (not with
+//!   `--json`). Never connects to Kafka.
 //!
 //! Exit codes of `targets`: 0 done, 1 the broker failed (the error is printed), 2 invalid
 //! input (usage, configuration, the file), 3 another writer changed the topic during an apply.
+//! Exit codes of `probe`: 0 the probe succeeded, 1 it failed, 2 invalid input (usage, a
+//! variable, the target: each message names the flag, field or variable).
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use checker::app::App;
 use checker::config::{self, Config};
+use checker::oneshot::{self, ProbeArgs};
 use checker::target::{inline_secrets, read_file, read_file_with, References};
 use checker::targets_topic::{self, diff::diff, State, TopicError};
 use clap::{Parser, Subcommand};
@@ -86,6 +94,17 @@ impl From<Exit> for ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        return match ProbeArgs::try_parse_from(
+            std::iter::once("checker probe".to_string()).chain(args[1..].iter().cloned()),
+        ) {
+            Ok(cli) => probe(&cli),
+            Err(e) => {
+                let _ = e.print();
+                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("targets") {
         let cli = match TargetsCli::try_parse_from(
             std::iter::once("checker targets".to_string()).chain(args[1..].iter().cloned()),
@@ -106,6 +125,42 @@ fn main() -> ExitCode {
         |c| c.log_format,
         |config, shutdown| async move { App::build(config).await?.run_until_stopped(shutdown).await },
     )
+}
+
+/// `checker probe ...`: 0 the probe succeeded, 1 it failed, 2 invalid input.
+fn probe(cli: &ProbeArgs) -> ExitCode {
+    let env = Env::from_process();
+    let prepared = config::target_defaults(&env)
+        .map_err(|e| vec![e])
+        .and_then(|defaults| oneshot::prepare(cli, &env, &defaults));
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("checker probe: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("checker probe: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(oneshot::probe(&prepared));
+    let json = serde_json::to_string(&result).expect("a ProbeResult serializes");
+    // A closed stdout (`| head`) is not a reason to panic; the exit code still tells the outcome.
+    let _ = writeln!(std::io::stdout().lock(), "{json}");
+    if !cli.json {
+        let _ = write!(
+            std::io::stderr().lock(),
+            "{}",
+            oneshot::summary(&result, chrono::Utc::now())
+        );
+    }
+    ExitCode::from(if result.success { 0 } else { 1 })
 }
 
 fn targets(command: TargetsCommand) -> Exit {
