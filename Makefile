@@ -14,7 +14,10 @@ COMPOSE_CMD = $(shell if docker compose version >/dev/null 2>&1; then echo "dock
 # adds a sample web server and points the checker at it. With internet access:
 # make up COMPOSE_FILES=docker-compose.yml
 COMPOSE_FILES ?= docker-compose.yml $(wildcard docker-compose.local.yml)
-COMPOSE = $(COMPOSE_CMD) $(addprefix -f ,$(COMPOSE_FILES))
+# The project: .env's COMPOSE_PROJECT_NAME, with `-standin` appended while the base images are
+# the local stand-ins (own containers, network and volumes: docker/README.md, "Local stand-ins").
+COMPOSE_PROJECT = $(shell scripts/compose-project.sh)
+COMPOSE = $(COMPOSE_CMD) -p $(COMPOSE_PROJECT) $(addprefix -f ,$(COMPOSE_FILES))
 
 # Runs a script that another part of the repository provides, with a clear
 # message when it is not there (yet).
@@ -68,6 +71,8 @@ images: ## Build the container images (base images from Debian's packages first,
 	@$(call run_script,scripts/images.sh)
 
 up: images ## Build the images and start the Docker Compose stack in the background
+	@# Prometheus (user nobody) reads its bind mounts: world-readable whatever the umask was.
+	@chmod a+r docker/prometheus/prometheus.yml deploy/mixin/alerts.yaml
 	$(COMPOSE) up -d
 	$(COMPOSE) ps
 

@@ -394,6 +394,24 @@ done
 # ---------------------------------------------------------------------------
 # 3-4. stack up, basic assertions
 
+# What exists under the default project (.env's COMPOSE_PROJECT_NAME, a user's `make up`
+# stack): the run must add nothing to it (checked at the end).
+DEFAULT_PROJECT=$(env_value COMPOSE_PROJECT_NAME healthcheck-pipeline)
+default_project_objects() {
+    local label="label=com.docker.compose.project=$DEFAULT_PROJECT"
+    { docker ps -aq --no-trunc --filter "$label" | sed 's/^/container /'
+      docker volume ls -q --filter "$label" | sed 's/^/volume /'
+      docker network ls -q --no-trunc --filter "$label" | sed 's/^/network /'; } | sort
+}
+DEFAULT_PROJECT_BEFORE=$(default_project_objects)
+
+step "compose file: proxy variables passed through, Prometheus mounts relabelled for SELinux"
+config=$(HTTP_PROXY=http://proxy.invalid:3128 NO_PROXY=kafka,postgres "${COMPOSE[@]}" config)
+grep -q 'HTTP_PROXY: http://proxy.invalid:3128' <<<"$config" || die "HTTP_PROXY set on the host does not reach the checker"
+grep -q 'NO_PROXY: kafka,postgres' <<<"$config" || die "NO_PROXY set on the host does not reach the checker"
+# v1 prints the short form (…:ro,z), v2 the long one (bind: selinux: z)
+(($(grep -cE '/etc/prometheus/[^ ]*:ro,z|selinux: z' <<<"$config") == 2)) || die "Prometheus' bind mounts lack :z (SELinux hosts)"
+
 step "compose up (${COMPOSE[*]})"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 # Container life-cycle events (with exit codes: a crash logs nothing itself)
@@ -689,6 +707,11 @@ step "final: all containers healthy, Prometheus up"
 wait_until_quiet "all containers healthy" 120 all_healthy || die "not healthy after 120 s: $HEALTH_REPORT"
 wait_until "Prometheus reports up{job=\"sink\"} == 1" 90 prometheus_up sink
 wait_until "Prometheus reports up{job=\"checker\"} == 1" 90 prometheus_up checker
+
+step "nothing added under the default project ($DEFAULT_PROJECT)"
+added=$(comm -13 <(printf '%s\n' "$DEFAULT_PROJECT_BEFORE") <(default_project_objects) | sed '/^$/d')
+[[ -z "$added" ]] || die "the run left objects under the default project $DEFAULT_PROJECT: $added"
+log "no container, volume or network added under $DEFAULT_PROJECT"
 end_step ok
 
 printf '\n' >&2
