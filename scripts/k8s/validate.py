@@ -237,9 +237,10 @@ def fleet_rules(objs, configmaps):
     LOCATION (each location is one consumer group), and no more replicas per location than
     the targets topic has partitions (the rest would only stand by)."""
     problems, locations, fleet = [], {}, []
-    for o, spec, _ in pods(objs):
+    for o, spec, meta in pods(objs):
         if o.get("kind") != "Deployment":
             continue
+        labels = meta.get("labels") or {}
         for c in spec.get("containers") or []:
             if not is_checker(c) or applied_file(c):
                 continue
@@ -250,6 +251,11 @@ def fleet_rules(objs, configmaps):
                                  "with a static list every replica probes every target"
                                  % (c.get("name"), ", ".join(static))))
             location = env_value(c, "LOCATION", configmaps) or "default"
+            label = labels.get("healthcheck-pipeline.io/location")
+            if label is not None and label != location:
+                problems.append((oid(o), "pod label healthcheck-pipeline.io/location %r is not its LOCATION %r: the "
+                                 "series' `location` (ServiceMonitor relabeling) would name another location"
+                                 % (label, location)))
             if location in locations:
                 problems.append((oid(o), "LOCATION %r is also the location of %s: one Deployment per location "
                                  "(each location is one consumer group, checker-<LOCATION>)"
@@ -733,6 +739,9 @@ MUTATIONS = [
      "promtool", "field label not found"),
     ("missing file", "overlays/dev/kustomization.yaml",
      "- targets.yaml", "- no-such-targets.yaml", "render", "no-such-targets.yaml"),
+    ("location label not the LOCATION", "overlays/prod/checker-patch.yaml",
+     "        healthcheck-pipeline.io/location: eu-west", "        healthcheck-pipeline.io/location: eu-north",
+     "rules", "healthcheck-pipeline.io/location 'eu-north' is not its LOCATION 'eu-west'"),
     # deployment_rules (issue #11): each trap, reintroduced
     ("Namespace back in the base", "base/kustomization.yaml",
      "resources:\n", "resources:\n  - ../namespaces/healthcheck\n", "rules", "a Namespace in base"),
