@@ -56,27 +56,84 @@ pub(super) async fn mark_rows(
     Ok(())
 }
 
+/// Takes the marks due, by target and hour: a backlog (a backfill after an upgrade, a
+/// checker's late results) is processed a few targets at a time, each walked once.
 const TAKE_MARKS: &str = "
 DELETE FROM rollup_marks
-WHERE id IN (SELECT id FROM rollup_marks WHERE not_before <= now() ORDER BY id LIMIT $1)
+WHERE id IN (SELECT id FROM rollup_marks WHERE not_before <= now() ORDER BY target_name, hour LIMIT $1)
 RETURNING target_name, hour";
 
 /// Recomputes `rollup_hourly` for the pieces ($1 targets, $2 hours; $3 the histogram bounds).
-/// Verdicts through `slot_verdicts_between`; probes by one range scan per location.
+/// Verdicts by `slot_verdicts_between`'s rule, set-based over every piece; probes by one
+/// range scan per piece and location.
 const ROLLUP_HOURS: &str = "
 WITH pieces AS (
     SELECT DISTINCT target_name, hour FROM UNNEST($1::text[], $2::timestamptz[]) AS p(target_name, hour)
 ),
+known AS (
+    SELECT count(*)::int AS m FROM locations WHERE retired_at IS NULL
+),
+-- The pieces' slots, set-based (slot_verdicts_between's rule; one call per piece cost ~4 ms
+-- on 10 M rows): the rows, and the grid of every version up to now.
+grid AS (
+    SELECT p.target_name, p.hour, from_epoch_us(k * b.iv + b.ph) AS scheduled_at
+    FROM pieces p
+    JOIN targets t
+      ON t.target_name = p.target_name AND t.since < p.hour + interval '1 hour'
+     AND coalesce(t.until, 'infinity') > p.hour
+    CROSS JOIN LATERAL (
+        SELECT (t.interval_seconds * 1000000)::bigint AS iv, floor(t.phase_seconds * 1000000)::bigint AS ph,
+               greatest(t.since, p.hour) AS lo, least(coalesce(t.until, 'infinity'), p.hour + interval '1 hour', now()) AS hi
+    ) b
+    CROSS JOIN LATERAL generate_series(ceil((epoch_us(b.lo) - b.ph)::numeric / b.iv)::bigint,
+                                       ceil((epoch_us(b.hi) - b.ph)::numeric / b.iv)::bigint - 1) k
+    WHERE b.lo < b.hi
+),
+slots AS (
+    SELECT s.target_name, s.hour, s.scheduled_at,
+           count(DISTINCT s.location) AS probed,
+           count(DISTINCT s.location) FILTER (WHERE NOT s.success) AS failed
+    FROM (
+        SELECT p.target_name, p.hour, r.scheduled_at, r.location, r.success
+        FROM pieces p
+        CROSS JOIN locations l
+        JOIN probe_results r
+          ON r.target_name = p.target_name AND r.location = l.name
+         AND r.scheduled_at >= p.hour AND r.scheduled_at < p.hour + interval '1 hour'
+        UNION ALL
+        SELECT target_name, hour, scheduled_at, NULL, NULL FROM grid
+    ) s
+    GROUP BY 1, 2, 3
+),
+judged AS (
+    SELECT s.target_name, s.hour, s.scheduled_at,
+           CASE
+               WHEN s.failed >= q.quorum THEN 'down'
+               WHEN s.probed > s.failed AND s.probed - s.failed > k.m - q.quorum THEN 'up'
+               ELSE 'unknown'
+           END AS verdict,
+           EXISTS (SELECT 1 FROM maintenance_windows w
+                   WHERE (w.target_name IS NULL OR w.target_name = s.target_name)
+                     AND w.starts_at <= s.scheduled_at AND w.ends_at > s.scheduled_at) AS maintenance
+    FROM slots s
+    CROSS JOIN known k
+    CROSS JOIN LATERAL (
+        SELECT coalesce(
+            (SELECT ch.quorum FROM target_changes ch
+             WHERE ch.target_name = s.target_name AND ch.changed_at <= s.scheduled_at
+             ORDER BY ch.changed_at DESC, ch.kafka_partition DESC, ch.kafka_offset DESC LIMIT 1),
+            k.m / 2 + 1) AS quorum
+    ) q
+),
 verdicts AS (
-    SELECT p.target_name, p.hour,
+    SELECT v.target_name, v.hour,
            count(*) FILTER (WHERE v.verdict = 'up' AND NOT v.maintenance)      AS up_slots,
            count(*) FILTER (WHERE v.verdict = 'down' AND NOT v.maintenance)    AS down_slots,
            count(*) FILTER (WHERE v.verdict = 'unknown' AND NOT v.maintenance) AS unknown_slots,
            count(*) FILTER (WHERE v.maintenance)                               AS maintenance_slots,
            max(v.scheduled_at) FILTER (WHERE v.verdict = 'up')                 AS last_up_at
-    FROM pieces p
-    CROSS JOIN LATERAL slot_verdicts_between(p.target_name, p.hour, p.hour + interval '1 hour') v
-    GROUP BY p.target_name, p.hour
+    FROM judged v
+    GROUP BY v.target_name, v.hour
 ),
 bins AS (
     SELECT p.target_name, p.hour, width_bucket(r.duration_seconds, $3::float8[]) AS bin,

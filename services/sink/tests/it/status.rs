@@ -435,6 +435,9 @@ async fn status_target_detail_has_latency_by_phase_slots_failures_and_tls() {
         vec![State::Up, State::Up, State::Up, State::Up, State::Down, State::Unknown]
     );
     assert_eq!(d.slots[4].locations_failed, vec!["a".to_string(), "b".to_string()]);
+    // The rollup judges the same slots by the same rule.
+    let u = &d.summary.uptime_24h;
+    assert_eq!((u.up_slots, u.down_slots, u.unknown_slots), (4, 1, 1));
     assert_eq!(d.slots[0].scheduled_at, start);
     assert_eq!(
         d.failures
