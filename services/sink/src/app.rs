@@ -64,9 +64,9 @@ impl App {
                     config.database_url.expose(),
                     config.status_pool_size,
                     &config.kafka.topic,
+                    crate::status::STATEMENT_TIMEOUT,
                 )
-                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
-                .with_statement_timeout(crate::status::STATEMENT_TIMEOUT);
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
                 let started = crate::status::start(addr, reader)
                     .await
                     .map_err(|e| anyhow::anyhow!("STATUS_ADDR {addr}: {e}"))?;

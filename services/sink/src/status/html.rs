@@ -739,7 +739,13 @@ mod tests {
         assert!(page.contains(r#"class="crit""#), "expiry within 7 days is critical");
         assert!(page.contains(r#"href="/api/v1/targets/a%2Fb%20c""#), "{page}");
         // The p95 line breaks where a bucket has no p95.
-        let d = page.split(r#"class="p95" d=""#).nth(1).unwrap().split('"').next().unwrap();
+        let d = page
+            .split(r#"class="p95" d=""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(d.matches('M').count(), 2, "{d}");
         assert_eq!(d.matches('L').count(), 7, "{d}");
     }
