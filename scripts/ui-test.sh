@@ -69,12 +69,17 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ stack, build
 
-scripts/stack.sh install
-if ! scripts/stack.sh status >/dev/null 2>&1; then
+eval "$(scripts/stack.sh env)"
+pg_port="${TEST_DATABASE_URL##*:}"
+pg_port="${pg_port%%/*}"
+if port_open "$pg_port" && port_open "${TEST_KAFKA_BOOTSTRAP_SERVERS##*:}"; then
+    # This checkout's stack, or another checkout's on the same ports (a worktree).
+    log "using the PostgreSQL and broker that answer on ports $pg_port and ${TEST_KAFKA_BOOTSTRAP_SERVERS##*:}"
+else
+    scripts/stack.sh install
     STACK_STARTED=1
     scripts/stack.sh up
 fi
-eval "$(scripts/stack.sh env)"
 ADMIN_URL="$TEST_DATABASE_URL"
 psql "$ADMIN_URL" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB_NAME" >/dev/null
 DB_URL="${TEST_DATABASE_URL%/*}/$DB_NAME"
@@ -107,6 +112,8 @@ TARGETS_JSON=$(
 EOF
 )
 
+http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+
 start_sink() {
     DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" STATUS_ADDR="$STATUS" INSTANCE_ID=ui-sink \
         KAFKA_BOOTSTRAP_SERVERS="$TEST_KAFKA_BOOTSTRAP_SERVERS" KAFKA_TOPIC="$TOPIC" \
@@ -126,9 +133,9 @@ start_checker() {
 }
 
 start_sink
-poll 60 1 curl -fsS -o /dev/null "http://$SINK_ADMIN/healthz" || { tail_log "$OUT/sink.log"; die "the sink did not start"; }
+poll 60 1 http_ok "http://$SINK_ADMIN/healthz" || { tail_log "$OUT/sink.log"; die "the sink did not start"; }
 start_checker
-poll 60 1 curl -fsS -o /dev/null "http://$CHECKER_ADMIN/healthz" || { tail_log "$OUT/checker.log"; die "the checker did not start"; }
+poll 60 1 http_ok "http://$CHECKER_ADMIN/healthz" || { tail_log "$OUT/checker.log"; die "the checker did not start"; }
 log "status page: http://$STATUS/ (database $DB_NAME)"
 
 # ------------------------------------------------------------------ checks

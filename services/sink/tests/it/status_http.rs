@@ -449,7 +449,19 @@ async fn an_unreachable_database_is_a_503() {
 #[tokio::test]
 async fn the_status_pool_is_read_only() {
     let url = fresh_database().await;
+    let writer = Store::new(&url, 1, "topic").unwrap();
+    writer.migrate().await.unwrap();
+    writer.maintain_partitions(Utc::now(), 1, None).await.unwrap();
     let reader = Store::read_only(&url, 1, "topic", sink::status::STATEMENT_TIMEOUT).unwrap();
-    let e = reader.migrate().await.expect_err("a read-only session cannot migrate");
-    assert!(e.to_string().contains("read-only"), "{e}");
+    let e = reader
+        .write(&rows(vec![sample("x", Utc::now(), true, 0.01)]), &[])
+        .await
+        .expect_err("a read-only session cannot insert");
+    assert!(
+        e.is(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{e} ({})",
+        e.code
+    );
+    assert_eq!(testkit::pg::count(&connect(&url).await, "probe_results").await, 0);
+    writer.write(&rows(vec![sample("x", Utc::now(), true, 0.01)]), &[]).await.unwrap();
 }
