@@ -10,6 +10,7 @@ mod kafka_tls;
 mod locations;
 mod pg_tls;
 mod poison;
+mod status;
 mod status_http;
 mod store;
 mod support;
