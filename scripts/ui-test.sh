@@ -144,8 +144,9 @@ export STATUS_URL="http://$STATUS" DB_URL OUT
 "$VENV/bin/python" scripts/ui_test.py --checker-pid "$CHECKER_PID" --wait-rows 8 || { tail_log "$OUT/sink.log" 15; die "the browser test failed"; }
 
 log "schemathesis against docs/openapi.yaml"
-"$VENV/bin/schemathesis" run docs/openapi.yaml --url "http://$STATUS" \
-    --checks all --max-examples 40 --workers 1 --no-color \
+# From .tmp/ui: schemathesis keeps its state in ./.schemathesis.
+(cd "$OUT" && "$VENV/bin/schemathesis" run "$REPO/docs/openapi.yaml" --url "http://$STATUS" \
+    --checks all --max-examples 40 --workers 1 --no-color) \
     >"$OUT/schemathesis.log" 2>&1 || { tail -n 60 "$OUT/schemathesis.log" >&2; die "schemathesis found problems (.tmp/ui/schemathesis.log)"; }
 tail -n 8 "$OUT/schemathesis.log" >&2
 

@@ -111,7 +111,7 @@ svg.bar rect:hover,svg.slots rect:hover{opacity:.6}
 .tile .sub{color:var(--muted);font-size:12px}
 .banner{padding:8px 12px;border-radius:6px;margin:8px 0;color:#fff}.banner.down{background:var(--down)}.banner.maintenance{background:var(--maintenance)}
 .legend span{margin-right:14px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
-.chart text{font-size:11px;fill:var(--muted)}.chart .grid{stroke:var(--line)}.chart .p95{fill:none;stroke:#1f2328;stroke-width:1.5}
+svg.chart{max-width:1000px;display:block}.chart text{font-size:11px;fill:var(--muted)}.chart .grid{stroke:var(--line)}.chart .p95{fill:none;stroke:#1f2328;stroke-width:1.5}.chart .p95dot{fill:#1f2328}
 .err{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;word-break:break-word}
 .warn{color:#9a6700;font-weight:600}.crit{color:var(--down);font-weight:600}
 .empty{color:var(--muted);font-style:italic}
@@ -402,6 +402,12 @@ fn latency_chart(points: &[LatencyPoint], width: BucketWidth) -> Markup {
             }
             @if !p95_path.is_empty() {
                 path.p95 d=(p95_path.trim_end()) {}
+            }
+            // A dot per p95, so that a lone bucket (no line to draw) still shows it.
+            @for (i, p) in points.iter().enumerate() {
+                @if let Some(v) = p.p95_seconds {
+                    circle.p95dot cx=(format!("{:.1}", LEFT + step * (i as f64 + 0.5))) cy=(format!("{:.1}", y(v))) r="2.5" {}
+                }
             }
             @if let (Some(first), Some(last)) = (points.first(), points.last()) {
                 text x=(LEFT) y=(H - 6.0) { (bucket_label(first.start, width)) }

@@ -463,5 +463,8 @@ async fn the_status_pool_is_read_only() {
         e.code
     );
     assert_eq!(testkit::pg::count(&connect(&url).await, "probe_results").await, 0);
-    writer.write(&rows(vec![sample("x", Utc::now(), true, 0.01)]), &[]).await.unwrap();
+    writer
+        .write(&rows(vec![sample("x", Utc::now(), true, 0.01)]), &[])
+        .await
+        .unwrap();
 }
