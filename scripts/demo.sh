@@ -250,7 +250,9 @@ export RUST_LOG="${RUST_LOG:-info}"
 export SHUTDOWN_GRACE_PERIOD="${SHUTDOWN_GRACE_PERIOD:-10s}"
 
 log "starting sink (admin http://$SINK_ADMIN, status page http://localhost:$STATUS_PORT/)"
+# ROLLUP_INTERVAL: the status page's numbers follow the 5 s probes closely.
 DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" STATUS_ADDR="$STATUS_ADDR" INSTANCE_ID=demo-sink \
+    ROLLUP_INTERVAL="${ROLLUP_INTERVAL:-5s}" \
     KAFKA_GROUP_ID=healthcheck-demo \
     setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null 8>&- &
 SINK_PID=$!
@@ -287,7 +289,8 @@ if [ -n "$DEMO_SECONDS" ]; then
     have="$(targets_with_rows 2>/dev/null || true)"
     have="${have:-0}"
     if [ "$have" -eq "${#TARGET_NAMES[@]}" ]; then
-        status_targets="$(curl -fsS --max-time 5 "http://$STATUS_ADDR/api/v1/targets" | grep -o '"name":"[^"]*","url"' | wc -l || true)"
+        status_targets="$(curl -fsS --max-time 5 "http://$STATUS_ADDR/api/v1/targets" |
+            python3 -c 'import json, sys; print(len(json.load(sys.stdin)["targets"]))' 2>/dev/null || true)"
         echo "Status page http://localhost:$STATUS_PORT/ lists ${status_targets:-0} targets"
         if [ "${status_targets:-0}" -ne "${#TARGET_NAMES[@]}" ]; then
             echo "demo: FAILED: the status page lists ${status_targets:-0} of ${#TARGET_NAMES[@]} demo targets" >&2
