@@ -451,8 +451,18 @@ fn expiry(t: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     };
     html! {
         span class=(class) data-days=(format!("{days:.2}")) {
-            (time(t)) " (" @if days >= 0.0 { "in " (format!("{days:.0}")) " days" } @else { "expired " (format!("{:.0}", -days)) " days ago" } ")"
+            (time(t)) " (" @if days >= 0.0 { "in " (plural_days(days)) } @else { "expired " (plural_days(-days)) " ago" } ")"
         }
+    }
+}
+
+/// `3 days`, `1 day`, `0 days` (rounded).
+fn plural_days(days: f64) -> String {
+    let n = days.round() as i64;
+    if n == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{n} days")
     }
 }
 

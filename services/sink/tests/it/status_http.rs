@@ -14,6 +14,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sink::status::html::{millis, ratio, target_path};
+use sink::store::status::NewMaintenance;
 use sink::store::Store;
 use testkit::broker::{bootstrap, create_topic};
 use testkit::pg::{connect, fresh_database};
@@ -139,6 +140,15 @@ async fn pages_and_api_show_what_the_rows_say() {
     store.maintain_partitions(Utc::now(), 2, None).await.unwrap();
     let results = history(Utc::now());
     store.write(&rows(results.clone()), &[]).await.unwrap();
+    let window = store
+        .add_maintenance(&NewMaintenance {
+            target_name: Some(PLAIN.to_string()),
+            starts_at: Utc::now() + chrono::Duration::hours(1),
+            ends_at: Utc::now() + chrono::Duration::hours(2),
+            reason: "upgrade <db> & restart".to_string(),
+        })
+        .await
+        .unwrap();
     roll_up(&store).await;
     let db = connect(&url).await;
 
@@ -339,6 +349,19 @@ async fn pages_and_api_show_what_the_rows_say() {
     assert!(page
         .body
         .contains("connect to &lt;R&amp;D &lt;lab&gt; &quot;x&quot;&gt; refused &amp; reset"));
+    // TLS (the rows' certificate; the chain's earliest expiry has passed: flagged) and the
+    // planned maintenance window, escaped.
+    let plain = get(addr, &format!("/api/v1{}", target_path(PLAIN))).await.json();
+    assert_eq!(plain["tls"]["leaf_not_after"], "2027-01-01T00:00:00Z");
+    assert_eq!(plain["maintenance"].as_array().unwrap().len(), 1);
+    assert_eq!(plain["maintenance"][0]["id"], window.id);
+    let page = get(addr, &target_path(PLAIN)).await;
+    assert!(page.body.contains("2027-01-01 00:00:00 UTC"), "leaf expiry shown");
+    assert!(
+        page.body.contains(r#"<td class="earliest-expiry"><span class="crit""#),
+        "expired chain flagged"
+    );
+    assert!(page.body.contains("upgrade &lt;db&gt; &amp; restart"));
     let day = get(addr, &format!("{}?bucket=day", target_path(ODD))).await;
     assert_eq!(day.status, 200);
     assert_eq!(
