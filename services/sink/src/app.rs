@@ -67,7 +67,8 @@ impl App {
                     crate::status::STATEMENT_TIMEOUT,
                 )
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
-                let started = crate::status::start(addr, reader)
+                let status_metrics = crate::status::StatusMetrics::register(&metrics.registry)?;
+                let started = crate::status::start(addr, reader, Some(status_metrics))
                     .await
                     .map_err(|e| anyhow::anyhow!("STATUS_ADDR {addr}: {e}"))?;
                 tracing::info!(status_addr = %started.0, "Status page listening.");

@@ -434,6 +434,21 @@ async fn pages_and_api_show_what_the_rows_say() {
         200,
         "answers again once the lock is gone"
     );
+    // Every request is counted by route and code on the admin server's /metrics.
+    let scrape = testkit::metrics::Scrape::get(sink.admin).await;
+    let count = |route: &str, code: &str| {
+        scrape
+            .metric(
+                "healthcheck_sink_status_requests_total",
+                &[("route", route), ("code", code)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert!(count("api_targets", "503") >= 1.0, "the 503 is counted");
+    assert!(count("api_target", "404") >= 1.0);
+    assert!(count("api_incidents", "400") >= 5.0);
+    assert!(count("overview", "200") >= 1.0);
+    assert!(count("unknown", "404") >= 2.0);
     sink.stop().await;
 }
 
@@ -449,7 +464,7 @@ async fn an_unreachable_database_is_a_503() {
         sink::status::STATEMENT_TIMEOUT,
     )
     .unwrap();
-    let (addr, stop) = sink::status::start("127.0.0.1:0".parse().unwrap(), store)
+    let (addr, stop) = sink::status::start("127.0.0.1:0".parse().unwrap(), store, None)
         .await
         .unwrap();
     let t0 = Instant::now();
