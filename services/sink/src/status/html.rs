@@ -624,14 +624,15 @@ pub fn target(d: &TargetDetail, opts: &PageOptions) -> Markup {
     layout(&format!("{} · Status", t.name), opts.refresh, body)
 }
 
-/// An error page: the status and what is wrong.
-pub fn error(status: http::StatusCode, message: &str) -> Markup {
+/// An error page: the status and what is wrong; it reloads after `refresh` seconds (0:
+/// never), so that a page shown during a database outage comes back by itself.
+pub fn error(status: http::StatusCode, message: &str, refresh: u32) -> Markup {
     let body = html! {
         nav { a href="/" { "← all targets" } }
         h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
         p id="error" { (message) }
     };
-    layout(&format!("{} · Status", status.as_u16()), 0, body)
+    layout(&format!("{} · Status", status.as_u16()), refresh, body)
 }
 
 #[cfg(test)]

@@ -452,8 +452,19 @@ fn json_error(f: &Failure) -> Response<Full<Bytes>> {
     with_allow(response(f.status(), "application/json", Bytes::from(body)), f)
 }
 
+/// Seconds after which a 503 page reloads itself.
+pub const UNAVAILABLE_REFRESH_SECONDS: u32 = 10;
+
 fn html_error(f: &Failure) -> Response<Full<Bytes>> {
-    with_allow(page_response(f.status(), html::error(f.status(), &f.message())), f)
+    let refresh = if matches!(f, Failure::Unavailable(_)) {
+        UNAVAILABLE_REFRESH_SECONDS
+    } else {
+        0
+    };
+    with_allow(
+        page_response(f.status(), html::error(f.status(), &f.message(), refresh)),
+        f,
+    )
 }
 
 #[cfg(test)]

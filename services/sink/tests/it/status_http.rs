@@ -476,6 +476,10 @@ async fn an_unreachable_database_is_a_503() {
     let page = get(addr, "/targets/x").await;
     assert_eq!(page.status, 503);
     assert!(page.content_type.starts_with("text/html"));
+    assert!(
+        page.body.contains(r#"<meta http-equiv="refresh" content="10">"#),
+        "a 503 page comes back by itself"
+    );
     assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
     // What needs no database still answers.
     assert_eq!(get(addr, "/api/v1/openapi.yaml").await.status, 200);
