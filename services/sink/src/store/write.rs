@@ -74,7 +74,9 @@ impl Store {
     ///   canary fails too, the error does not depend on the rows: returned as
     ///   [`ErrorClass::Fatal`] (or transient, when the canary's error is);
     /// - otherwise the batch is split (rows apart from dead letters, then in halves) until the
-    ///   rows at fault are alone; each becomes a dead letter of class
+    ///   rows at fault are alone (a lone row refused for a statement timeout is written once
+    ///   more first, since the canary passing says a lock it waited behind may be gone); each
+    ///   becomes a dead letter of class
     ///   [`super::DeadLetterClass::Data`] with the
     ///   message's raw key and payload and the SQLSTATE and message as error;
     /// - a dead letter refused alone is stored with its error text shortened, then, if refused
@@ -100,7 +102,21 @@ impl Store {
                     ..e
                 })
             }
-            ([row], []) => return self.reject_row(row, &e).await,
+            ([row], []) => {
+                // A lone row whose statement timed out may only have waited behind a lock
+                // the canary no longer met (the lock was released meanwhile): once more
+                // before blaming its data. A row slow by itself times out again.
+                let e = if e.is(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+                    match self.write_tx(rows, &[], Finish::Commit).await {
+                        Ok(out) => return Ok(out),
+                        Err(again) if !again.may_depend_on_rows() => return Err(again),
+                        Err(again) => again,
+                    }
+                } else {
+                    e
+                };
+                return self.reject_row(row, &e).await;
+            }
             ([], [letter]) => return self.reject_dead_letter(letter, &e).await,
             ([_, ..], [_, ..]) => ((rows, &[]), (&[], dead)),
             (_, []) => {

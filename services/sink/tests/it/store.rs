@@ -584,6 +584,53 @@ async fn a_statement_timeout_splits_the_batch_instead_of_retrying_it() {
     assert!(dead[0].2.starts_with("SQLSTATE 57014"), "{}", dead[0].2);
 }
 
+/// A lone row that timed out behind a lock is not its data's fault: once the canary passes
+/// (the lock is gone) the row is written, never dead-lettered. Smallest failing input: one
+/// row, a lock held a little longer than the statement timeout.
+#[tokio::test]
+async fn a_lone_row_that_timed_out_behind_a_lock_is_written_not_dead_lettered() {
+    let url = fresh_database().await;
+    let db = connect(&url).await;
+    let store = Store::new(&url, 2, "topic")
+        .unwrap()
+        .with_statement_timeout(Duration::from_secs(1));
+    store.migrate().await.unwrap();
+    // Warm: the pooled connections exist and have their staging table.
+    let warm = rows(
+        (0..4)
+            .map(|i| sample(&format!("warm{i}"), Utc::now(), true, 0.1))
+            .collect(),
+    );
+    futures::future::try_join_all(warm.chunks(1).map(|r| store.write(r, &[])))
+        .await
+        .unwrap();
+    let locker = connect(&url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Released while the canary waits: after the row's own attempt timed out (1 s).
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        locker.batch_execute("COMMIT").await.unwrap();
+    });
+    let result = sample("behind-a-lock", Utc::now(), true, 0.1);
+    let out = store.write(&rows(vec![result.clone()]), &[]).await;
+    release.await.unwrap();
+    let out = out.expect("written, or a transient error to retry");
+    assert_eq!((out.inserted, out.rejected_rows), (1, 0), "{out:?}");
+    assert_eq!(dead_letters(&db).await.len(), 0);
+    let stored: i64 = db
+        .query_one(
+            "SELECT count(*) FROM probe_results WHERE check_id = $1",
+            &[&result.check_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+}
+
 /// Where a row is stored: its partition's name.
 async fn partition_of(db: &tokio_postgres::Client, check_id: uuid::Uuid) -> String {
     db.query_one(
