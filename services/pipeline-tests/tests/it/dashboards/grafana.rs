@@ -29,7 +29,9 @@ pub fn datasources() -> BTreeMap<String, String> {
         let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for ds in doc["datasources"].as_sequence().expect("a datasources list") {
-            let uid = ds["uid"].as_str().unwrap_or_else(|| panic!("{}: a datasource without uid", path.display()));
+            let uid = ds["uid"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: a datasource without uid", path.display()));
             out.insert(uid.to_string(), ds["type"].as_str().expect("a type").to_string());
         }
     }
@@ -77,12 +79,17 @@ impl Backends<'_> {
         let uid = datasource["uid"]
             .as_str()
             .ok_or_else(|| format!("no datasource uid in {datasource}"))?;
-        let ty = self
-            .datasources
-            .get(uid)
-            .ok_or_else(|| format!("datasource uid {uid:?} is not provisioned ({:?})", self.datasources.keys()))?;
+        let ty = self.datasources.get(uid).ok_or_else(|| {
+            format!(
+                "datasource uid {uid:?} is not provisioned ({:?})",
+                self.datasources.keys()
+            )
+        })?;
         if datasource["type"].as_str().is_some_and(|t| t != ty) {
-            return Err(format!("datasource {uid:?} has type {ty:?}, the dashboard says {}", datasource["type"]));
+            return Err(format!(
+                "datasource {uid:?} has type {ty:?}, the dashboard says {}",
+                datasource["type"]
+            ));
         }
         match ty.as_str() {
             "prometheus" => Ok(Dialect::PromQl),
@@ -95,7 +102,10 @@ impl Backends<'_> {
     pub async fn run_dashboard(&self, dashboard: &Value) -> (Vec<Ran>, Vec<String>) {
         let name = dashboard["uid"].as_str().unwrap_or("<no uid>").to_string();
         let mut ran = Vec::new();
-        let mut problems: Vec<String> = structure(dashboard).into_iter().map(|p| format!("{name}: {p}")).collect();
+        let mut problems: Vec<String> = structure(dashboard)
+            .into_iter()
+            .map(|p| format!("{name}: {p}"))
+            .collect();
 
         let mut vars = BTreeMap::new();
         for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
@@ -115,7 +125,11 @@ impl Backends<'_> {
         }
 
         for panel in panels(dashboard) {
-            let title = format!("{name} / panel {:?} (id {})", panel["title"].as_str().unwrap_or(""), panel["id"]);
+            let title = format!(
+                "{name} / panel {:?} (id {})",
+                panel["title"].as_str().unwrap_or(""),
+                panel["id"]
+            );
             let targets = panel["targets"].as_array().cloned().unwrap_or_default();
             if targets.is_empty() {
                 problems.push(format!("{title}: no query"));
@@ -163,16 +177,27 @@ impl Backends<'_> {
                 let sql = expand(query, Dialect::Sql, &self.range, vars)?;
                 let rows = self.sql(&sql).await?;
                 rows.iter()
-                    .map(|r| r.try_get::<_, String>(0).map_err(|e| format!("first column is not text: {e}")))
+                    .map(|r| {
+                        r.try_get::<_, String>(0)
+                            .map_err(|e| format!("first column is not text: {e}"))
+                    })
                     .collect()
             }
         }
     }
 
-    async fn run_target(&self, datasource: &Value, target: &Value, vars: &BTreeMap<String, Vec<String>>) -> Result<usize, String> {
+    async fn run_target(
+        &self,
+        datasource: &Value,
+        target: &Value,
+        vars: &BTreeMap<String, Vec<String>>,
+    ) -> Result<usize, String> {
         match self.dialect(datasource)? {
             Dialect::PromQl => {
-                let expr = target["expr"].as_str().filter(|e| !e.trim().is_empty()).ok_or("no expr")?;
+                let expr = target["expr"]
+                    .as_str()
+                    .filter(|e| !e.trim().is_empty())
+                    .ok_or("no expr")?;
                 let expr = expand(expr, Dialect::PromQl, &self.range, vars)?;
                 let series = self
                     .prometheus
@@ -199,7 +224,10 @@ impl Backends<'_> {
                 if target["rawQuery"] != true {
                     return Err("not a raw SQL query (rawQuery: true expected)".into());
                 }
-                let raw = target["rawSql"].as_str().filter(|e| !e.trim().is_empty()).ok_or("no rawSql")?;
+                let raw = target["rawSql"]
+                    .as_str()
+                    .filter(|e| !e.trim().is_empty())
+                    .ok_or("no rawSql")?;
                 let sql = expand(raw, Dialect::Sql, &self.range, vars)?;
                 let rows = self.sql(&sql).await.map_err(|e| format!("{e}\n{sql}"))?;
                 match target["format"].as_str() {

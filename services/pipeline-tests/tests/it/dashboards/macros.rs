@@ -59,7 +59,12 @@ impl Range {
 /// A macro or global variable that is not implemented for `dialect`, a template variable
 /// not in `vars`, a variable with no values, or malformed macro arguments; the message names
 /// it.
-pub fn expand(query: &str, dialect: Dialect, range: &Range, vars: &BTreeMap<String, Vec<String>>) -> Result<String, String> {
+pub fn expand(
+    query: &str,
+    dialect: Dialect,
+    range: &Range,
+    vars: &BTreeMap<String, Vec<String>>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(query.len());
     let mut rest = query;
     while let Some(at) = rest.find('$') {
@@ -88,9 +93,12 @@ pub fn expand(query: &str, dialect: Dialect, range: &Range, vars: &BTreeMap<Stri
                 out.push_str(&global_variable(global, dialect, range)?);
             }
         } else {
-            let values = vars
-                .get(name)
-                .ok_or_else(|| format!("unknown template variable ${name} (the dashboard defines {:?})", vars.keys()))?;
+            let values = vars.get(name).ok_or_else(|| {
+                format!(
+                    "unknown template variable ${name} (the dashboard defines {:?})",
+                    vars.keys()
+                )
+            })?;
             if values.is_empty() {
                 return Err(format!("template variable ${name} has no values"));
             }
@@ -174,7 +182,9 @@ fn parse_interval(text: &str) -> Result<u64, String> {
     let t = text.trim().trim_matches('\'');
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("interval {text:?} is not a number and a unit"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("interval {text:?} is not a number and a unit"))?;
     let per = match unit {
         "s" => 1,
         "m" => 60,

@@ -51,7 +51,9 @@ async fn https_target() -> SocketAddr {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 // One request per connection (the checker sends one and closes).
                 if tls.read(&mut buf).await.unwrap_or(0) > 0 {
@@ -96,10 +98,17 @@ async fn reader_client(url: &str, role: &str) -> tokio_postgres::Client {
         .arg(url)
         .output()
         .expect("run psql");
-    assert!(out.status.success(), "reader.sql: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "reader.sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cfg: tokio_postgres::Config = url.parse().unwrap();
     cfg.user(role).password("reader-secret");
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect as the reader role");
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect as the reader role");
     tokio::spawn(conn);
     client
 }
@@ -143,6 +152,7 @@ async fn every_dashboard_panel_query_returns_data() {
         ("DATABASE_URL", url.clone()),
         ("KAFKA_GROUP_ID", unique("group")),
         ("BATCH_LINGER", "50ms".to_string()),
+        ("DB_STATEMENT_TIMEOUT", "1s".to_string()),
     ]);
     let mut checker_env = base(checker_admin);
     checker_env.extend([
@@ -169,10 +179,19 @@ async fn every_dashboard_panel_query_returns_data() {
 
     // A gap in coverage and a round of rebalances: the checker stops and comes back.
     signal(&checker, "-TERM");
-    assert_eq!(wait_exit(&mut checker, Duration::from_secs(10)), 0, "checker exits 0 on SIGTERM");
+    assert_eq!(
+        wait_exit(&mut checker, Duration::from_secs(10)),
+        0,
+        "checker exits 0 on SIGTERM"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _checker = spawn("checker", &checker_env, &dir.join("checker.log"));
-    wait_until(Duration::from_secs(60), "the three targets scheduled again", scheduled(3.0)).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the three targets scheduled again",
+        scheduled(3.0),
+    )
+    .await;
 
     // One message that is not a probe result: a dead letter of class decode.
     let producer: FutureProducer = ClientConfig::new()
@@ -181,14 +200,30 @@ async fn every_dashboard_panel_query_returns_data() {
         .expect("producer");
     producer
         .send(
-            FutureRecord::to(&results).key("garbage").payload("this is not a probe result"),
+            FutureRecord::to(&results)
+                .key("garbage")
+                .payload("this is not a probe result"),
             Duration::from_secs(10),
         )
         .await
         .expect("deliver the undecodable message");
-    tokio::time::sleep(Duration::from_secs(10)).await;
 
+    // A table lock held past the sink's statement timeout: its writes are cancelled (SQLSTATE
+    // 57014) and retried, so the retry counter gets a series.
     let db = connect(&url).await;
+    db.batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT")
+        .await
+        .expect("hold the lock");
+    wait_until(Duration::from_secs(30), "a write retry counted", || async move {
+        Scrape::fetch(sink_admin)
+            .await
+            .ok()
+            .and_then(|s| s.metric("healthcheck_sink_write_retries_total", &[]))
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
     wait_until(Duration::from_secs(30), "the dead letter stored", || {
         let db = &db;
         async move { count(db, "dead_letters").await >= 1 }
@@ -197,7 +232,10 @@ async fn every_dashboard_panel_query_returns_data() {
     // Leave the last slots out: their results may still be on their way.
     let to = Utc::now() - chrono::Duration::seconds(2);
     let missing: i64 = db
-        .query_one("SELECT coalesce(sum(missing_slots), 0)::bigint FROM coverage_between($1, $2)", &[&t0, &to])
+        .query_one(
+            "SELECT coalesce(sum(missing_slots), 0)::bigint FROM coverage_between($1, $2)",
+            &[&t0, &to],
+        )
         .await
         .unwrap()
         .get(0);
@@ -218,7 +256,10 @@ async fn every_dashboard_panel_query_returns_data() {
         },
     };
     let files = dashboard_files();
-    assert!(files.len() >= 2, "dashboards expected in deploy/grafana/dashboards, found {files:?}");
+    assert!(
+        files.len() >= 2,
+        "dashboards expected in deploy/grafana/dashboards, found {files:?}"
+    );
     let (mut ran, mut problems) = (Vec::new(), Vec::new());
     for path in &files {
         let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
@@ -235,6 +276,11 @@ async fn every_dashboard_panel_query_returns_data() {
     for r in &ran {
         println!("ok {:4} {}", r.results, r.what);
     }
-    assert!(problems.is_empty(), "{} dashboard queries failed:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} dashboard queries failed:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     assert!(ran.len() >= 40, "only {} queries ran", ran.len());
 }

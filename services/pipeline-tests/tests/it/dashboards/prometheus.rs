@@ -69,7 +69,13 @@ impl Prometheus {
     async fn api(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value, String> {
         let query: Vec<String> = params
             .iter()
-            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(k, NON_ALPHANUMERIC),
+                    utf8_percent_encode(v, NON_ALPHANUMERIC)
+                )
+            })
             .collect();
         let url = format!("{path}?{}", query.join("&"));
         let (status, body) = try_http_get(self.addr, &url).await.map_err(|e| format!("{e:#}"))?;
