@@ -338,7 +338,11 @@ impl Store {
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
-    pub async fn target_detail(&self, name: &str, width: BucketWidth) -> Result<Option<TargetDetail>, StoreError> {
+    pub async fn target_detail(
+        &self,
+        name: &str,
+        width: BucketWidth,
+    ) -> Result<Option<TargetDetail>, StoreError> {
         let _ = (name, width);
         todo!("issue #10: history helper")
     }
@@ -356,7 +360,10 @@ impl Store {
     ///
     /// # Errors
     /// `ends_at` is not after `starts_at`, or the database fails.
-    pub async fn add_maintenance(&self, window: &NewMaintenance) -> Result<MaintenanceWindow, StoreError> {
+    pub async fn add_maintenance(
+        &self,
+        window: &NewMaintenance,
+    ) -> Result<MaintenanceWindow, StoreError> {
         let _ = window;
         todo!("issue #10: history helper")
     }
@@ -365,7 +372,10 @@ impl Store {
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
-    pub async fn maintenance_windows(&self, include_past: bool) -> Result<Vec<MaintenanceWindow>, StoreError> {
+    pub async fn maintenance_windows(
+        &self,
+        include_past: bool,
+    ) -> Result<Vec<MaintenanceWindow>, StoreError> {
         let _ = include_past;
         todo!("issue #10: history helper")
     }
