@@ -300,3 +300,121 @@ fn structure(d: &Value) -> Vec<String> {
     }
     problems
 }
+
+/// The provisioned files fit together without any backend: every panel has a query naming a
+/// provisioned datasource, every macro and variable expands, and docker-compose.yml mounts
+/// the dashboards where the provider looks, with every variable the datasources file reads.
+#[cfg(test)]
+mod files {
+    use super::*;
+
+    fn yaml(path: &str) -> serde_yaml::Value {
+        let p = repo_root().join(path);
+        serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn every_panel_query_names_a_provisioned_datasource_and_expands() {
+        let ds = datasources();
+        let range = Range {
+            from: chrono::Utc::now() - chrono::Duration::hours(1),
+            to: chrono::Utc::now(),
+            interval_s: 15,
+            scrape_s: 15,
+        };
+        let mut problems = Vec::new();
+        let mut queries = 0;
+        for path in dashboard_files() {
+            let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let name = d["uid"].as_str().unwrap_or("?").to_string();
+            problems.extend(structure(&d).into_iter().map(|p| format!("{name}: {p}")));
+            let vars: BTreeMap<String, Vec<String>> = d["templating"]["list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| (v["name"].as_str().unwrap_or("?").to_string(), vec!["x".to_string()]))
+                .collect();
+            for panel in panels(&d) {
+                let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+                if targets.is_empty() {
+                    problems.push(format!("{name} / {}: no query", panel["title"]));
+                }
+                for t in targets {
+                    let ds_ref = if t["datasource"].is_object() {
+                        &t["datasource"]
+                    } else {
+                        &panel["datasource"]
+                    };
+                    let uid = ds_ref["uid"].as_str().unwrap_or("");
+                    let (dialect, text) = match ds.get(uid).map(String::as_str) {
+                        Some("prometheus") => (Dialect::PromQl, t["expr"].as_str()),
+                        Some("grafana-postgresql-datasource") => (Dialect::Sql, t["rawSql"].as_str()),
+                        other => {
+                            problems.push(format!("{name} / {}: datasource {uid:?} ({other:?})", panel["title"]));
+                            continue;
+                        }
+                    };
+                    queries += 1;
+                    match text.map(|q| expand(q, dialect, &range, &vars)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => problems.push(format!("{name} / {}: {e}", panel["title"])),
+                        None => problems.push(format!("{name} / {}: no query text", panel["title"])),
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert!(queries >= 40, "{queries} queries");
+    }
+
+    #[test]
+    fn compose_mounts_the_dashboards_where_the_provider_reads_them() {
+        let provider = yaml("docker/grafana/provisioning/dashboards/healthcheck.yaml");
+        let path = provider["providers"][0]["options"]["path"]
+            .as_str()
+            .expect("provider path")
+            .to_string();
+        let compose = yaml("docker-compose.yml");
+        let grafana = &compose["services"]["grafana"];
+        assert_eq!(grafana["profiles"][0].as_str(), Some("grafana"));
+        let volumes: Vec<&str> = grafana["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            volumes.contains(&format!("./deploy/grafana/dashboards:{path}:ro").as_str()),
+            "{volumes:?}"
+        );
+        assert!(
+            volumes.contains(&"./docker/grafana/provisioning:/etc/grafana/provisioning:ro"),
+            "{volumes:?}"
+        );
+        let home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+            .as_str()
+            .unwrap();
+        let file = home
+            .strip_prefix(&format!("{path}/"))
+            .expect("home dashboard under the provider path");
+        assert!(
+            repo_root().join("deploy/grafana/dashboards").join(file).exists(),
+            "{home}"
+        );
+        // Every ${VAR} the datasources file reads is in Grafana's environment.
+        let text =
+            std::fs::read_to_string(repo_root().join("docker/grafana/provisioning/datasources/healthcheck.yaml"))
+                .unwrap();
+        for var in text
+            .split("${")
+            .skip(1)
+            .filter_map(|s| s.split_once('}'))
+            .map(|(v, _)| v)
+        {
+            assert!(
+                grafana["environment"][var].is_string(),
+                "{var} is not in the grafana service's environment"
+            );
+        }
+    }
+}
