@@ -124,6 +124,15 @@ impl Backends<'_> {
             }
         }
 
+        for anno in dashboard["annotations"]["list"].as_array().into_iter().flatten() {
+            let what = format!("{name} / annotation {:?}", anno["name"].as_str().unwrap_or(""));
+            match self.run_annotation(anno, &vars).await {
+                Ok(0) => problems.push(format!("{what}: empty result")),
+                Ok(results) => ran.push(Ran { what, results }),
+                Err(e) => problems.push(format!("{what}: {e}")),
+            }
+        }
+
         for panel in panels(dashboard) {
             let title = format!(
                 "{name} / panel {:?} (id {})",
@@ -184,6 +193,23 @@ impl Backends<'_> {
                     .collect()
             }
         }
+    }
+
+    /// An annotation query: SQL with `time` and `text` columns (`timeend` for a region).
+    async fn run_annotation(&self, anno: &Value, vars: &BTreeMap<String, Vec<String>>) -> Result<usize, String> {
+        if self.dialect(&anno["datasource"])? != Dialect::Sql {
+            return Err("only SQL annotations are implemented".into());
+        }
+        let raw = anno["target"]["rawSql"].as_str().ok_or("no rawSql")?;
+        let sql = expand(raw, Dialect::Sql, &self.range, vars)?;
+        let rows = self.sql(&sql).await.map_err(|e| format!("{e}\n{sql}"))?;
+        if let Some(row) = rows.first() {
+            let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+            if !names.contains(&"time") || !names.contains(&"text") {
+                return Err(format!("columns {names:?}: an annotation needs `time` and `text`"));
+            }
+        }
+        Ok(rows.len())
     }
 
     async fn run_target(
@@ -334,6 +360,20 @@ mod files {
                 .flatten()
                 .map(|v| (v["name"].as_str().unwrap_or("?").to_string(), vec!["x".to_string()]))
                 .collect();
+            for anno in d["annotations"]["list"].as_array().into_iter().flatten() {
+                let uid = anno["datasource"]["uid"].as_str().unwrap_or("");
+                queries += 1;
+                if ds.get(uid).map(String::as_str) != Some("grafana-postgresql-datasource") {
+                    problems.push(format!("{name} / annotation {}: datasource {uid:?}", anno["name"]));
+                } else if let Err(e) = expand(
+                    anno["target"]["rawSql"].as_str().unwrap_or(""),
+                    Dialect::Sql,
+                    &range,
+                    &vars,
+                ) {
+                    problems.push(format!("{name} / annotation {}: {e}", anno["name"]));
+                }
+            }
             for panel in panels(&d) {
                 let targets = panel["targets"].as_array().cloned().unwrap_or_default();
                 if targets.is_empty() {

@@ -2,7 +2,8 @@
 //! the dashboards would read: the real `checker` (fleet mode, its targets applied to a
 //! targets topic with `checker targets apply`) and `sink` binaries probe loopback targets
 //! (one up, one refused, one HTTPS) for about 30 s, with a checker restart in between (a
-//! gap in coverage, rebalances) and one undecodable message (a dead letter); a real
+//! gap in coverage, rebalances), one undecodable message (a dead letter), a table lock past
+//! the sink's statement timeout (a write retry) and a maintenance window; a real
 //! Prometheus scrapes both admin servers every second. Then each PromQL query runs on
 //! Prometheus' `/api/v1/query_range` and each SQL query on PostgreSQL as the read-only role
 //! of `docker/grafana/reader.sql`, after Grafana's macros and template variables are
@@ -153,6 +154,7 @@ async fn every_dashboard_panel_query_returns_data() {
         ("KAFKA_GROUP_ID", unique("group")),
         ("BATCH_LINGER", "50ms".to_string()),
         ("DB_STATEMENT_TIMEOUT", "1s".to_string()),
+        ("ROLLUP_INTERVAL", "1s".to_string()),
     ]);
     let mut checker_env = base(checker_admin);
     checker_env.extend([
@@ -208,9 +210,17 @@ async fn every_dashboard_panel_query_returns_data() {
         .await
         .expect("deliver the undecodable message");
 
+    let db = connect(&url).await;
+    // A maintenance window on the failing target (so its incident is planned). The sink has
+    // no command for it yet: the row is what one would write.
+    db.batch_execute(
+        "INSERT INTO maintenance_windows (target_name, starts_at, ends_at, reason) \
+         VALUES ('down', now() - interval '5 seconds', now() + interval '1 hour', 'dashboard drill')",
+    )
+    .await
+    .expect("add a maintenance window");
     // A table lock held past the sink's statement timeout: its writes are cancelled (SQLSTATE
     // 57014) and retried, so the retry counter gets a series.
-    let db = connect(&url).await;
     db.batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT")
         .await
         .expect("hold the lock");
@@ -231,6 +241,11 @@ async fn every_dashboard_panel_query_returns_data() {
     .await;
     // Leave the last slots out: their results may still be on their way.
     let to = Utc::now() - chrono::Duration::seconds(2);
+    wait_until(Duration::from_secs(30), "an incident of the failing target", || {
+        let db = &db;
+        async move { count(db, "incidents WHERE target_name = 'down'").await >= 1 }
+    })
+    .await;
     let missing: i64 = db
         .query_one(
             "SELECT coalesce(sum(missing_slots), 0)::bigint FROM coverage_between($1, $2)",
