@@ -85,7 +85,19 @@ impl Backends<'_> {
                 self.datasources.keys()
             )
         })?;
-        if datasource["type"].as_str().is_some_and(|t| t != ty) {
+        // Grafana 11's PostgreSQL plugin id; older ones call it `postgres` (an alias in 11).
+        let same = |a: &str, b: &str| {
+            let canon = |t: &str| {
+                if t == "postgres" {
+                    "grafana-postgresql-datasource"
+                } else {
+                    t
+                }
+                .to_string()
+            };
+            canon(a) == canon(b)
+        };
+        if datasource["type"].as_str().is_some_and(|t| !same(t, ty)) {
             return Err(format!(
                 "datasource {uid:?} has type {ty:?}, the dashboard says {}",
                 datasource["type"]
