@@ -186,6 +186,26 @@ CREATE TABLE target_state (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
+-- Each target's latest result per location, as of the rollup job's last pass: the overview's
+-- per-location state without a skip scan over probe_results (1,000 Merge Appends over the
+-- partitions measured 136 ms on 10 M rows).
+CREATE TABLE latest_results (
+    target_name      text             NOT NULL,
+    location         text             NOT NULL,
+    scheduled_at     timestamptz      NOT NULL,
+    success          boolean          NOT NULL,
+    status_code      integer,
+    error_kind       text,
+    duration_seconds double precision NOT NULL,
+    url              text             NOT NULL,
+    PRIMARY KEY (target_name, location)
+);
+
+-- A history written before this migration has no marks: mark all of it, so that the first
+-- passes of the rollup job build its rollups and incidents.
+INSERT INTO rollup_marks (target_name, hour)
+SELECT DISTINCT target_name, date_trunc('hour', scheduled_at, 'UTC') FROM probe_results;
+
 -- A target page's last failures: an index of the failed probes alone (small; a success
 -- adds nothing to it).
 CREATE INDEX probe_results_failures ON probe_results (target_name, scheduled_at DESC) WHERE NOT success;

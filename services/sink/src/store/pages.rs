@@ -234,14 +234,12 @@ impl Store {
         };
         let latest_sql = match target {
             Some(_) => {
-                "SELECT x.target_name, x.location, x.scheduled_at, x.success, x.status_code, x.error_kind, x.duration_seconds, x.url
-                 FROM locations l CROSS JOIN LATERAL (
-                     SELECT * FROM probe_results p WHERE p.target_name = $1 AND p.location = l.name
-                     ORDER BY p.scheduled_at DESC LIMIT 1) x"
+                "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
+                        FROM latest_results WHERE target_name = $1"
             }
             None => {
                 "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
-                 FROM probe_results_latest"
+                     FROM latest_results"
             }
         };
         for r in self.timed(client.query(latest_sql, &t)).await? {

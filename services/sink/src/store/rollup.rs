@@ -26,7 +26,7 @@ use super::{Row, Store, StoreError};
 pub const ROLLUP_LOCK: i64 = 7_355_610;
 
 /// Marks taken per transaction.
-pub const MARKS_PER_PASS: i64 = 20_000;
+pub const MARKS_PER_PASS: i64 = 2_000;
 
 /// `t`'s UTC hour.
 pub(super) fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -193,6 +193,21 @@ ON CONFLICT (target_name, day) DO UPDATE SET
     transfer_sum = EXCLUDED.transfer_sum, transfer_count = EXCLUDED.transfer_count,
     duration_bins = EXCLUDED.duration_bins, duration_counts = EXCLUDED.duration_counts,
     last_up_at = EXCLUDED.last_up_at, computed_at = EXCLUDED.computed_at";
+
+/// Refreshes `latest_results` for the targets $1: the latest row per location (one index
+/// probe of probe_results_target_location_time each).
+const LATEST: &str = "
+INSERT INTO latest_results AS x (target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url)
+SELECT r.target_name, r.location, r.scheduled_at, r.success, r.status_code, r.error_kind, r.duration_seconds, r.url
+FROM UNNEST($1::text[]) AS t(name)
+CROSS JOIN locations l
+CROSS JOIN LATERAL (
+    SELECT * FROM probe_results p WHERE p.target_name = t.name AND p.location = l.name
+    ORDER BY p.scheduled_at DESC LIMIT 1
+) r
+ON CONFLICT (target_name, location) DO UPDATE SET
+    scheduled_at = EXCLUDED.scheduled_at, success = EXCLUDED.success, status_code = EXCLUDED.status_code,
+    error_kind = EXCLUDED.error_kind, duration_seconds = EXCLUDED.duration_seconds, url = EXCLUDED.url";
 
 /// Where the incident walk of target $1 starts for history changed from hour $2: the latest
 /// up slot before $2 (the target's first rolled-up hour when none), moved back to the start
@@ -423,6 +438,8 @@ impl Store {
         for (n, h) in &pieces {
             earliest.entry(n.as_str()).or_insert(*h);
         }
+        let targets: Vec<&str> = earliest.keys().copied().collect();
+        self.timed(tx.execute(LATEST, &[&targets])).await?;
         for (name, from_hour) in &earliest {
             self.recompute_incidents(&tx, name, *from_hour).await?;
         }
