@@ -211,14 +211,30 @@ async fn every_dashboard_panel_query_returns_data() {
         .expect("deliver the undecodable message");
 
     let db = connect(&url).await;
-    // A maintenance window on the failing target (so its incident is planned). The sink has
-    // no command for it yet: the row is what one would write.
-    db.batch_execute(
-        "INSERT INTO maintenance_windows (target_name, starts_at, ends_at, reason) \
-         VALUES ('down', now() - interval '5 seconds', now() + interval '1 hour', 'dashboard drill')",
-    )
-    .await
-    .expect("add a maintenance window");
+    // A maintenance window on the failing target (so its incident is planned), added as an
+    // operator adds one.
+    let out = std::process::Command::new(bin("sink"))
+        .args([
+            "maintenance",
+            "add",
+            "--target",
+            "down",
+            "--from",
+            "now",
+            "--for",
+            "1h",
+            "--reason",
+            "dashboard drill",
+        ])
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run sink maintenance add");
+    assert!(
+        out.status.success(),
+        "sink maintenance add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A table lock held past the sink's statement timeout: its writes are cancelled (SQLSTATE
     // 57014) and retried, so the retry counter gets a series.
     db.batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT")
