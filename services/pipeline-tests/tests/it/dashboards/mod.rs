@@ -235,9 +235,11 @@ async fn every_dashboard_panel_query_returns_data() {
         "sink maintenance add: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A table lock held past the sink's statement timeout: its writes are cancelled (SQLSTATE
-    // 57014) and retried, so the retry counter gets a series.
-    db.batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT")
+    // A table lock held well past the sink's statement timeout: its writes are cancelled
+    // (SQLSTATE 57014), the batch is split down to single rows and the canary write is
+    // cancelled too, so the error is judged not the rows' and retried: the retry counter gets
+    // a series. (A lock of 3 s sometimes ended before the canary, which then passed: no retry.)
+    db.batch_execute("BEGIN; LOCK TABLE probe_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT")
         .await
         .expect("hold the lock");
     wait_until(Duration::from_secs(30), "a write retry counted", || async move {
