@@ -145,7 +145,11 @@ CREATE TABLE rollup_hourly (
     PRIMARY KEY (target_name, hour)
 );
 
-CREATE INDEX rollup_hourly_hour ON rollup_hourly (hour);
+-- The overview reads the slot counts of every target's last 90 hours (90,000 rows for 1,000
+-- targets): an index-only scan of this index (25 ms measured on 10 M rows, 90 ms from the
+-- heap).
+CREATE INDEX rollup_hourly_hour ON rollup_hourly (hour)
+    INCLUDE (target_name, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots);
 
 -- The same per target and UTC day, summed from rollup_hourly.
 CREATE TABLE rollup_daily (LIKE rollup_hourly);
