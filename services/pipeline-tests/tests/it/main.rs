@@ -6,4 +6,5 @@
 //! The binaries must be built (`make test` builds the workspace; alone:
 //! `cargo build -p checker -p sink && cargo nextest run -p pipeline-tests`).
 
+mod dashboards;
 mod e2e;
