@@ -412,6 +412,8 @@ impl Service {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ADMIN_ADDR", admin.to_string())
+            // Several sinks may run at once: no shared default port (a scenario may set one).
+            .env("STATUS_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("INSTANCE_ID", "bench")
             .env("KAFKA_BOOTSTRAP_SERVERS", &b.broker);

@@ -28,6 +28,8 @@ pub struct App {
     targets_consumer: Arc<StreamConsumer>,
     admin_addr: SocketAddr,
     admin_stop: CancellationToken,
+    /// The status server's address and stop token, unless `STATUS_ADDR=off`.
+    status: Option<(SocketAddr, CancellationToken)>,
 }
 
 impl App {
@@ -54,6 +56,24 @@ impl App {
         let targets_consumer = crate::targets::consumer(&config.kafka, &crate::targets::group_id(&config.group_id))?;
         let (admin_addr, admin_stop) =
             admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
+        let status = match config.status_addr {
+            None => None,
+            Some(addr) => {
+                // Its own read-only pool: a page load never takes a writer's connection.
+                let reader = Store::read_only(
+                    config.database_url.expose(),
+                    config.status_pool_size,
+                    &config.kafka.topic,
+                )
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
+                .with_statement_timeout(crate::status::STATEMENT_TIMEOUT);
+                let started = crate::status::start(addr, reader)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("STATUS_ADDR {addr}: {e}"))?;
+                tracing::info!(status_addr = %started.0, "Status page listening.");
+                Some(started)
+            }
+        };
         tracing::info!(admin_addr = %admin_addr, topic = %config.kafka.topic, group_id = %config.group_id, "Sink started.");
         Ok(Self {
             config,
@@ -64,12 +84,19 @@ impl App {
             targets_consumer: Arc::new(targets_consumer),
             admin_addr,
             admin_stop,
+            status,
         })
     }
 
     /// The bound admin address (useful with port 0).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound address of the status page and JSON API (useful with port 0); `None` with
+    /// `STATUS_ADDR=off`.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Migrates, then consumes until `shutdown` is cancelled. Waits for PostgreSQL and the
@@ -132,6 +159,9 @@ impl App {
             }
         }
         readiness.abort();
+        if let Some((_, stop)) = &self.status {
+            stop.cancel();
+        }
         self.admin_stop.cancel();
         Ok(())
     }

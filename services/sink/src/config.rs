@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Default admin address of the sink.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8081";
 
+/// Default address of the status page and JSON API ([`crate::status`]).
+pub const DEFAULT_STATUS_ADDR: &str = "0.0.0.0:8080";
+
 /// Everything the sink needs, validated.
 #[derive(Debug)]
 pub struct Config {
@@ -51,6 +54,12 @@ pub struct Config {
     pub statement_timeout: Duration,
     /// Admin server address (`ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
+    /// The status page and JSON API's address (`STATUS_ADDR`, default
+    /// [`DEFAULT_STATUS_ADDR`]); `None` (`off`) serves none. See [`crate::status`].
+    pub status_addr: Option<SocketAddr>,
+    /// Connections of the status server's own read-only pool (`STATUS_POOL_SIZE`, default 2),
+    /// apart from the writers' `DB_POOL_SIZE`.
+    pub status_pool_size: usize,
     /// Not ready when a partition this sink answers for (its own, or every partition when it
     /// owns none) has had messages waiting and no committed progress for this long
     /// (`STALL_TIMEOUT`, default 60 s); see [`crate::stall`].
@@ -88,6 +97,9 @@ struct Raw {
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     stall_timeout: Duration,
     log_format: String,
+    /// `IP:port` or `off`; parsed by [`status_addr`].
+    status_addr: String,
+    status_pool_size: NonZeroUsize,
 }
 
 impl Default for Raw {
@@ -108,6 +120,8 @@ impl Default for Raw {
             shutdown_grace_period: Duration::from_secs(25),
             stall_timeout: Duration::from_secs(60),
             log_format: "auto".to_string(),
+            status_addr: DEFAULT_STATUS_ADDR.to_string(),
+            status_pool_size: positive(2),
         }
     }
 }
@@ -128,6 +142,20 @@ pub fn admin_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
             "ADMIN_ADDR",
             format!("{v:?} is not an IP:port address"),
             DEFAULT_ADMIN_ADDR,
+        )
+    })
+}
+
+/// `STATUS_ADDR`: an `IP:port`, or `off` for no status server.
+fn status_addr(v: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| {
+        ConfigError::new(
+            "STATUS_ADDR",
+            format!("{v:?} is neither an IP:port address nor `off`"),
+            DEFAULT_STATUS_ADDR,
         )
     })
 }
@@ -196,6 +224,8 @@ impl Config {
             partitions_ahead: raw.partitions_ahead.get(),
             statement_timeout: raw.db_statement_timeout,
             admin_addr: admin_addr(env)?,
+            status_addr: status_addr(&raw.status_addr)?,
+            status_pool_size: raw.status_pool_size.get(),
             shutdown_grace: raw.shutdown_grace_period,
             stall_timeout: raw.stall_timeout,
             log_format: LogFormat::parse(Some(&raw.log_format))?,
@@ -235,6 +265,15 @@ mod tests {
         assert_eq!(load(&[("RETENTION", "0")]).unwrap().retention, None);
         assert_eq!(c.statement_timeout, Duration::from_secs(30));
         assert_eq!(
+            (c.status_addr, c.status_pool_size),
+            (Some(DEFAULT_STATUS_ADDR.parse().unwrap()), 2)
+        );
+        assert_eq!(load(&[("STATUS_ADDR", "off")]).unwrap().status_addr, None);
+        assert_eq!(
+            load(&[("STATUS_ADDR", "127.0.0.1:0")]).unwrap().status_addr,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
             load(&[("DB_STATEMENT_TIMEOUT", "5s")]).unwrap().statement_timeout,
             Duration::from_secs(5)
         );
@@ -267,6 +306,9 @@ mod tests {
             ("DB_STATEMENT_TIMEOUT", "0"),
             ("DB_STATEMENT_TIMEOUT", "soon"),
             ("STALL_TIMEOUT", "0s"),
+            ("STATUS_ADDR", "8080"),
+            ("STATUS_ADDR", "no"),
+            ("STATUS_POOL_SIZE", "0"),
             ("KAFKA_CFG_ENABLE_AUTO_OFFSET_STORE", "true"),
             ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "false"),
             ("KAFKA_CFG_ISOLATION_LEVEL", "read_uncommitted"),

@@ -2,7 +2,7 @@
 //! once.
 //!
 //! Flow: [`config`] → [`app::App`] → [`consume::Loop`] ([`decode`]) → [`store::Store`]. Only [`store`]
-//! issues SQL; [`pg_tls`] turns `DATABASE_URL`'s `sslmode` into its TLS connector.
+//! issues SQL ([`status`], the status page and JSON API, reads through it); [`pg_tls`] turns `DATABASE_URL`'s `sslmode` into its TLS connector.
 
 pub mod app;
 pub mod config;
@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod pg_tls;
 pub mod retry;
 pub mod stall;
+pub mod status;
 pub mod store;
 pub mod targets;

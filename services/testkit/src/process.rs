@@ -53,10 +53,16 @@ impl std::ops::DerefMut for Proc {
 }
 
 /// Starts the workspace binary `name` with only `env` (and `PATH`), its stderr appended to `log`.
+/// A sink gets `STATUS_ADDR=127.0.0.1:0` unless `env` sets it (its default, `0.0.0.0:8080`,
+/// would be taken by the first of several sinks tests start at once).
 pub fn spawn(name: &str, env: &[(&str, String)], log: &Path) -> Proc {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(bin(name))
-        .env_clear()
+    let mut cmd = Command::new(bin(name));
+    cmd.env_clear();
+    if name == "sink" {
+        cmd.env("STATUS_ADDR", "127.0.0.1:0");
+    }
+    let child = cmd
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())

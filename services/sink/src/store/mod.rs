@@ -126,9 +126,36 @@ impl Store {
     /// The DSN does not parse (URL or libpq `key=value` form, PostgreSQL docs §34.1.1), or its
     /// TLS parameters are invalid or name unusable files ([`crate::pg_tls::connect_config`]).
     pub fn new(dsn: &str, pool_size: usize, topic: &str) -> Result<Self, String> {
+        Self::build(dsn, pool_size, topic, false)
+    }
+
+    /// A store whose sessions are read-only (`default_transaction_read_only`, set when each
+    /// connection opens, so no statement on them can write), with its own pool of
+    /// `pool_size` connections and `application_name` `healthcheck-sink-status`: what the
+    /// status server ([`crate::status`]) reads through, so that a page load never takes a
+    /// writer's connection.
+    ///
+    /// # Errors
+    /// As [`Store::new`].
+    pub fn read_only(dsn: &str, pool_size: usize, topic: &str) -> Result<Self, String> {
+        Self::build(dsn, pool_size, topic, true)
+    }
+
+    fn build(dsn: &str, pool_size: usize, topic: &str, read_only: bool) -> Result<Self, String> {
         let crate::pg_tls::PgConnect {
             config: mut pg, tls, ..
         } = crate::pg_tls::connect_config(dsn).map_err(|e| e.to_string())?;
+        if read_only {
+            // Appended to the DSN's own `options`, if any (libpq's `-c name=value` form).
+            let options = match pg.get_options() {
+                Some(o) if !o.trim().is_empty() => format!("{o} -c default_transaction_read_only=on"),
+                _ => "-c default_transaction_read_only=on".to_string(),
+            };
+            pg.options(&options);
+            if pg.get_application_name().is_none() {
+                pg.application_name("healthcheck-sink-status");
+            }
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("healthcheck-sink");
         }

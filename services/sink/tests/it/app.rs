@@ -14,6 +14,8 @@ use crate::support::*;
 
 pub struct Running {
     pub admin: std::net::SocketAddr,
+    /// The status page and JSON API (`STATUS_ADDR`, port 0 unless a test sets it).
+    pub status: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -34,6 +36,7 @@ pub async fn start_consuming(database_url: &str, bootstrap: &str, topic: &str, e
 pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     let mut all: Vec<(String, String)> = vec![
         ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
+        ("STATUS_ADDR".into(), "127.0.0.1:0".into()),
         ("BATCH_LINGER".into(), "20ms".into()),
         ("SHUTDOWN_GRACE_PERIOD".into(), "10s".into()),
     ];
@@ -48,9 +51,15 @@ pub async fn start(pairs: Vec<(&str, String)>) -> Running {
     }
     let app = App::build(config).await.expect("app builds");
     let admin = app.admin_addr();
+    let status = app.status_addr();
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    Running { admin, stop, task }
+    Running {
+        admin,
+        status,
+        stop,
+        task,
+    }
 }
 
 impl Running {

@@ -34,6 +34,7 @@ impl SinkProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_sink"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STATUS_ADDR", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("ADMIN_ADDR", admin.to_string())
             .stdout(Stdio::null())

@@ -1,0 +1,95 @@
+//! The status page and its JSON API (issue #10), on the sink's own listener `STATUS_ADDR`
+//! (default `0.0.0.0:8080`), apart from the admin server: the admin port is for probes and
+//! scrapes (a network policy opens it to monitoring only), this one is for people.
+//!
+//! Routes (GET or HEAD):
+//! - `/` the overview: every target, its state per location and the quorum verdict, uptime
+//!   over 24 h / 7 d / 30 d, latency p50/p95, the last error kind and a bar of the last 90
+//!   buckets (`?bucket=hour|day`); it reloads itself (`<meta http-equiv="refresh">`,
+//!   `?refresh=SECONDS`, default [`DEFAULT_REFRESH_SECONDS`]).
+//! - `/targets/{name}` one target: latency by phase over time, the recent slots, incidents,
+//!   TLS expiry, the last failures with their error text, maintenance windows.
+//! - `/api/v1/targets`, `/api/v1/targets/{name}`, `/api/v1/incidents`
+//!   (`?target=&since=&open=&limit=`): JSON of [`crate::store::status`]'s types, described
+//!   by `docs/openapi.yaml`, served at `/api/v1/openapi.yaml`.
+//!
+//! `{name}` is percent-decoded (names may hold spaces, slashes, any Unicode). An unknown
+//! target is a 404, a bad parameter a 400 naming it, an unreachable database a 503 (the
+//! store's read-only pool gives up on a connection or a statement within seconds; the whole
+//! request is bounded by [`REQUEST_TIMEOUT`]). JSON routes answer errors as
+//! `{"error": "..."}`, pages as HTML.
+//!
+//! Files: [`routes`] (routing, parameters, responses), [`html`] (the pages: maud templates,
+//! which escape every interpolated value, and inline SVG charts). Only [`crate::store`]
+//! issues SQL: the server calls the read methods of [`crate::store::status`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+pub mod html;
+pub mod routes;
+
+/// The PostgreSQL `statement_timeout` of the status server's reads: a page that would wait
+/// longer answers 503 instead.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a request may take (pool wait, connection, statements): then 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often the pages reload themselves by default, seconds.
+pub const DEFAULT_REFRESH_SECONDS: u32 = 30;
+
+/// The JSON API's description (OpenAPI 3.0), served at `/api/v1/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../../../docs/openapi.yaml");
+
+/// Binds the status server to `addr` (port 0 picks a free port) and serves it on a tokio
+/// task until the returned token is cancelled. `store` should be a [`Store::read_only`] one.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub async fn start(addr: SocketAddr, store: Store) -> std::io::Result<(SocketAddr, CancellationToken)> {
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, store, stop.clone()));
+    Ok((bound, stop))
+}
+
+/// Accepts connections on `listener` until `stop`; each on its own task.
+async fn serve(listener: TcpListener, store: Store, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Status server accept failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let store = store.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let store = store.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(&store, &req).await) }
+        });
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "Status connection ended with an error.");
+                },
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
