@@ -373,7 +373,9 @@ pub struct Loaded {
 
 /// Loads `h` into the database at `url`: migrates it, creates the monthly partitions, writes
 /// the locations and target versions, then COPYs the rows in [`STREAMS`] parallel streams of
-/// one-hour chunks, then `ANALYZE`s. `progress` is called after each chunk with the rows so far.
+/// one-hour chunks (each chunk's transaction also writes the rollup job's marks of the
+/// (target, hour) pairs it holds, as the sink's write path does, when `rollup_marks` exists),
+/// then `ANALYZE`s. `progress` is called after each chunk with the rows so far.
 ///
 /// # Errors
 /// A database error, or a COPY that wrote fewer rows than it sent.
@@ -394,6 +396,11 @@ pub async fn load(
         .await
         .map_err(|e| anyhow::anyhow!("target_changes: {e}"))?;
     let client = connect(url).await?;
+    // The rollup job's marks, when the schema has them (issue #10's V6 migration).
+    let marks: bool = client
+        .query_one("SELECT to_regclass('rollup_marks') IS NOT NULL", &[])
+        .await?
+        .get(0);
     // What the sink's write path does on a batch's first result of a location.
     client
         .execute(
@@ -431,6 +438,7 @@ pub async fn load(
                 let Some(&(a, b)) = chunks.get(i) else { break };
                 let hh = h.clone();
                 let rows = tokio::task::spawn_blocking(move || hh.rows(a, b)).await?;
+                client.batch_execute("BEGIN").await?;
                 let sink = client
                     .copy_in(&format!("COPY probe_results ({COLUMNS}) FROM STDIN (FORMAT binary)"))
                     .await?;
@@ -445,6 +453,23 @@ pub async fn load(
                 if written != rows.len() as u64 {
                     bail!("COPY wrote {written} rows of {}", rows.len());
                 }
+                if marks {
+                    // What the sink's write path adds in each batch's transaction: one mark
+                    // per (target, UTC hour) the batch touched, for the rollup job.
+                    let names: Vec<&str> = h.targets.iter().map(|t| t.name.as_str()).collect();
+                    let mut hours: Vec<DateTime<Utc>> = (a..b)
+                        .filter_map(|m| DateTime::from_timestamp(m * 60 - (m * 60).rem_euclid(3600), 0))
+                        .collect();
+                    hours.dedup();
+                    client
+                        .execute(
+                            "INSERT INTO rollup_marks (target_name, hour) \
+                             SELECT n, h FROM unnest($1::text[]) n CROSS JOIN unnest($2::timestamptz[]) h",
+                            &[&names, &hours],
+                        )
+                        .await?;
+                }
+                client.batch_execute("COMMIT").await?;
                 failures.fetch_add(failed, Ordering::Relaxed);
                 let so_far = total.fetch_add(written, Ordering::Relaxed) + written;
                 progress(so_far);
