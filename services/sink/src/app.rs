@@ -138,6 +138,12 @@ impl App {
                 self.config.retention,
                 next,
             ));
+            let rollup = tokio::spawn(crate::rollup::run(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.config.rollup_interval,
+                shutdown.clone(),
+            ));
             targets = Some(tokio::spawn(consume_targets(
                 self.targets_consumer.clone(),
                 self.store.clone(),
@@ -148,6 +154,7 @@ impl App {
             )));
             let consumed = self.consume(&shutdown, &heartbeat, &fatal).await;
             maintenance.abort();
+            rollup.abort();
             consumed?;
         }
         stay_up(&shutdown, &heartbeat).await;

@@ -66,6 +66,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
     pub shutdown_grace: Duration,
+    /// Time between passes of the rollup job (`ROLLUP_INTERVAL`, default 30 s): how far the
+    /// status page's rollups and incidents may lag the rows; see [`crate::rollup`].
+    pub rollup_interval: Duration,
     /// Log format (`LOG_FORMAT`).
     pub log_format: LogFormat,
 }
@@ -96,6 +99,8 @@ struct Raw {
     shutdown_grace_period: Duration,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     stall_timeout: Duration,
+    #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
+    rollup_interval: Duration,
     log_format: String,
     /// `IP:port` or `off`; parsed by [`status_addr`].
     status_addr: String,
@@ -119,6 +124,7 @@ impl Default for Raw {
             db_statement_timeout: crate::store::DEFAULT_STATEMENT_TIMEOUT,
             shutdown_grace_period: Duration::from_secs(25),
             stall_timeout: Duration::from_secs(60),
+            rollup_interval: Duration::from_secs(30),
             log_format: "auto".to_string(),
             status_addr: DEFAULT_STATUS_ADDR.to_string(),
             status_pool_size: positive(2),
@@ -228,6 +234,7 @@ impl Config {
             status_pool_size: raw.status_pool_size.get(),
             shutdown_grace: raw.shutdown_grace_period,
             stall_timeout: raw.stall_timeout,
+            rollup_interval: raw.rollup_interval,
             log_format: LogFormat::parse(Some(&raw.log_format))?,
         })
     }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod metrics;
 pub mod pg_tls;
 pub mod retry;
+pub mod rollup;
 pub mod stall;
 pub mod status;
 pub mod store;

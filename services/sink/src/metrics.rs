@@ -49,7 +49,19 @@ pub struct Metrics {
     /// `stored` (a new row of `target_changes`), `duplicate` (a replay absorbed),
     /// `dead_letter` (a record the schema cannot hold).
     pub target_records: IntCounterVec,
+    /// Passes of the rollup job, by outcome (`ok`, `error`; [`ROLLUP_OUTCOMES`]).
+    pub rollup_runs: IntCounterVec,
+    /// Duration of a rollup pass, seconds.
+    pub rollup_seconds: Histogram,
+    /// Age of the oldest rollup mark due and not yet processed, seconds (0 when none): how
+    /// far the status page's rollups lag the rows.
+    pub rollup_lag: Gauge,
+    /// Incidents open now, all targets (the rollup job's last look).
+    pub open_incidents: IntGauge,
 }
+
+/// The `outcome` labels of `healthcheck_sink_rollup_runs_total`.
+pub const ROLLUP_OUTCOMES: [&str; 2] = ["ok", "error"];
 
 /// The `outcome` labels of `healthcheck_sink_target_records_total`.
 pub const TARGET_RECORD_OUTCOMES: [&str; 3] = ["stored", "duplicate", "dead_letter"];
@@ -105,6 +117,16 @@ impl Metrics {
         ));
         for o in TARGET_RECORD_OUTCOMES {
             target_records.with_label_values(&[o]);
+        }
+        let rollup_runs: IntCounterVec = reg!(IntCounterVec::new(
+            Opts::new(
+                "healthcheck_sink_rollup_runs_total",
+                "Passes of the rollup job, by outcome."
+            ),
+            &["outcome"]
+        ));
+        for o in ROLLUP_OUTCOMES {
+            rollup_runs.with_label_values(&[o]);
         }
         common::telemetry::register_build_info(&registry, "healthcheck_sink", env!("CARGO_PKG_VERSION"));
         Self {
@@ -165,6 +187,22 @@ impl Metrics {
                 "Partitions of the topic assigned to this sink."
             )),
             target_records,
+            rollup_runs,
+            rollup_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "healthcheck_sink_rollup_duration_seconds",
+                    "Time of one pass of the rollup job, seconds."
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+            )),
+            rollup_lag: reg!(Gauge::new(
+                "healthcheck_sink_rollup_lag_seconds",
+                "Age of the oldest rollup mark due and not processed yet, seconds (0 when none)."
+            )),
+            open_incidents: reg!(IntGauge::new(
+                "healthcheck_sink_open_incidents",
+                "Incidents open now, all targets."
+            )),
             registry,
         }
     }

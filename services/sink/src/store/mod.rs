@@ -40,8 +40,11 @@ use tokio::sync::Notify;
 
 pub mod columns;
 pub mod error;
+pub mod histogram;
+mod pages;
 mod partitions;
 mod reject;
+mod rollup;
 mod sqlstate;
 pub mod status;
 mod targets;
@@ -51,6 +54,7 @@ pub use crate::decode::{DeadLetter, DeadLetterClass, Row};
 pub use columns::{copy_row, COLUMNS, COPY_TYPES};
 pub use error::{classify, ErrorClass, ErrorCode, SqlStateClass, StoreError};
 pub use partitions::partition_name;
+pub use rollup::{MARKS_PER_PASS, ROLLUP_LOCK};
 pub use write::WriteOutcome;
 
 mod embedded {

@@ -311,9 +311,12 @@ pub struct IncidentQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only open ones (`Some(true)`), only closed ones (`Some(false)`), or all.
     pub open: Option<bool>,
-    /// At most this many (the API caps it at 1000).
+    /// At most this many (the API caps it at 1000); 0 means [`MAX_INCIDENTS`].
     pub limit: u32,
 }
+
+/// The most incidents one [`Store::incidents`] call returns.
+pub const MAX_INCIDENTS: u32 = 1000;
 
 /// What one pass of the rollup job did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -330,21 +333,15 @@ impl Store {
     /// # Errors
     /// The database is unreachable or a statement fails.
     pub async fn overview(&self, width: BucketWidth) -> Result<Overview, StoreError> {
-        let _ = width;
-        todo!("issue #10: history helper")
+        self.read_overview(width).await
     }
 
     /// One target's detail; `None` when it has no result.
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
-    pub async fn target_detail(
-        &self,
-        name: &str,
-        width: BucketWidth,
-    ) -> Result<Option<TargetDetail>, StoreError> {
-        let _ = (name, width);
-        todo!("issue #10: history helper")
+    pub async fn target_detail(&self, name: &str, width: BucketWidth) -> Result<Option<TargetDetail>, StoreError> {
+        self.read_target_detail(name, width).await
     }
 
     /// The incidents `query` selects, newest first.
@@ -352,32 +349,23 @@ impl Store {
     /// # Errors
     /// The database is unreachable or a statement fails.
     pub async fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
-        let _ = query;
-        todo!("issue #10: history helper")
+        self.read_incidents(query).await
     }
 
     /// Adds a maintenance window (and marks the history it covers for recomputation).
     ///
     /// # Errors
     /// `ends_at` is not after `starts_at`, or the database fails.
-    pub async fn add_maintenance(
-        &self,
-        window: &NewMaintenance,
-    ) -> Result<MaintenanceWindow, StoreError> {
-        let _ = window;
-        todo!("issue #10: history helper")
+    pub async fn add_maintenance(&self, window: &NewMaintenance) -> Result<MaintenanceWindow, StoreError> {
+        self.insert_maintenance(window).await
     }
 
     /// Maintenance windows that have not ended by `now`, or all with `include_past`, by start.
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
-    pub async fn maintenance_windows(
-        &self,
-        include_past: bool,
-    ) -> Result<Vec<MaintenanceWindow>, StoreError> {
-        let _ = include_past;
-        todo!("issue #10: history helper")
+    pub async fn maintenance_windows(&self, include_past: bool) -> Result<Vec<MaintenanceWindow>, StoreError> {
+        self.read_maintenance(include_past).await
     }
 
     /// Deletes a maintenance window; `false` when there was none with that id.
@@ -385,8 +373,7 @@ impl Store {
     /// # Errors
     /// The database is unreachable or a statement fails.
     pub async fn delete_maintenance(&self, id: i64) -> Result<bool, StoreError> {
-        let _ = id;
-        todo!("issue #10: history helper")
+        self.remove_maintenance(id).await
     }
 
     /// One pass of the rollup job: recomputes the rollups and incidents of the history written
@@ -396,6 +383,6 @@ impl Store {
     /// # Errors
     /// The database is unreachable or a statement fails.
     pub async fn rollup_once(&self) -> Result<RollupReport, StoreError> {
-        todo!("issue #10: history helper")
+        self.rollup_pass().await
     }
 }

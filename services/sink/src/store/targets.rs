@@ -7,10 +7,12 @@ use crate::targets::{exact_seconds, TargetChange};
 /// Interval and phase travel as exact decimal text and become `numeric` in SQL.
 const INSERT_TARGET_CHANGES: &str = "
 INSERT INTO target_changes
-    (topic, kafka_partition, kafka_offset, target_name, spec, interval_seconds, phase_seconds, quorum, changed_at)
-SELECT $1, p, o, n, s, i::numeric, ph::numeric, q, c
-FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::text[], $8::int4[], $9::timestamptz[])
-    AS u(p, o, n, s, i, ph, q, c)
+    (topic, kafka_partition, kafka_offset, target_name, spec, interval_seconds, phase_seconds, quorum, changed_at,
+     failure_threshold)
+SELECT $1, p, o, n, s, i::numeric, ph::numeric, q, c, k
+FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::text[], $8::int4[], $9::timestamptz[],
+            $10::int4[])
+    AS u(p, o, n, s, i, ph, q, c, k)
 ON CONFLICT DO NOTHING";
 
 impl Store {
@@ -45,11 +47,12 @@ impl Store {
             let phase: Vec<Option<String>> = changes.iter().map(|c| c.phase.map(exact_seconds)).collect();
             let quorum: Vec<Option<i32>> = changes.iter().map(|c| c.quorum).collect();
             let at: Vec<chrono::DateTime<chrono::Utc>> = changes.iter().map(|c| c.changed_at).collect();
+            let threshold: Vec<Option<i32>> = changes.iter().map(|c| c.failure_threshold).collect();
             let stmt = self.timed(tx.prepare_cached(INSERT_TARGET_CHANGES)).await?;
             self.timed(tx.execute(
                 &stmt,
                 &[
-                    &topic, &partition, &offset, &name, &spec, &interval, &phase, &quorum, &at,
+                    &topic, &partition, &offset, &name, &spec, &interval, &phase, &quorum, &at, &threshold,
                 ],
             ))
             .await?

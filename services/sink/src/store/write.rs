@@ -190,6 +190,7 @@ impl Store {
             }
             None => 0,
         };
+        super::rollup::mark_rows(self, &tx, rows).await?;
         let dead_inserted = if dead.is_empty() {
             0
         } else {

@@ -9,7 +9,7 @@
 //!   string (`"30s"`) or a number of seconds, parsed by [`common::config`]'s parser; positive
 //!   and a whole number of microseconds (the resolution of `timestamptz`, in which the views
 //!   compute the slot grid);
-//! - `quorum`, optional, a positive integer;
+//! - `quorum` and `failure_threshold`, optional, positive integers;
 //! - no string of the spec holds a NUL character (`jsonb` cannot store U+0000).
 
 use std::time::Duration;
@@ -35,6 +35,9 @@ pub struct TargetChange {
     pub phase: Option<Duration>,
     /// The spec's `quorum`, if it has one.
     pub quorum: Option<i32>,
+    /// The spec's `failure_threshold` (K: consecutive down slots that open an incident), if it
+    /// has one.
+    pub failure_threshold: Option<i32>,
     /// The record's timestamp (its create or log-append time; the time it was read when it
     /// has none).
     pub changed_at: DateTime<Utc>,
@@ -77,6 +80,7 @@ pub fn decode(
         interval: None,
         phase: None,
         quorum: None,
+        failure_threshold: None,
         changed_at,
     };
     if let Some(payload) = payload {
@@ -84,6 +88,7 @@ pub fn decode(
         change.interval = Some(spec.interval);
         change.phase = Some(common::slots::phase(&change.name, spec.interval));
         change.quorum = spec.quorum;
+        change.failure_threshold = spec.failure_threshold;
         change.spec = Some(spec.value);
     }
     Ok(change)
@@ -112,6 +117,20 @@ struct Spec {
     value: serde_json::Value,
     interval: Duration,
     quorum: Option<i32>,
+    failure_threshold: Option<i32>,
+}
+
+/// The positive integer `field` of `obj`, if present and not null.
+fn positive(obj: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<Option<i32>, String> {
+    match obj.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(q) => q
+            .as_u64()
+            .filter(|&q| q > 0)
+            .and_then(|q| i32::try_from(q).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{field} {q} is not a positive integer")),
+    }
 }
 
 fn parse_spec(name: &str, payload: &[u8]) -> Result<Spec, String> {
@@ -157,19 +176,13 @@ fn parse_spec(name: &str, payload: &[u8]) -> Result<Spec, String> {
             "interval {interval:?} is not a whole number of microseconds (the resolution of timestamptz)"
         ));
     }
-    let quorum = match obj.get("quorum") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(q) => Some(
-            q.as_u64()
-                .filter(|&q| q > 0)
-                .and_then(|q| i32::try_from(q).ok())
-                .ok_or_else(|| format!("quorum {q} is not a positive integer"))?,
-        ),
-    };
+    let quorum = positive(obj, "quorum")?;
+    let failure_threshold = positive(obj, "failure_threshold")?;
     Ok(Spec {
         value,
         interval,
         quorum,
+        failure_threshold,
     })
 }
 

@@ -10,6 +10,7 @@ mod kafka_tls;
 mod locations;
 mod pg_tls;
 mod poison;
+mod status;
 mod store;
 mod support;
 mod targets;

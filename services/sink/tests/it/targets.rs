@@ -221,6 +221,7 @@ async fn a_reused_offset_with_a_new_timestamp_is_a_new_change() {
         interval: Some(Duration::from_secs(10)),
         phase: Some(common::slots::phase("api", Duration::from_secs(10))),
         quorum: None,
+        failure_threshold: None,
         changed_at: at.parse::<DateTime<Utc>>().unwrap(),
     };
     let first = change("2026-01-01T00:00:00Z");

@@ -31,6 +31,7 @@ fn change(offset: i64, name: &str, at: DateTime<Utc>, spec: Option<(Duration, Op
         interval: spec.map(|(i, _)| i),
         phase: spec.map(|(i, _)| phase(name, i)),
         quorum: spec.and_then(|(_, q)| q),
+        failure_threshold: None,
         changed_at: at,
     }
 }
