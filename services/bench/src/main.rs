@@ -103,6 +103,10 @@ async fn run() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("status-load") {
         return scenario::status::load_command(&args).await;
     }
+    // `bench status-rollup DATABASE_URL`: migrates such a database and runs the rollup backfill.
+    if args.get(1).map(String::as_str) == Some("status-rollup") {
+        return scenario::status::rollup_command(&args).await;
+    }
     let b = Bench::from_env()?;
     // `bench census TOPIC`: read a topic back and count its messages (a diagnostic).
     if args.get(1).map(String::as_str) == Some("census") {

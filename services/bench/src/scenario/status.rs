@@ -375,7 +375,7 @@ pub struct Loaded {
 /// the locations and target versions, then COPYs the rows in [`STREAMS`] parallel streams of
 /// one-hour chunks (each chunk's transaction also writes the rollup job's marks of the
 /// (target, hour) pairs it holds, as the sink's write path does, when `rollup_marks` exists),
-/// then `ANALYZE`s. `progress` is called after each chunk with the rows so far.
+/// then `ANALYZE`s. `progress` is called with the rows so far about every tenth of the history.
 ///
 /// # Errors
 /// A database error, or a COPY that wrote fewer rows than it sent.
@@ -416,6 +416,7 @@ pub async fn load(
             .map(|a| (a, (a + CHUNK_MINUTES).min(end)))
             .collect(),
     );
+    let expected = (h.len() as u64 * (end - first) as u64).max(1);
     let next = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -472,7 +473,10 @@ pub async fn load(
                 client.batch_execute("COMMIT").await?;
                 failures.fetch_add(failed, Ordering::Relaxed);
                 let so_far = total.fetch_add(written, Ordering::Relaxed) + written;
-                progress(so_far);
+                // About every tenth of the history.
+                if (so_far - written) * 10 / expected != so_far * 10 / expected {
+                    progress(so_far);
+                }
             }
             anyhow::Ok(())
         }));
@@ -512,13 +516,11 @@ pub async fn load_command(args: &[String]) -> anyhow::Result<()> {
     let h = Arc::new(History::new(targets, days, Utc::now()));
     let started = Instant::now();
     let loaded = load(url, h.clone(), move |rows| {
-        if rows % 1_000_000 < 60_000 {
-            crate::log(&format!(
-                "{} rows in {:.0} s",
-                num(rows as f64),
-                started.elapsed().as_secs_f64()
-            ));
-        }
+        crate::log(&format!(
+            "{} rows in {:.0} s",
+            num(rows as f64),
+            started.elapsed().as_secs_f64()
+        ));
     })
     .await?;
     println!(
@@ -532,6 +534,50 @@ pub async fn load_command(args: &[String]) -> anyhow::Result<()> {
         num(loaded.rows as f64 / loaded.copy_secs),
         started.elapsed().as_secs_f64(),
         h.maintenance()
+    );
+    Ok(())
+}
+
+/// `bench status-rollup DATABASE_URL`: migrates a database loaded by `status-load` (to the
+/// schema of this build), marks every (target, UTC hour) holding rows for the rollup job, and
+/// runs `Store::rollup_once` until a pass finds nothing; prints the time.
+///
+/// # Errors
+/// Bad arguments or a database error.
+pub async fn rollup_command(args: &[String]) -> anyhow::Result<()> {
+    let url = args.get(2).context("usage: bench status-rollup DATABASE_URL")?;
+    let store = Store::new(url, 2, TARGETS_TOPIC)
+        .map_err(anyhow::Error::msg)?
+        .with_statement_timeout(Duration::from_secs(600));
+    store.migrate().await.map_err(|e| anyhow::anyhow!("migrate: {e}"))?;
+    let client = connect(url).await?;
+    let t0 = Instant::now();
+    let marked = client
+        .execute(
+            "INSERT INTO rollup_marks (target_name, hour) \
+             SELECT DISTINCT target_name, date_trunc('hour', scheduled_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+             FROM probe_results",
+            &[],
+        )
+        .await?;
+    crate::log(&format!("{marked} marks in {:.1} s", t0.elapsed().as_secs_f64()));
+    let t0 = Instant::now();
+    let (mut passes, mut hours) = (0, 0);
+    loop {
+        let r = store
+            .rollup_once()
+            .await
+            .map_err(|e| anyhow::anyhow!("rollup_once: {e}"))?;
+        passes += 1;
+        hours += r.hours;
+        crate::log(&format!("pass {passes}: {r:?} at {:.1} s", t0.elapsed().as_secs_f64()));
+        if r.hours == 0 && r.targets == 0 {
+            break;
+        }
+    }
+    println!(
+        "rollup backfill: {passes} passes, {hours} target-hours, {:.1} s",
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -597,9 +643,7 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
     let h = Arc::new(History::new(targets, days, Utc::now()));
     crate::log(&format!("status: loading {targets} targets × {days} days at 60 s"));
     let loaded = load(&url, h.clone(), |rows| {
-        if rows % 2_000_000 < 60_000 {
-            crate::log(&format!("status: {} rows", num(rows as f64)));
-        }
+        crate::log(&format!("status: {} rows", num(rows as f64)))
     })
     .await?;
     let rate = loaded.rows as f64 / loaded.copy_secs;
@@ -624,11 +668,27 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
     crate::log("status: rollup backfill");
     let t0 = Instant::now();
     let (mut passes, mut hours) = (0u64, 0u64);
+    // The sink's default statement timeout first (what its own rollup job runs with); a
+    // pass that exceeds it is reported, and the backfill goes on with a longer one.
+    let mut timeout_note = String::new();
+    let mut store = store;
     loop {
-        let r = store
-            .rollup_once()
-            .await
-            .map_err(|e| anyhow::anyhow!("rollup_once: {e}"))?;
+        let p0 = Instant::now();
+        let r = match store.rollup_once().await {
+            Ok(r) => r,
+            Err(e) if timeout_note.is_empty() => {
+                timeout_note = format!(
+                    " Pass {} failed after {:.1} s with the sink's default statement timeout ({e}); the backfill \
+                     went on with a 10-minute timeout.",
+                    passes + 1,
+                    p0.elapsed().as_secs_f64()
+                );
+                crate::log(&format!("status:{timeout_note}"));
+                store = store.with_statement_timeout(Duration::from_secs(600));
+                continue;
+            }
+            Err(e) => bail!("rollup_once: {e}"),
+        };
         passes += 1;
         hours += r.hours;
         if r.hours == 0 && r.targets == 0 {
@@ -665,7 +725,7 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
         "{} rows ({} targets × {days} days, one slot per 60 s on each target's grid; {} failed, {:.2} %) loaded with \
          binary COPY in {STREAMS} streams of one-hour chunks through the sink's row encoder (`copy_row`) into `probe_results` \
          with its indexes: {:.0} s, {} rows/s; database {:.1} GB after `ANALYZE`. Rollup backfill (`Store::rollup_once` until \
-         a pass finds nothing, {passes} passes, {} target-hours): {:.1} s; {incidents} incidents. Then a real sink \
+         a pass finds nothing, {passes} passes, {} target-hours): {:.1} s{timeout_note}; {incidents} incidents. Then a real sink \
          (`STATUS_ADDR`) on that database: {gets} sequential GETs of each page per repeat after 3 warm-up GETs, one \
          connection per GET (connect to last body byte, from this harness on the same machine). {checked}\n\n\
          | page | repeat | p50 ms | p95 ms | max ms | bytes |\n|---|---:|---:|---:|---:|---:|\n",
