@@ -471,7 +471,7 @@ fn method(ctx: &Ctx) -> String {
         s,
         "9. **Status page (issue #10).** In a scratch database migrated by `Store::migrate`: `BENCH_STATUS_TARGETS` \
          targets (1,000; quick 100) × `BENCH_STATUS_DAYS` days (7) × one slot per 60 s on each target's grid, i.e. \
-         10.08 M rows, loaded with binary COPY (the sink's `copy_row`, 2 streams of one-hour chunks, in time order, \
+         10.08 M rows, loaded with binary COPY (the sink's `copy_row`, 2 streams of one-hour chunks, newest first, each in time order, \
          into `probe_results` with its indexes), each target's version in `target_changes`, ~0.5 % failures in runs \
          of 1–4 slots, one 45-slot outage under a maintenance window, one target down now, 3-hour holes in ~1 % of \
          the targets, half HTTPS with certificate expiries (`services/bench/src/scenario/status.rs`). Then the \

@@ -373,7 +373,7 @@ pub struct Loaded {
 
 /// Loads `h` into the database at `url`: migrates it, creates the monthly partitions, writes
 /// the locations and target versions, then COPYs the rows in [`STREAMS`] parallel streams of
-/// one-hour chunks (each chunk's transaction also writes the rollup job's marks of the
+/// one-hour chunks, newest first, each in time order (each chunk's transaction also writes the rollup job's marks of the
 /// (target, hour) pairs it holds, as the sink's write path does, when `rollup_marks` exists),
 /// then `ANALYZE`s. `progress` is called with the rows so far about every tenth of the history.
 ///
@@ -414,6 +414,10 @@ pub async fn load(
         (first..end)
             .step_by(CHUNK_MINUTES as usize)
             .map(|a| (a, (a + CHUNK_MINUTES).min(end)))
+            // Newest hour first: the rollup job takes marks oldest id first, so a backfill
+            // stopped early has the recent hours the pages show, and each pass's incident walk
+            // (from its earliest marked hour to now) stays short.
+            .rev()
             .collect(),
     );
     let expected = (h.len() as u64 * (end - first) as u64).max(1);
@@ -756,7 +760,7 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
     // Figures and details.
     let mut d = format!(
         "{} rows ({} targets × {days} days, one slot per 60 s on each target's grid; {} failed, {:.2} %) loaded with \
-         binary COPY in {STREAMS} streams of one-hour chunks through the sink's row encoder (`copy_row`) into `probe_results` \
+         binary COPY in {STREAMS} streams of one-hour chunks (newest first, each in time order) through the sink's row encoder (`copy_row`) into `probe_results` \
          with its indexes: {:.0} s, {} rows/s; database {:.1} GB after `ANALYZE`. Rollup backfill (`Store::rollup_once` until \
          a pass finds nothing, {passes} passes, {} target-hours): {:.1} s{timeout_note}; {incidents} incidents. Then a real sink \
          (`STATUS_ADDR`) on that database: {gets} sequential GETs of each page per repeat after 3 warm-up GETs, one \
