@@ -410,16 +410,15 @@ pub async fn load(
         )
         .await?;
     let (first, end) = h.minutes();
-    let chunks: Arc<Vec<(i64, i64)>> = Arc::new(
-        (first..end)
-            .step_by(CHUNK_MINUTES as usize)
-            .map(|a| (a, (a + CHUNK_MINUTES).min(end)))
-            // Newest hour first: the rollup job takes marks oldest id first, so a backfill
-            // stopped early has the recent hours the pages show, and each pass's incident walk
-            // (from its earliest marked hour to now) stays short.
-            .rev()
-            .collect(),
-    );
+    let mut chunks: Vec<(i64, i64)> = (first..end)
+        .step_by(CHUNK_MINUTES as usize)
+        .map(|a| (a, (a + CHUNK_MINUTES).min(end)))
+        .collect();
+    // Newest hour first: the rollup job takes marks oldest id first, so a backfill stopped
+    // early has the recent hours the pages show, and each pass's incident walk (from its
+    // earliest marked hour to now) stays short.
+    chunks.reverse();
+    let chunks = Arc::new(chunks);
     let expected = (h.len() as u64 * (end - first) as u64).max(1);
     let next = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
