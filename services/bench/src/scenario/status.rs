@@ -235,7 +235,7 @@ impl History {
         let scheduled_at = DateTime::from_timestamp_nanos(ns);
         let lateness = uniform(tu, mu, 10, 0.000_05, 0.002);
         let started_at = scheduled_at + chrono::Duration::nanoseconds((lateness * 1e9) as i64);
-        let slow = if rnd(tu, mu, 11) % 100 == 0 { 5.0 } else { 1.0 };
+        let slow = if rnd(tu, mu, 11).is_multiple_of(100) { 5.0 } else { 1.0 };
         let jitter = |salt: u64| uniform(tu, mu, salt, 0.7, 1.6);
         let resolve = 0.000_5 * jitter(12) * 3.0;
         let connect = tg.rtt * jitter(13);
