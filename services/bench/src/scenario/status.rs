@@ -675,6 +675,7 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
     // pass that exceeds it is reported, and the backfill goes on with a longer one.
     let mut timeout_note = String::new();
     let mut partial = String::new();
+    let mut stopped = false;
     let rollup_limit = Duration::from_secs(
         match std::env::var("BENCH_STATUS_ROLLUP_LIMIT")
             .ok()
@@ -689,7 +690,16 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
     let mut store = store;
     loop {
         let p0 = Instant::now();
-        let r = match store.rollup_once().await {
+        // `rollup_once` works through every mark (one transaction per MARKS_PER_PASS), so the
+        // limit cuts it: dropping the future rolls back the transaction in flight, and the
+        // batches committed before stay.
+        let left = rollup_limit.saturating_sub(t0.elapsed());
+        let Ok(pass) = tokio::time::timeout(left, store.rollup_once()).await else {
+            passes += 1;
+            stopped = true;
+            break;
+        };
+        let r = match pass {
             Ok(r) => r,
             Err(e) if timeout_note.is_empty() => {
                 timeout_note = format!(
@@ -715,16 +725,30 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
             break;
         }
         if t0.elapsed() > rollup_limit {
-            let left: i64 = client.query_one("SELECT count(*) FROM rollup_marks", &[]).await?.get(0);
-            partial = " (partial rollups)".to_string();
-            timeout_note.push_str(&format!(
-                " **The backfill was stopped after {:.0} s (`BENCH_STATUS_ROLLUP_LIMIT`) with {} marks left: the pages \
-                 below were timed on partial rollups.**",
-                t0.elapsed().as_secs_f64(),
-                num(left as f64)
-            ));
+            stopped = true;
             break;
         }
+    }
+    if stopped {
+        // The cut pass's statement still runs on the server: cancel it, so that it neither
+        // competes with the timed pages nor holds its marks.
+        drop(store);
+        client
+            .execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'",
+                &[],
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let left: i64 = client.query_one("SELECT count(*) FROM rollup_marks", &[]).await?.get(0);
+        partial = " (partial rollups)".to_string();
+        timeout_note.push_str(&format!(
+            " **The backfill was stopped after {:.0} s (`BENCH_STATUS_ROLLUP_LIMIT`) with {} marks left: the pages \
+             below were timed on partial rollups.**",
+            t0.elapsed().as_secs_f64(),
+            num(left as f64)
+        ));
     }
     let rollup_secs = t0.elapsed().as_secs_f64();
     client.batch_execute("ANALYZE").await?;
