@@ -240,6 +240,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         resolver,
         body_max_bytes,
         quorum,
+        failure_threshold,
     } = a;
     let regex_eq = |x: &Option<regex::bytes::Regex>, y: &Option<regex::bytes::Regex>| {
         x.as_ref().map(regex::bytes::Regex::as_str) == y.as_ref().map(regex::bytes::Regex::as_str)
@@ -275,6 +276,7 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         && format!("{resolver:?}") == format!("{:?}", b.resolver)
         && *body_max_bytes == b.body_max_bytes
         && *quorum == b.quorum
+        && *failure_threshold == b.failure_threshold
 }
 
 #[cfg(test)]
@@ -455,6 +457,7 @@ mod tests {
             ("basic_auth", serde_json::json!({"username": "u", "password": "p"})),
             ("body_max_bytes", serde_json::json!(10)),
             ("quorum", serde_json::json!(2)),
+            ("failure_threshold", serde_json::json!(3)),
         ] {
             let mut spec = base.clone();
             spec[field] = value;

@@ -79,6 +79,10 @@ pub struct Target {
     /// Down when at least `quorum` locations failed; default (`None`) a strict majority of the
     /// known locations (⌊M/2⌋+1). Used by the sink's `slot_verdicts` view, not by the probe.
     pub quorum: Option<NonZeroU32>,
+    /// Consecutive down slots (quorum verdicts) that open an incident; default (`None`) 2
+    /// (`sink::store::status::DEFAULT_FAILURE_THRESHOLD`). Used by the sink's rollup job, not
+    /// by the probe.
+    pub failure_threshold: Option<NonZeroU32>,
 }
 
 /// A condition on a response header (blackbox_exporter's `fail_if_header_[not_]matches`).
@@ -185,6 +189,7 @@ struct TargetSpec {
     bearer_token_env: Option<String>,
     body_max_bytes: Option<NonZeroU64>,
     quorum: Option<NonZeroU32>,
+    failure_threshold: Option<NonZeroU32>,
 }
 
 /// A valid target list, shown with errors about the list.
@@ -442,7 +447,7 @@ fn typed_spec(origin: &str, spec: &serde_json::Value) -> Result<TargetSpec, Conf
 fn field_example(field: &str) -> &'static str {
     match field {
         "interval" | "timeout" => "30s",
-        "quorum" => "2",
+        "quorum" | "failure_threshold" => "2",
         "body_max_bytes" => "1048576",
         "max_redirects" => "10",
         "follow_redirects" => "true",
@@ -698,6 +703,7 @@ fn build(spec: TargetSpec, ctx: &Context<'_>, names: &dyn FieldNames) -> Result<
         resolver: Resolver::system(),
         body_max_bytes: spec.body_max_bytes.map_or(ctx.defaults.body_max_bytes, NonZeroU64::get),
         quorum: spec.quorum,
+        failure_threshold: spec.failure_threshold,
     })
 }
 
@@ -1272,6 +1278,13 @@ mod tests {
         assert_eq!((ok[1].target.quorum, ok[1].origin.as_str()), (None, "TARGETS_FILE[1]"));
         let e = list(r#"[{"url":"http://a/","quorum":0}]"#).unwrap_err();
         assert_eq!(e[0].var, "TARGETS_FILE[0].quorum");
+        let ok = list(r#"[{"name":"a","url":"http://a/","failure_threshold":3},{"url":"http://b/"}]"#).unwrap();
+        assert_eq!(ok[0].target.failure_threshold, NonZeroU32::new(3));
+        assert_eq!(ok[1].target.failure_threshold, None);
+        for bad in ["0", "-1", "\"2\"", "1.5"] {
+            let e = list(&format!(r#"[{{"url":"http://a/","failure_threshold":{bad}}}]"#)).unwrap_err();
+            assert_eq!(e[0].var, "TARGETS_FILE[0].failure_threshold", "{bad}");
+        }
         // The service's start-up reports the first and says how many more there are.
         let e = load(&[("TARGETS", r#"[{"url":"ftp://a/"},{"url":"ftp://b/"}]"#)]).unwrap_err();
         assert_eq!(e.var, "TARGETS[0].url");
@@ -1283,14 +1296,14 @@ mod tests {
         let env = Env::default();
         let t = target_from_json(
             "api",
-            br#"{"url":"http://a/","interval":"1m","quorum":2}"#,
+            br#"{"url":"http://a/","interval":"1m","quorum":2,"failure_threshold":4}"#,
             &env,
             &defaults(),
         )
         .unwrap();
         assert_eq!(
-            (t.name.as_str(), t.interval, t.quorum),
-            ("api", Duration::from_secs(60), NonZeroU32::new(2))
+            (t.name.as_str(), t.interval, t.quorum, t.failure_threshold),
+            ("api", Duration::from_secs(60), NonZeroU32::new(2), NonZeroU32::new(4))
         );
         let t = target_from_json("api", br#"{"name":"api","url":"http://a/"}"#, &env, &defaults()).unwrap();
         assert_eq!(t.interval, Duration::from_secs(30), "the consumer's defaults");

@@ -145,7 +145,11 @@ CREATE TABLE rollup_hourly (
     PRIMARY KEY (target_name, hour)
 );
 
-CREATE INDEX rollup_hourly_hour ON rollup_hourly (hour);
+-- The overview reads the slot counts of every target's last 90 hours (90,000 rows for 1,000
+-- targets): an index-only scan of this index (25 ms measured on 10 M rows, 90 ms from the
+-- heap).
+CREATE INDEX rollup_hourly_hour ON rollup_hourly (hour)
+    INCLUDE (target_name, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots);
 
 -- The same per target and UTC day, summed from rollup_hourly.
 CREATE TABLE rollup_daily (LIKE rollup_hourly);
@@ -185,6 +189,26 @@ CREATE TABLE target_state (
     last_error_at   timestamptz,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Each target's latest result per location, as of the rollup job's last pass: the overview's
+-- per-location state without a skip scan over probe_results (1,000 Merge Appends over the
+-- partitions measured 136 ms on 10 M rows).
+CREATE TABLE latest_results (
+    target_name      text             NOT NULL,
+    location         text             NOT NULL,
+    scheduled_at     timestamptz      NOT NULL,
+    success          boolean          NOT NULL,
+    status_code      integer,
+    error_kind       text,
+    duration_seconds double precision NOT NULL,
+    url              text             NOT NULL,
+    PRIMARY KEY (target_name, location)
+);
+
+-- A history written before this migration has no marks: mark all of it, so that the first
+-- passes of the rollup job build its rollups and incidents.
+INSERT INTO rollup_marks (target_name, hour)
+SELECT DISTINCT target_name, date_trunc('hour', scheduled_at, 'UTC') FROM probe_results;
 
 -- A target page's last failures: an index of the failed probes alone (small; a success
 -- adds nothing to it).

@@ -168,7 +168,7 @@ fn status_addr(v: &str) -> Result<Option<SocketAddr>, ConfigError> {
 
 /// The DSN from `DATABASE_URL` (or `POSTGRESQL_DSN`), parsed now, TLS files included, so a
 /// typo fails at start-up. The error never echoes the DSN (it holds the password).
-fn database_url(env: &Env) -> Result<Secret<String>, ConfigError> {
+pub fn database_url(env: &Env) -> Result<Secret<String>, ConfigError> {
     let example_dsn = "postgres://sink:secret@postgres:5432/healthcheck";
     let (dsn_var, dsn) = env
         .get_any(&["DATABASE_URL", "POSTGRESQL_DSN"])

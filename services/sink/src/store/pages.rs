@@ -119,6 +119,19 @@ fn piece(r: &PgRow) -> Piece {
     }
 }
 
+/// A row of slot counts alone (`target_name, time, up, down, unknown, maintenance, expected`).
+fn counts(r: &PgRow) -> Piece {
+    let i = |n: usize| i64::from(r.get::<_, i32>(n));
+    Piece {
+        up: i(2),
+        down: i(3),
+        unknown: i(4),
+        maintenance: i(5),
+        expected: i(6),
+        ..Piece::default()
+    }
+}
+
 pub(super) fn incident(r: &PgRow, now: DateTime<Utc>) -> Incident {
     let started: DateTime<Utc> = r.get(2);
     let ended: Option<DateTime<Utc>> = r.get(3);
@@ -234,14 +247,12 @@ impl Store {
         };
         let latest_sql = match target {
             Some(_) => {
-                "SELECT x.target_name, x.location, x.scheduled_at, x.success, x.status_code, x.error_kind, x.duration_seconds, x.url
-                 FROM locations l CROSS JOIN LATERAL (
-                     SELECT * FROM probe_results p WHERE p.target_name = $1 AND p.location = l.name
-                     ORDER BY p.scheduled_at DESC LIMIT 1) x"
+                "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
+                        FROM latest_results WHERE target_name = $1"
             }
             None => {
                 "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
-                 FROM probe_results_latest"
+                     FROM latest_results"
             }
         };
         for r in self.timed(client.query(latest_sql, &t)).await? {
@@ -257,10 +268,17 @@ impl Store {
                 r.get(7),
             ));
         }
-        let hourly_sql = format!(
-            "{} WHERE hour >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-            rollup_select("rollup_hourly", "hour", hourly_hist)
-        );
+        // The overview: slot counts alone (an index-only scan of rollup_hourly_hour), then the
+        // last 24 hours' histograms; a target page: every column of its rows.
+        let hourly_sql = match target {
+            Some(_) => format!(
+                "{} WHERE hour >= $1 AND $2::timestamptz IS NOT NULL{filter}",
+                rollup_select("rollup_hourly", "hour", hourly_hist)
+            ),
+            None => "SELECT target_name, hour, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
+                     FROM rollup_hourly WHERE hour >= $1 AND $2::timestamptz IS NOT NULL"
+                .to_string(),
+        };
         let daily_sql = format!(
             "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
             rollup_select("rollup_daily", "day", daily_hist)
@@ -272,7 +290,27 @@ impl Store {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from, &hist_from];
             params.extend(t.iter().copied());
             for r in self.timed(client.query(sql.as_str(), &params)).await? {
-                into.entry(r.get(0)).or_default().insert(r.get(1), piece(&r));
+                let p = if r.len() == 7 { counts(&r) } else { piece(&r) };
+                into.entry(r.get(0)).or_default().insert(r.get(1), p);
+            }
+        }
+        if target.is_none() {
+            for r in self
+                .timed(client.query(
+                    "SELECT target_name, hour, duration_bins, duration_counts FROM rollup_hourly WHERE hour >= $1",
+                    &[&hist_from],
+                ))
+                .await?
+            {
+                let mut h = Histogram::default();
+                h.add(&r.get::<_, Vec<i32>>(2), &r.get::<_, Vec<i32>>(3));
+                if let Some(p) = loaded
+                    .hourly
+                    .get_mut(r.get::<_, &str>(0))
+                    .and_then(|m| m.get_mut(&r.get::<_, DateTime<Utc>>(1)))
+                {
+                    p.hist = Some(h);
+                }
             }
         }
         let oldest = daily_from.min(hourly_from);

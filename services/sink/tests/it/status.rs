@@ -435,6 +435,9 @@ async fn status_target_detail_has_latency_by_phase_slots_failures_and_tls() {
         vec![State::Up, State::Up, State::Up, State::Up, State::Down, State::Unknown]
     );
     assert_eq!(d.slots[4].locations_failed, vec!["a".to_string(), "b".to_string()]);
+    // The rollup judges the same slots by the same rule.
+    let u = &d.summary.uptime_24h;
+    assert_eq!((u.up_slots, u.down_slots, u.unknown_slots), (4, 1, 1));
     assert_eq!(d.slots[0].scheduled_at, start);
     assert_eq!(
         d.failures
@@ -495,4 +498,106 @@ async fn status_one_rollup_pass_at_a_time_and_marks_wait_for_it() {
     assert_eq!(sink_count(&db, "rollup_daily").await, 1);
     let r = store.rollup_once().await.unwrap();
     assert_eq!(r.hours, 0, "nothing new");
+}
+
+/// Runs `sink args...` with `DATABASE_URL=url` alone: exit code, stdout, stderr.
+fn sink_cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sink"))
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn status_maintenance_cli_adds_lists_and_deletes_windows() {
+    let url = crate::support::fresh_database().await;
+    let store = Store::new(&url, 2, "t").unwrap();
+    store.migrate().await.unwrap();
+    let m = |args: &[&str]| {
+        let mut all = vec!["maintenance"];
+        all.extend_from_slice(args);
+        sink_cli(&url, &all)
+    };
+    let (code, out, err) = m(&[
+        "add",
+        "--target",
+        "api",
+        "--from",
+        "2030-01-01T22:00:00Z",
+        "--for",
+        "2h",
+        "--reason",
+        "DB failover",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2030-01-02T00:00:00Z"), "{out}");
+    let end = (Utc::now() + TimeDelta::hours(1)).to_rfc3339();
+    let (code, _, err) = m(&["add", "--all", "--from", "now", "--to", &end, "--reason", "network"]);
+    assert_eq!(code, 0, "{err}");
+    let stored = store.maintenance_windows(true).await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|w| (w.target_name.clone(), w.reason.as_str(), w.ends_at - w.starts_at))
+            .collect::<Vec<_>>()[1],
+        (Some("api".to_string()), "DB failover", TimeDelta::hours(2))
+    );
+    assert_eq!(stored[0].target_name, None);
+    let (code, out, _) = m(&["list", "--all", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Vec<sink::store::status::MaintenanceWindow> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed, stored);
+    let (_, out, _) = m(&["list"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    // Invalid input: exit 2, nothing stored.
+    for bad in [
+        &[
+            "add",
+            "--target",
+            "api",
+            "--from",
+            "2030-01-01T22:00:00Z",
+            "--to",
+            "2030-01-01T21:00:00Z",
+            "--reason",
+            "x",
+        ][..],
+        &[
+            "add", "--target", "api", "--from", "tomorrow", "--for", "1h", "--reason", "x",
+        ],
+        &[
+            "add", "--target", "api", "--all", "--from", "now", "--for", "1h", "--reason", "x",
+        ],
+        &[
+            "add", "--target", "api", "--from", "now", "--for", "0s", "--reason", "x",
+        ],
+        &["add", "--target", "api", "--from", "now", "--reason", "x"],
+        &["delete", "seven"],
+    ] {
+        let (code, _, err) = m(bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(!err.is_empty());
+    }
+    assert_eq!(store.maintenance_windows(true).await.unwrap().len(), 2);
+
+    let id = stored[1].id.to_string();
+    assert_eq!(m(&["delete", &id]).0, 0);
+    let (code, _, err) = m(&["delete", &id]);
+    assert_eq!(code, 1, "already deleted: {err}");
+    assert_eq!(store.maintenance_windows(true).await.unwrap().len(), 1);
+
+    // The database unreachable: 3; DATABASE_URL unusable: 2, naming the variable.
+    let (code, _, _) = sink_cli("postgres://u:p@127.0.0.1:1/db", &["maintenance", "list"]);
+    assert_eq!(code, 3);
+    let (code, _, err) = sink_cli("postgres://u:p@127.0.0.1:1/db?sslmode=bogus", &["maintenance", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("DATABASE_URL"), "{err}");
 }

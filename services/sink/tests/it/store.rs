@@ -632,8 +632,8 @@ async fn default_partition_rows_move_into_their_new_month() {
         .unwrap()
         .get(0);
     assert_eq!(
-        indexes, 2,
-        "the attached partition has the primary key and the target index"
+        indexes, 3,
+        "the attached partition has the primary key, the target index and the failures index (V6)"
     );
     // New rows of that month go to its partition.
     let next = sample("later", Utc.with_ymd_and_hms(2026, 8, 21, 0, 0, 0).unwrap(), true, 0.1);
