@@ -21,7 +21,7 @@ COMPOSE = $(COMPOSE_CMD) $(addprefix -f ,$(COMPOSE_FILES))
 run_script = if [ -x "$(1)" ]; then "$(1)"; elif [ -f "$(1)" ]; then bash "$(1)"; \
 	else echo "make: $(1) not found: this target needs it" >&2; exit 1; fi
 
-.PHONY: help build test lint fmt demo images up down logs e2e k8s-validate bench fuzz clean \
+.PHONY: help build test lint fmt demo images up down logs e2e ui-test k8s-validate bench fuzz clean \
 	stack-up stack-down stack-status
 
 help: ## List the targets
@@ -75,6 +75,9 @@ down: ## Stop the Docker Compose stack
 
 logs: ## Follow the Docker Compose stack's logs
 	$(COMPOSE) logs -f --tail=100
+
+ui-test: ## Status page in headless Chromium (DOM vs JSON vs SQL, screenshots in .tmp/ui/) + schemathesis on the JSON API
+	@scripts/ui-test.sh
 
 e2e: ## Run the end-to-end test against the containerised stack
 	@$(call run_script,scripts/e2e.sh)

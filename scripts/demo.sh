@@ -17,6 +17,7 @@
 #   DEMO_BROKER_PORT   broker port (default 19093)
 #   DEMO_PORT_BASE     demo targets use BASE+1..BASE+4, the checker's admin
 #                      server BASE+10 and the sink's BASE+11 (default 18180)
+#   DEMO_STATUS_PORT   the status page, http://localhost:PORT/ (default 8080)
 #   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release)
 # Logs: .tmp/demo/{targets,sink,checker,build}.log
 set -euo pipefail
@@ -36,6 +37,9 @@ REFUSED_PORT=$((PORT_BASE + 3))
 HANG_PORT=$((PORT_BASE + 4))
 CHECKER_ADMIN="127.0.0.1:$((PORT_BASE + 10))"
 SINK_ADMIN="127.0.0.1:$((PORT_BASE + 11))"
+STATUS_PORT="${DEMO_STATUS_PORT:-8080}"
+require_number STATUS_PORT
+STATUS_ADDR="127.0.0.1:$STATUS_PORT"
 DB_URL="postgres://healthcheck:healthcheck@127.0.0.1:$PG_PORT/healthcheck"
 BROKER="127.0.0.1:$BROKER_PORT"
 DEMO_DIR="$REPO/.tmp/demo"
@@ -225,9 +229,9 @@ done
 if port_open "$REFUSED_PORT"; then
     die "something listens on 127.0.0.1:$REFUSED_PORT, which must stay closed; set DEMO_PORT_BASE"
 fi
-for port in "$HEALTHY_PORT" "$MISMATCH_PORT" "$HANG_PORT" "${CHECKER_ADMIN##*:}" "${SINK_ADMIN##*:}"; do
+for port in "$HEALTHY_PORT" "$MISMATCH_PORT" "$HANG_PORT" "${CHECKER_ADMIN##*:}" "${SINK_ADMIN##*:}" "$STATUS_PORT"; do
     if port_open "$port"; then
-        die "port 127.0.0.1:$port is taken; set DEMO_PORT_BASE to move the demo's ports"
+        die "port 127.0.0.1:$port is taken; set DEMO_PORT_BASE (or DEMO_STATUS_PORT) to move the demo's ports"
     fi
 done
 
@@ -245,8 +249,10 @@ export LOG_FORMAT="${LOG_FORMAT:-text}"
 export RUST_LOG="${RUST_LOG:-info}"
 export SHUTDOWN_GRACE_PERIOD="${SHUTDOWN_GRACE_PERIOD:-10s}"
 
-log "starting sink (admin http://$SINK_ADMIN)"
-DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" INSTANCE_ID=demo-sink \
+log "starting sink (admin http://$SINK_ADMIN, status page http://localhost:$STATUS_PORT/)"
+# ROLLUP_INTERVAL: the status page's numbers follow the 5 s probes closely.
+DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" STATUS_ADDR="$STATUS_ADDR" INSTANCE_ID=demo-sink \
+    ROLLUP_INTERVAL="${ROLLUP_INTERVAL:-5s}" \
     KAFKA_GROUP_ID=healthcheck-demo \
     setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null 8>&- &
 SINK_PID=$!
@@ -257,6 +263,7 @@ TARGETS="$TARGETS_JSON" ADMIN_ADDR="$CHECKER_ADMIN" INSTANCE_ID=demo-checker \
     setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null 8>&- &
 CHECKER_PID=$!
 wait_http checker "http://$CHECKER_ADMIN/healthz" 60 "$CHECKER_PID" "$DEMO_DIR/checker.log"
+log "status page: open http://localhost:$STATUS_PORT/ (JSON: http://localhost:$STATUS_PORT/api/v1/targets)"
 
 ready_code() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/readyz" 2>/dev/null || true
@@ -282,6 +289,14 @@ if [ -n "$DEMO_SECONDS" ]; then
     have="$(targets_with_rows 2>/dev/null || true)"
     have="${have:-0}"
     if [ "$have" -eq "${#TARGET_NAMES[@]}" ]; then
+        status_targets="$(curl -fsS --max-time 5 "http://$STATUS_ADDR/api/v1/targets" |
+            python3 -c 'import json, sys; print(len(json.load(sys.stdin)["targets"]))' 2>/dev/null || true)"
+        echo "Status page http://localhost:$STATUS_PORT/ lists ${status_targets:-0} targets"
+        if [ "${status_targets:-0}" -ne "${#TARGET_NAMES[@]}" ]; then
+            echo "demo: FAILED: the status page lists ${status_targets:-0} of ${#TARGET_NAMES[@]} demo targets" >&2
+            tail_log "$DEMO_DIR/sink.log" 25
+            exit 1
+        fi
         echo "demo: OK: all ${#TARGET_NAMES[@]} demo targets have rows in probe_results"
         exit 0
     fi
@@ -299,6 +314,7 @@ while true; do
             "$CHECKER_PID" "$CHECKER_ADMIN" "$(ready_code "$CHECKER_ADMIN")"
         printf 'sink     pid %-7s admin http://%s  readyz %s  log .tmp/demo/sink.log\n' \
             "$SINK_PID" "$SINK_ADMIN" "$(ready_code "$SINK_ADMIN")"
+        printf 'status page  http://localhost:%s/   (JSON /api/v1/targets)\n' "$STATUS_PORT"
         printf 'postgres %s   broker %s\n\n' "$DB_URL" "$BROKER"
         summary
         echo "Expectations:"

@@ -55,6 +55,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 export KAFKA_HOST_PORT="${E2E_KAFKA_HOST_PORT:-$(free_port)}"
 export POSTGRES_HOST_PORT="${E2E_POSTGRES_HOST_PORT:-0}"
 export SINK_ADMIN_HOST_PORT="${E2E_SINK_ADMIN_HOST_PORT:-0}"
+export STATUS_HOST_PORT="${E2E_STATUS_HOST_PORT:-0}"
 export PROMETHEUS_HOST_PORT="${E2E_PROMETHEUS_HOST_PORT:-0}"
 export RUST_LOG="${E2E_RUST_LOG:-info}"
 # The checker fleet: two locations, $LOCATION_A with 2 replicas (the stand-in broker

@@ -64,10 +64,11 @@ impl App {
                     config.database_url.expose(),
                     config.status_pool_size,
                     &config.kafka.topic,
+                    crate::status::STATEMENT_TIMEOUT,
                 )
-                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
-                .with_statement_timeout(crate::status::STATEMENT_TIMEOUT);
-                let started = crate::status::start(addr, reader)
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+                let status_metrics = crate::status::StatusMetrics::register(&metrics.registry)?;
+                let started = crate::status::start(addr, reader, Some(status_metrics))
                     .await
                     .map_err(|e| anyhow::anyhow!("STATUS_ADDR {addr}: {e}"))?;
                 tracing::info!(status_addr = %started.0, "Status page listening.");

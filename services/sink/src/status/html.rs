@@ -111,7 +111,7 @@ svg.bar rect:hover,svg.slots rect:hover{opacity:.6}
 .tile .sub{color:var(--muted);font-size:12px}
 .banner{padding:8px 12px;border-radius:6px;margin:8px 0;color:#fff}.banner.down{background:var(--down)}.banner.maintenance{background:var(--maintenance)}
 .legend span{margin-right:14px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
-.chart text{font-size:11px;fill:var(--muted)}.chart .grid{stroke:var(--line)}.chart .p95{fill:none;stroke:#1f2328;stroke-width:1.5}
+svg.chart{max-width:1000px;display:block}.chart text{font-size:11px;fill:var(--muted)}.chart .grid{stroke:var(--line)}.chart .p95{fill:none;stroke:#1f2328;stroke-width:1.5}.chart .p95dot{fill:#1f2328}
 .err{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;word-break:break-word}
 .warn{color:#9a6700;font-weight:600}.crit{color:var(--down);font-weight:600}
 .empty{color:var(--muted);font-style:italic}
@@ -403,6 +403,12 @@ fn latency_chart(points: &[LatencyPoint], width: BucketWidth) -> Markup {
             @if !p95_path.is_empty() {
                 path.p95 d=(p95_path.trim_end()) {}
             }
+            // A dot per p95, so that a lone bucket (no line to draw) still shows it.
+            @for (i, p) in points.iter().enumerate() {
+                @if let Some(v) = p.p95_seconds {
+                    circle.p95dot cx=(format!("{:.1}", LEFT + step * (i as f64 + 0.5))) cy=(format!("{:.1}", y(v))) r="2.5" {}
+                }
+            }
             @if let (Some(first), Some(last)) = (points.first(), points.last()) {
                 text x=(LEFT) y=(H - 6.0) { (bucket_label(first.start, width)) }
                 text x=(W) y=(H - 6.0) text-anchor="end" { (bucket_label(last.start, width)) }
@@ -445,8 +451,18 @@ fn expiry(t: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     };
     html! {
         span class=(class) data-days=(format!("{days:.2}")) {
-            (time(t)) " (" @if days >= 0.0 { "in " (format!("{days:.0}")) " days" } @else { "expired " (format!("{:.0}", -days)) " days ago" } ")"
+            (time(t)) " (" @if days >= 0.0 { "in " (plural_days(days)) } @else { "expired " (plural_days(-days)) " ago" } ")"
         }
+    }
+}
+
+/// `3 days`, `1 day`, `0 days` (rounded).
+fn plural_days(days: f64) -> String {
+    let n = days.round() as i64;
+    if n == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{n} days")
     }
 }
 
@@ -608,14 +624,15 @@ pub fn target(d: &TargetDetail, opts: &PageOptions) -> Markup {
     layout(&format!("{} · Status", t.name), opts.refresh, body)
 }
 
-/// An error page: the status and what is wrong.
-pub fn error(status: http::StatusCode, message: &str) -> Markup {
+/// An error page: the status and what is wrong; it reloads after `refresh` seconds (0:
+/// never), so that a page shown during a database outage comes back by itself.
+pub fn error(status: http::StatusCode, message: &str, refresh: u32) -> Markup {
     let body = html! {
         nav { a href="/" { "← all targets" } }
         h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
         p id="error" { (message) }
     };
-    layout(&format!("{} · Status", status.as_u16()), 0, body)
+    layout(&format!("{} · Status", status.as_u16()), refresh, body)
 }
 
 #[cfg(test)]
@@ -739,7 +756,13 @@ mod tests {
         assert!(page.contains(r#"class="crit""#), "expiry within 7 days is critical");
         assert!(page.contains(r#"href="/api/v1/targets/a%2Fb%20c""#), "{page}");
         // The p95 line breaks where a bucket has no p95.
-        let d = page.split(r#"class="p95" d=""#).nth(1).unwrap().split('"').next().unwrap();
+        let d = page
+            .split(r#"class="p95" d=""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(d.matches('M').count(), 2, "{d}");
         assert_eq!(d.matches('L').count(), 7, "{d}");
     }

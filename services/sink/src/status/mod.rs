@@ -35,6 +35,59 @@ use crate::store::Store;
 pub mod html;
 pub mod routes;
 
+/// The status server's metrics, registered in the sink's registry (served on the admin
+/// server's `/metrics`).
+#[derive(Clone)]
+pub struct StatusMetrics {
+    /// `healthcheck_sink_status_requests_total{route, code}`: requests answered, by route
+    /// ([`routes::Route::label`], or `unknown`) and HTTP status code.
+    pub requests: prometheus::IntCounterVec,
+    /// `healthcheck_sink_status_request_duration_seconds{route}`: time to answer, seconds.
+    pub duration: prometheus::HistogramVec,
+}
+
+/// Every `route` label value of [`StatusMetrics`].
+pub const ROUTE_LABELS: &[&str] = &[
+    "overview",
+    "target_page",
+    "api_targets",
+    "api_target",
+    "api_incidents",
+    "openapi",
+    "unknown",
+];
+
+impl StatusMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    ///
+    /// # Errors
+    /// A metric of the same name is already registered.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "healthcheck_sink_status_requests_total",
+                "Requests the status page and JSON API answered, by route and HTTP status code.",
+            ),
+            &["route", "code"],
+        )?;
+        let duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "healthcheck_sink_status_request_duration_seconds",
+                "Time the status page and JSON API took to answer, by route.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0]),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        for r in ROUTE_LABELS {
+            duration.with_label_values(&[r]);
+            requests.with_label_values(&[r, "200"]);
+        }
+        Ok(Self { requests, duration })
+    }
+}
+
 /// The PostgreSQL `statement_timeout` of the status server's reads: a page that would wait
 /// longer answers 503 instead.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,20 +102,25 @@ pub const DEFAULT_REFRESH_SECONDS: u32 = 30;
 pub const OPENAPI_YAML: &str = include_str!("../../../../docs/openapi.yaml");
 
 /// Binds the status server to `addr` (port 0 picks a free port) and serves it on a tokio
-/// task until the returned token is cancelled. `store` should be a [`Store::read_only`] one.
+/// task until the returned token is cancelled. `store` should be a [`Store::read_only`] one;
+/// `metrics`, when given, counts and times every request.
 ///
 /// # Errors
 /// The bind error (address in use, permission denied).
-pub async fn start(addr: SocketAddr, store: Store) -> std::io::Result<(SocketAddr, CancellationToken)> {
+pub async fn start(
+    addr: SocketAddr,
+    store: Store,
+    metrics: Option<StatusMetrics>,
+) -> std::io::Result<(SocketAddr, CancellationToken)> {
     let stop = CancellationToken::new();
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve(listener, store, stop.clone()));
+    tokio::spawn(serve(listener, store, metrics, stop.clone()));
     Ok((bound, stop))
 }
 
 /// Accepts connections on `listener` until `stop`; each on its own task.
-async fn serve(listener: TcpListener, store: Store, stop: CancellationToken) {
+async fn serve(listener: TcpListener, store: Store, metrics: Option<StatusMetrics>, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => break,
@@ -75,10 +133,24 @@ async fn serve(listener: TcpListener, store: Store, stop: CancellationToken) {
                 }
             },
         };
-        let store = store.clone();
+        let (store, metrics) = (store.clone(), metrics.clone());
         let service = hyper::service::service_fn(move |req| {
-            let store = store.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(&store, &req).await) }
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move {
+                let started = std::time::Instant::now();
+                let resp = routes::handle(&store, &req).await;
+                if let Some(m) = &metrics {
+                    let route = routes::route(req.uri().path())
+                        .ok()
+                        .flatten()
+                        .map_or("unknown", |r| r.label());
+                    m.requests.with_label_values(&[route, resp.status().as_str()]).inc();
+                    m.duration
+                        .with_label_values(&[route])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -131,6 +131,12 @@ pub fn route(path: &str) -> Result<Option<Route>, Failure> {
         if name.is_empty() {
             return Err(Failure::NotFound("the path names no target".to_string()));
         }
+        // PostgreSQL text cannot hold NUL: no target has such a name (the sink refuses it).
+        if name.contains('\0') {
+            return Err(Failure::NotFound(
+                "no target has a NUL character in its name".to_string(),
+            ));
+        }
         Ok(name.into_owned())
     };
     Ok(Some(match path {
@@ -228,6 +234,11 @@ impl Params {
     fn incidents(&mut self) -> Result<IncidentQuery, Failure> {
         let target = match self.take("target")? {
             Some(t) if t.is_empty() => return Err(Failure::BadRequest("target: must not be empty".to_string())),
+            Some(t) if t.contains('\0') => {
+                return Err(Failure::BadRequest(
+                    "target: must not contain a NUL character".to_string(),
+                ))
+            }
             t => t,
         };
         let since = match self.take("since")? {
@@ -441,8 +452,19 @@ fn json_error(f: &Failure) -> Response<Full<Bytes>> {
     with_allow(response(f.status(), "application/json", Bytes::from(body)), f)
 }
 
+/// Seconds after which a 503 page reloads itself.
+pub const UNAVAILABLE_REFRESH_SECONDS: u32 = 10;
+
 fn html_error(f: &Failure) -> Response<Full<Bytes>> {
-    with_allow(page_response(f.status(), html::error(f.status(), &f.message())), f)
+    let refresh = if matches!(f, Failure::Unavailable(_)) {
+        UNAVAILABLE_REFRESH_SECONDS
+    } else {
+        0
+    };
+    with_allow(
+        page_response(f.status(), html::error(f.status(), &f.message(), refresh)),
+        f,
+    )
 }
 
 #[cfg(test)]
@@ -465,6 +487,7 @@ mod tests {
         assert_eq!(route("/targets").unwrap(), None);
         assert!(matches!(route("/targets/"), Err(Failure::NotFound(_))));
         assert!(matches!(route("/targets/%FF"), Err(Failure::BadRequest(_))));
+        assert!(matches!(route("/api/v1/targets/a%00b"), Err(Failure::NotFound(_))));
     }
 
     #[test]
@@ -485,6 +508,7 @@ mod tests {
             ("open=yes", "open"),
             ("since=yesterday", "since"),
             ("target=", "target"),
+            ("target=a%00", "target"),
             ("limit=1&limit=2", "limit"),
         ] {
             let e = Params::parse(Some(query)).incidents().unwrap_err();

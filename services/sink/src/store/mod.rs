@@ -130,30 +130,36 @@ impl Store {
     /// The DSN does not parse (URL or libpq `key=value` form, PostgreSQL docs §34.1.1), or its
     /// TLS parameters are invalid or name unusable files ([`crate::pg_tls::connect_config`]).
     pub fn new(dsn: &str, pool_size: usize, topic: &str) -> Result<Self, String> {
-        Self::build(dsn, pool_size, topic, false)
+        Self::build(dsn, pool_size, topic, None)
     }
 
     /// A store whose sessions are read-only (`default_transaction_read_only`, set when each
-    /// connection opens, so no statement on them can write), with its own pool of
-    /// `pool_size` connections and `application_name` `healthcheck-sink-status`: what the
-    /// status server ([`crate::status`]) reads through, so that a page load never takes a
-    /// writer's connection.
+    /// connection opens, so no statement on them can write) with `statement_timeout` as the
+    /// session's `statement_timeout` (so every statement is bounded server side, in a
+    /// transaction or not), its own pool of `pool_size` connections and `application_name`
+    /// `healthcheck-sink-status`: what the status server ([`crate::status`]) reads through,
+    /// so that a page load never takes a writer's connection.
     ///
     /// # Errors
     /// As [`Store::new`].
-    pub fn read_only(dsn: &str, pool_size: usize, topic: &str) -> Result<Self, String> {
-        Self::build(dsn, pool_size, topic, true)
+    pub fn read_only(dsn: &str, pool_size: usize, topic: &str, statement_timeout: Duration) -> Result<Self, String> {
+        Ok(Self::build(dsn, pool_size, topic, Some(statement_timeout))?.with_statement_timeout(statement_timeout))
     }
 
-    fn build(dsn: &str, pool_size: usize, topic: &str, read_only: bool) -> Result<Self, String> {
+    /// The pool; with `read_only`, read-only sessions with that statement timeout.
+    fn build(dsn: &str, pool_size: usize, topic: &str, read_only: Option<Duration>) -> Result<Self, String> {
         let crate::pg_tls::PgConnect {
             config: mut pg, tls, ..
         } = crate::pg_tls::connect_config(dsn).map_err(|e| e.to_string())?;
-        if read_only {
+        if let Some(timeout) = read_only {
             // Appended to the DSN's own `options`, if any (libpq's `-c name=value` form).
+            let ours = format!(
+                "-c default_transaction_read_only=on -c statement_timeout={}",
+                timeout.as_millis().max(1)
+            );
             let options = match pg.get_options() {
-                Some(o) if !o.trim().is_empty() => format!("{o} -c default_transaction_read_only=on"),
-                _ => "-c default_transaction_read_only=on".to_string(),
+                Some(o) if !o.trim().is_empty() => format!("{o} {ours}"),
+                _ => ours,
             };
             pg.options(&options);
             if pg.get_application_name().is_none() {

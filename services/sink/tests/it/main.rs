@@ -11,6 +11,7 @@ mod locations;
 mod pg_tls;
 mod poison;
 mod status;
+mod status_http;
 mod store;
 mod support;
 mod targets;
