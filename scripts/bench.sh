@@ -10,10 +10,14 @@
 #
 # Environment:
 #   BENCH_QUICK=1        1 repeat and smaller sizes (report in .tmp/bench/, BENCHMARKS.md untouched)
-#   BENCH_ONLY=a,b       some scenarios: images cpu capacity precision memory startup sink write profile fleet
+#   BENCH_ONLY=a,b       some scenarios: images cpu capacity precision memory startup sink write profile fleet status
 #   BENCH_REPEATS=N      repeats per figure (default 3; quick 1)
 #   BENCH_SINK_ROWS=N    messages pre-filled for the sink throughput (default 1000000; quick 200000)
 #   BENCH_FLEET_TARGETS=N  targets of the fleet scenario (default 100000; quick 20000)
+#   BENCH_STATUS_TARGETS=N targets of the status scenario's history (default 1000; quick 100)
+#   BENCH_STATUS_DAYS=N  days of that history at one slot per 60 s (default 7: 10.08 M rows)
+#   BENCH_KEEP_STATUS_DB=1  keep the status scenario's database (several GB) afterwards
+#   BENCH_STATUS_ROLLUP_LIMIT=S  stop the status scenario's rollup backfill after S seconds (default 3600)
 #   BENCH_PROFILE=0|1    perf profiles (default: on in a full run when perf works)
 #   BENCH_OUT=PATH       where to write the report
 #   BENCH_PG_PORT        PostgreSQL port (default 54340)

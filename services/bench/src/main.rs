@@ -9,7 +9,8 @@
 //!
 //! Scenarios (`BENCH_ONLY` picks some): `images`, `cpu`, `capacity`, `precision` (items 3 and
 //! 6), `memory`, `startup`, `sink`, `write`, `profile`, and issue #14's `fleet` (3 replicas
-//! sharing 100,000 targets through the targets topic on librdkafka's mock cluster).
+//! sharing 100,000 targets through the targets topic on librdkafka's mock cluster), and issue
+//! #10's `status` (the status page's p95 page times on a 10 M-row history).
 
 mod gen;
 mod histogram;
@@ -25,6 +26,7 @@ mod scenario {
     pub mod profile;
     pub mod sink;
     pub mod startup;
+    pub mod status;
     pub mod write;
 }
 
@@ -59,7 +61,7 @@ pub struct Ctx {
     pub load_at_start: String,
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "images",
     "cpu",
     "capacity",
@@ -70,6 +72,7 @@ const SCENARIOS: [&str; 10] = [
     "write",
     "profile",
     "fleet",
+    "status",
 ];
 
 #[tokio::main(flavor = "current_thread")]
@@ -94,6 +97,15 @@ async fn run() -> anyhow::Result<()> {
     // TOPIC, serving until killed (a diagnostic for sink runs by hand).
     if args.get(1).map(String::as_str) == Some("mock-broker") {
         return mock_broker(&args).await;
+    }
+    // `bench status-load DATABASE_URL [TARGETS] [DAYS]`: the status scenario's history loaded
+    // into an existing database, left there (for query plans by hand).
+    if args.get(1).map(String::as_str) == Some("status-load") {
+        return scenario::status::load_command(&args).await;
+    }
+    // `bench status-rollup DATABASE_URL`: migrates such a database and runs the rollup backfill.
+    if args.get(1).map(String::as_str) == Some("status-rollup") {
+        return scenario::status::rollup_command(&args).await;
     }
     let b = Bench::from_env()?;
     // `bench census TOPIC`: read a topic back and count its messages (a diagnostic).
@@ -200,6 +212,7 @@ async fn run_scenario(ctx: &mut Ctx, name: &str) {
         "write" => scenario::write::run(ctx).await,
         "profile" => scenario::profile::run(ctx).await,
         "fleet" => scenario::fleet::run(ctx).await,
+        "status" => scenario::status::run(ctx).await,
         _ => unreachable!(),
     };
     match result {
@@ -454,14 +467,29 @@ fn method(ctx: &Ctx) -> String {
          the killed replica's hole, which is per moved target (owned by the killed replica at the kill): from its last \
          delivered slot to a survivor's first probed slot, both exclusive. Every missing slot is classified by cause."
     );
+    let _ = writeln!(
+        s,
+        "9. **Status page (issue #10).** In a scratch database migrated by `Store::migrate`: `BENCH_STATUS_TARGETS` \
+         targets (1,000; quick 100) × `BENCH_STATUS_DAYS` days (7) × one slot per 60 s on each target's grid, i.e. \
+         10.08 M rows, loaded with binary COPY (the sink's `copy_row`, 2 streams of one-hour chunks, newest first, each in time order, \
+         into `probe_results` with its indexes), each target's version in `target_changes`, ~0.5 % failures in runs \
+         of 1–4 slots, one 45-slot outage under a maintenance window, one target down now, 3-hour holes in ~1 % of \
+         the targets, half HTTPS with certificate expiries (`services/bench/src/scenario/status.rs`). Then the \
+         rollup backfill: `Store::rollup_once` until a pass finds nothing left. Then a release sink serving the \
+         status page on its `STATUS_ADDR`: after checking that the JSON API shows the loaded history, {} sequential \
+         GETs of each page per repeat (after 3 warm-up GETs), one connection per GET, timed from connect to the \
+         last body byte; the goal is on each page's p95.",
+        b.pick(50, 20)
+    );
     s
 }
 
 fn footer() -> String {
     "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
      BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
-     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile fleet\n```\n\n\
-     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_FLEET_TARGETS` (default 100000; quick 20000), `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
+     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile fleet status\n```\n\n\
+     Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_FLEET_TARGETS` (default 100000; quick 20000), \
+     `BENCH_STATUS_TARGETS` / `BENCH_STATUS_DAYS` (default 1000 / 7; quick 100 / 7), `BENCH_KEEP_STATUS_DB=1`, `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
      `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \
      (default 54340 / 19100, apart from the test stack). Logs, configs and `perf.data` files stay in `.tmp/bench/`.\n"
         .to_string()
