@@ -56,7 +56,8 @@ pub struct Metrics {
     /// Age of the oldest rollup mark due and not yet processed, seconds (0 when none): how
     /// far the status page's rollups lag the rows.
     pub rollup_lag: Gauge,
-    /// Incidents open now, all targets (the rollup job's last look).
+    /// Incidents open now and not planned (outside maintenance windows), all targets (the
+    /// rollup job's last look).
     pub open_incidents: IntGauge,
 }
 
@@ -201,7 +202,7 @@ impl Metrics {
             )),
             open_incidents: reg!(IntGauge::new(
                 "healthcheck_sink_open_incidents",
-                "Incidents open now, all targets."
+                "Incidents open now and not planned (outside maintenance windows), all targets."
             )),
             registry,
         }

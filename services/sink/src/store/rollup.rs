@@ -448,7 +448,10 @@ impl Store {
             ))
             .await?;
         let open = self
-            .timed(client.query_one("SELECT count(*) FROM incidents WHERE ended_at IS NULL", &[]))
+            .timed(client.query_one(
+                "SELECT count(*) FROM incidents WHERE ended_at IS NULL AND NOT planned",
+                &[],
+            ))
             .await?;
         Ok((r.get(0), open.get(0)))
     }
