@@ -266,10 +266,15 @@ impl Store {
                      FROM rollup_hourly WHERE hour >= $1 AND $2::timestamptz IS NOT NULL"
                 .to_string(),
         };
-        let daily_sql = format!(
-            "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-            rollup_select("rollup_daily", "day", daily_hist)
-        );
+        let daily_sql = match target {
+            Some(_) => format!(
+                "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
+                rollup_select("rollup_daily", "day", daily_hist)
+            ),
+            None => "SELECT target_name, day, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
+                     FROM rollup_daily WHERE day >= $1 AND $2::timestamptz IS NOT NULL"
+                .to_string(),
+        };
         let mut hourly_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&hourly_from, &hist_from];
         hourly_params.extend(t.iter().copied());
         let mut daily_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&daily_from, &hist_from];
