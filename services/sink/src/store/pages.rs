@@ -255,7 +255,75 @@ impl Store {
                      FROM latest_results"
             }
         };
-        for r in self.timed(client.query(latest_sql, &t)).await? {
+        // The overview: slot counts alone (an index-only scan of rollup_hourly_hour), then the
+        // last 24 hours' histograms; a target page: every column of its rows.
+        let hourly_sql = match target {
+            Some(_) => format!(
+                "{} WHERE hour >= $1 AND $2::timestamptz IS NOT NULL{filter}",
+                rollup_select("rollup_hourly", "hour", hourly_hist)
+            ),
+            None => "SELECT target_name, hour, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
+                     FROM rollup_hourly WHERE hour >= $1 AND $2::timestamptz IS NOT NULL"
+                .to_string(),
+        };
+        let daily_sql = match target {
+            Some(_) => format!(
+                "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
+                rollup_select("rollup_daily", "day", daily_hist)
+            ),
+            None => "SELECT target_name, day, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
+                     FROM rollup_daily WHERE day >= $1 AND $2::timestamptz IS NOT NULL"
+                .to_string(),
+        };
+        let mut hourly_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&hourly_from, &hist_from];
+        hourly_params.extend(t.iter().copied());
+        let mut daily_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&daily_from, &hist_from];
+        daily_params.extend(t.iter().copied());
+        let oldest = daily_from.min(hourly_from);
+        let versions_sql = format!(
+            "SELECT target_name, (interval_seconds * 1000000)::bigint, floor(phase_seconds * 1000000)::bigint, since, until
+             FROM targets WHERE coalesce(until, 'infinity') > $1{}",
+            if target.is_some() { " AND target_name = $2" } else { "" }
+        );
+        let mut version_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&oldest];
+        version_params.extend(t.iter().copied());
+        let by_target = |table_sql: &str| match target {
+            Some(_) => format!("{table_sql} AND target_name = $1"),
+            None => table_sql.to_string(),
+        };
+        let state_sql =
+            by_target("SELECT target_name, state, since, last_error_kind, last_error_at FROM target_state WHERE true");
+        let open_sql = by_target(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE ended_at IS NULL"
+        ));
+        let now_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let hist = async {
+            match target {
+                Some(_) => Ok(Vec::new()),
+                None => {
+                    self.timed(client.query(
+                        "SELECT target_name, hour, duration_bins, duration_counts FROM rollup_hourly WHERE hour >= $1",
+                        &[&hist_from],
+                    ))
+                    .await
+                }
+            }
+        };
+        // One round trip for all: tokio-postgres pipelines the statements on the connection.
+        let (latest_rows, hourly_rows, daily_rows, hist_rows, version_rows, state_rows, open_rows, maint_rows) = futures::try_join!(
+            self.timed(client.query(latest_sql, &t)),
+            self.timed(client.query(hourly_sql.as_str(), &hourly_params)),
+            self.timed(client.query(daily_sql.as_str(), &daily_params)),
+            hist,
+            self.timed(client.query(versions_sql.as_str(), &version_params)),
+            self.timed(client.query(state_sql.as_str(), &t)),
+            self.timed(client.query(open_sql.as_str(), &t)),
+            self.timed(client.query(
+                "SELECT target_name, starts_at FROM maintenance_windows WHERE starts_at <= $1 AND ends_at > $1",
+                &now_param,
+            )),
+        )?;
+        for r in latest_rows {
             loaded.latest.entry(r.get(0)).or_default().push((
                 LocationState {
                     location: r.get(1),
@@ -268,60 +336,34 @@ impl Store {
                 r.get(7),
             ));
         }
-        // The overview: slot counts alone (an index-only scan of rollup_hourly_hour), then the
-        // last 24 hours' histograms; a target page: every column of its rows.
-        let hourly_sql = match target {
-            Some(_) => format!(
-                "{} WHERE hour >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-                rollup_select("rollup_hourly", "hour", hourly_hist)
-            ),
-            None => "SELECT target_name, hour, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
-                     FROM rollup_hourly WHERE hour >= $1 AND $2::timestamptz IS NOT NULL"
-                .to_string(),
-        };
-        let daily_sql = format!(
-            "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-            rollup_select("rollup_daily", "day", daily_hist)
-        );
-        for (sql, from, into) in [
-            (&hourly_sql, hourly_from, &mut loaded.hourly),
-            (&daily_sql, daily_from, &mut loaded.daily),
-        ] {
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from, &hist_from];
-            params.extend(t.iter().copied());
-            for r in self.timed(client.query(sql.as_str(), &params)).await? {
+        for (rows, into) in [(hourly_rows, &mut loaded.hourly), (daily_rows, &mut loaded.daily)] {
+            for r in rows {
                 let p = if r.len() == 7 { counts(&r) } else { piece(&r) };
-                into.entry(r.get(0)).or_default().insert(r.get(1), p);
-            }
-        }
-        if target.is_none() {
-            for r in self
-                .timed(client.query(
-                    "SELECT target_name, hour, duration_bins, duration_counts FROM rollup_hourly WHERE hour >= $1",
-                    &[&hist_from],
-                ))
-                .await?
-            {
-                let mut h = Histogram::default();
-                h.add(&r.get::<_, Vec<i32>>(2), &r.get::<_, Vec<i32>>(3));
-                if let Some(p) = loaded
-                    .hourly
-                    .get_mut(r.get::<_, &str>(0))
-                    .and_then(|m| m.get_mut(&r.get::<_, DateTime<Utc>>(1)))
-                {
-                    p.hist = Some(h);
+                // No allocation per row (90,000 of them in the overview): the name is copied
+                // once per target.
+                let name: &str = r.get(0);
+                match into.get_mut(name) {
+                    Some(m) => {
+                        m.insert(r.get(1), p);
+                    }
+                    None => {
+                        into.insert(name.to_string(), BTreeMap::from([(r.get(1), p)]));
+                    }
                 }
             }
         }
-        let oldest = daily_from.min(hourly_from);
-        let versions_sql = format!(
-            "SELECT target_name, (interval_seconds * 1000000)::bigint, floor(phase_seconds * 1000000)::bigint, since, until
-             FROM targets WHERE coalesce(until, 'infinity') > $1{}",
-            if target.is_some() { " AND target_name = $2" } else { "" }
-        );
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&oldest];
-        params.extend(t.iter().copied());
-        for r in self.timed(client.query(versions_sql.as_str(), &params)).await? {
+        for r in hist_rows {
+            let mut h = Histogram::default();
+            h.add(&r.get::<_, Vec<i32>>(2), &r.get::<_, Vec<i32>>(3));
+            if let Some(p) = loaded
+                .hourly
+                .get_mut(r.get::<_, &str>(0))
+                .and_then(|m| m.get_mut(&r.get::<_, DateTime<Utc>>(1)))
+            {
+                p.hist = Some(h);
+            }
+        }
+        for r in version_rows {
             loaded.versions.entry(r.get(0)).or_default().push(Version {
                 interval_us: r.get(1),
                 phase_us: r.get(2),
@@ -329,19 +371,10 @@ impl Store {
                 until: r.get(4),
             });
         }
-        let by_target = |table_sql: &str| match target {
-            Some(_) => format!("{table_sql} AND target_name = $1"),
-            None => table_sql.to_string(),
-        };
-        let state_sql =
-            by_target("SELECT target_name, state, since, last_error_kind, last_error_at FROM target_state WHERE true");
-        for r in self.timed(client.query(state_sql.as_str(), &t)).await? {
+        for r in state_rows {
             loaded.state.insert(r.get(0), StoredState::from_row(&r, 1));
         }
-        let open_sql = by_target(&format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE ended_at IS NULL"
-        ));
-        for r in self.timed(client.query(open_sql.as_str(), &t)).await? {
+        for r in open_rows {
             let i = incident(&r, now);
             match loaded.open.get(&i.target_name) {
                 Some(o) if o.started_at > i.started_at => {}
@@ -350,13 +383,7 @@ impl Store {
                 }
             }
         }
-        for r in self
-            .timed(client.query(
-                "SELECT target_name, starts_at FROM maintenance_windows WHERE starts_at <= $1 AND ends_at > $1",
-                &[&now],
-            ))
-            .await?
-        {
+        for r in maint_rows {
             loaded.maintenance_now.push((r.get(0), r.get(1)));
         }
         Ok(loaded)

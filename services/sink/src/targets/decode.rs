@@ -233,18 +233,21 @@ mod tests {
     fn a_spec_keeps_its_interval_quorum_and_the_phase_of_its_grid() {
         let c = change(
             Some("api"),
-            Some(r#"{"name":"api","url":"https://api.example/","interval":"1m30s","quorum":2}"#),
+            Some(r#"{"name":"api","url":"https://api.example/","interval":"1m30s","quorum":2,"failure_threshold":3}"#),
         )
         .unwrap();
         let interval = Duration::from_secs(90);
         assert_eq!(c.interval, Some(interval));
-        assert_eq!(c.quorum, Some(2));
+        assert_eq!((c.quorum, c.failure_threshold), (Some(2), Some(3)));
         assert_eq!(c.phase, Some(common::slots::phase("api", interval)));
         assert_eq!((c.partition, c.offset, c.changed_at), (1, 7, at()));
         // Bare seconds, as a number or a string, are the same interval.
         for v in ["90", "\"90\""] {
             let c = change(Some("api"), Some(&format!(r#"{{"url":"x","interval":{v}}}"#))).unwrap();
-            assert_eq!((c.interval, c.quorum), (Some(interval), None));
+            assert_eq!(
+                (c.interval, c.quorum, c.failure_threshold),
+                (Some(interval), None, None)
+            );
         }
     }
 
@@ -285,6 +288,16 @@ mod tests {
             (Some("api"), Some(r#"{"interval":true}"#), "neither a duration"),
             (Some("api"), Some(r#"{"interval":"1s","quorum":0}"#), "quorum 0"),
             (Some("api"), Some(r#"{"interval":"1s","quorum":"2"}"#), "quorum \"2\""),
+            (
+                Some("api"),
+                Some(r#"{"interval":"1s","failure_threshold":0}"#),
+                "failure_threshold 0",
+            ),
+            (
+                Some("api"),
+                Some(r#"{"interval":"1s","failure_threshold":2.5}"#),
+                "failure_threshold 2.5",
+            ),
             (
                 Some("api"),
                 Some(r#"{"interval":"1s","name":"web"}"#),
