@@ -9,7 +9,7 @@
 #      through selenium): the overview and the target pages, their DOM compared with the
 #      JSON API and with SQL on the same rows, screenshots in .tmp/ui/, and a page that
 #      reloads itself and shows newer numbers;
-#   2. schemathesis runs docs/openapi.yaml against the running server (any 5xx, a response
+#   2. schemathesis runs services/sink/openapi.yaml against the running server (any 5xx, a response
 #      that does not match the schema, a wrong status fails).
 # Installs what is missing: the Debian packages (as root) and a venv in .tmp/ui-venv with
 # selenium and schemathesis from the Python package index.
@@ -143,9 +143,9 @@ log "status page: http://$STATUS/ (database $DB_NAME)"
 export STATUS_URL="http://$STATUS" DB_URL OUT
 "$VENV/bin/python" scripts/ui_test.py --checker-pid "$CHECKER_PID" --wait-rows 8 || { tail_log "$OUT/sink.log" 15; die "the browser test failed"; }
 
-log "schemathesis against docs/openapi.yaml"
+log "schemathesis against services/sink/openapi.yaml"
 # From .tmp/ui: schemathesis keeps its state in ./.schemathesis.
-(cd "$OUT" && "$VENV/bin/schemathesis" run "$REPO/docs/openapi.yaml" --url "http://$STATUS" \
+(cd "$OUT" && "$VENV/bin/schemathesis" run "$REPO/services/sink/openapi.yaml" --url "http://$STATUS" \
     --checks all --max-examples 40 --workers 1 --no-color) \
     >"$OUT/schemathesis.log" 2>&1 || { tail -n 60 "$OUT/schemathesis.log" >&2; die "schemathesis found problems (.tmp/ui/schemathesis.log)"; }
 tail -n 8 "$OUT/schemathesis.log" >&2

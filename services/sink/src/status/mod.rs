@@ -11,7 +11,7 @@
 //!   TLS expiry, the last failures with their error text, maintenance windows.
 //! - `/api/v1/targets`, `/api/v1/targets/{name}`, `/api/v1/incidents`
 //!   (`?target=&since=&open=&limit=`): JSON of [`crate::store::status`]'s types, described
-//!   by `docs/openapi.yaml`, served at `/api/v1/openapi.yaml`.
+//!   by `services/sink/openapi.yaml`, served at `/api/v1/openapi.yaml`.
 //!
 //! `{name}` is percent-decoded (names may hold spaces, slashes, any Unicode). An unknown
 //! target is a 404, a bad parameter a 400 naming it, an unreachable database a 503 (the
@@ -99,7 +99,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_REFRESH_SECONDS: u32 = 30;
 
 /// The JSON API's description (OpenAPI 3.0), served at `/api/v1/openapi.yaml`.
-pub const OPENAPI_YAML: &str = include_str!("../../../../docs/openapi.yaml");
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 /// Binds the status server to `addr` (port 0 picks a free port) and serves it on a tokio
 /// task until the returned token is cancelled. `store` should be a [`Store::read_only`] one;

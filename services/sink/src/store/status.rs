@@ -2,7 +2,7 @@
 //! target's detail, incidents and maintenance windows. Every read uses an index or a rollup
 //! (see the V6 migration), so that a page stays fast on a long history.
 //!
-//! These types are the JSON API's shapes (`/api/v1/...`, described in `docs/openapi.yaml`):
+//! These types are the JSON API's shapes (`/api/v1/...`, described in `services/sink/openapi.yaml`):
 //! times are RFC 3339 UTC, durations and latencies seconds (`f64`), ratios in [0, 1].
 
 use chrono::{DateTime, Utc};
