@@ -63,10 +63,29 @@ DELETE FROM rollup_marks
 WHERE id IN (SELECT id FROM rollup_marks WHERE not_before <= now() ORDER BY target_name, hour LIMIT $1)
 RETURNING target_name, hour";
 
+/// The `SET` list of both rollup upserts (`rollup_hourly` and `rollup_daily` have the same
+/// columns): every column but the key takes the recomputed value.
+macro_rules! rollup_update_set {
+    () => {
+        "
+    up_slots = EXCLUDED.up_slots, down_slots = EXCLUDED.down_slots, unknown_slots = EXCLUDED.unknown_slots,
+    maintenance_slots = EXCLUDED.maintenance_slots, expected_slots = EXCLUDED.expected_slots,
+    probes = EXCLUDED.probes, successes = EXCLUDED.successes,
+    resolve_sum = EXCLUDED.resolve_sum, resolve_count = EXCLUDED.resolve_count,
+    connect_sum = EXCLUDED.connect_sum, connect_count = EXCLUDED.connect_count,
+    tls_sum = EXCLUDED.tls_sum, tls_count = EXCLUDED.tls_count,
+    processing_sum = EXCLUDED.processing_sum, processing_count = EXCLUDED.processing_count,
+    transfer_sum = EXCLUDED.transfer_sum, transfer_count = EXCLUDED.transfer_count,
+    duration_bins = EXCLUDED.duration_bins, duration_counts = EXCLUDED.duration_counts,
+    last_up_at = EXCLUDED.last_up_at, computed_at = EXCLUDED.computed_at"
+    };
+}
+
 /// Recomputes `rollup_hourly` for the pieces ($1 targets, $2 hours; $3 the histogram bounds).
 /// Verdicts by `slot_verdicts_between`'s rule, set-based over every piece; probes by one
 /// range scan per piece and location.
-const ROLLUP_HOURS: &str = "
+const ROLLUP_HOURS: &str = concat!(
+    "
 WITH pieces AS (
     SELECT DISTINCT target_name, hour FROM UNNEST($1::text[], $2::timestamptz[]) AS p(target_name, hour)
 ),
@@ -188,20 +207,13 @@ FROM pieces p
 JOIN expected e USING (target_name, hour)
 LEFT JOIN verdicts v USING (target_name, hour)
 LEFT JOIN probes b USING (target_name, hour)
-ON CONFLICT (target_name, hour) DO UPDATE SET
-    up_slots = EXCLUDED.up_slots, down_slots = EXCLUDED.down_slots, unknown_slots = EXCLUDED.unknown_slots,
-    maintenance_slots = EXCLUDED.maintenance_slots, expected_slots = EXCLUDED.expected_slots,
-    probes = EXCLUDED.probes, successes = EXCLUDED.successes,
-    resolve_sum = EXCLUDED.resolve_sum, resolve_count = EXCLUDED.resolve_count,
-    connect_sum = EXCLUDED.connect_sum, connect_count = EXCLUDED.connect_count,
-    tls_sum = EXCLUDED.tls_sum, tls_count = EXCLUDED.tls_count,
-    processing_sum = EXCLUDED.processing_sum, processing_count = EXCLUDED.processing_count,
-    transfer_sum = EXCLUDED.transfer_sum, transfer_count = EXCLUDED.transfer_count,
-    duration_bins = EXCLUDED.duration_bins, duration_counts = EXCLUDED.duration_counts,
-    last_up_at = EXCLUDED.last_up_at, computed_at = EXCLUDED.computed_at";
+ON CONFLICT (target_name, hour) DO UPDATE SET",
+    rollup_update_set!()
+);
 
 /// Recomputes `rollup_daily` for the (target, UTC day) pieces $1, $2 from `rollup_hourly`.
-const ROLLUP_DAYS: &str = "
+const ROLLUP_DAYS: &str = concat!(
+    "
 WITH pieces AS (
     SELECT DISTINCT target_name, day FROM UNNEST($1::text[], $2::timestamptz[]) AS p(target_name, day)
 ),
@@ -239,17 +251,9 @@ SELECT s.target_name, s.day, s.up_slots, s.down_slots, s.unknown_slots, s.mainte
        s.processing_sum, s.processing_count, s.transfer_sum, s.transfer_count,
        coalesce(h.bins, '{}'), coalesce(h.counts, '{}'), s.last_up_at, now()
 FROM sums s LEFT JOIN hist h USING (target_name, day)
-ON CONFLICT (target_name, day) DO UPDATE SET
-    up_slots = EXCLUDED.up_slots, down_slots = EXCLUDED.down_slots, unknown_slots = EXCLUDED.unknown_slots,
-    maintenance_slots = EXCLUDED.maintenance_slots, expected_slots = EXCLUDED.expected_slots,
-    probes = EXCLUDED.probes, successes = EXCLUDED.successes,
-    resolve_sum = EXCLUDED.resolve_sum, resolve_count = EXCLUDED.resolve_count,
-    connect_sum = EXCLUDED.connect_sum, connect_count = EXCLUDED.connect_count,
-    tls_sum = EXCLUDED.tls_sum, tls_count = EXCLUDED.tls_count,
-    processing_sum = EXCLUDED.processing_sum, processing_count = EXCLUDED.processing_count,
-    transfer_sum = EXCLUDED.transfer_sum, transfer_count = EXCLUDED.transfer_count,
-    duration_bins = EXCLUDED.duration_bins, duration_counts = EXCLUDED.duration_counts,
-    last_up_at = EXCLUDED.last_up_at, computed_at = EXCLUDED.computed_at";
+ON CONFLICT (target_name, day) DO UPDATE SET",
+    rollup_update_set!()
+);
 
 /// Refreshes `latest_results` for the targets $1: the latest row per location (one index
 /// probe of probe_results_target_location_time each).
