@@ -9,7 +9,7 @@ the JSON API and SQL are compared, so that no row arrives in between, then resum
 Checks, failing with a message naming the target and the value:
   1. the JSON API's slot counts equal SQL's on the same rows;
   2. the overview lists every target of the API, each with the API's state, uptime,
-     latency and error kind, rendered as the page renders them, and 90 bars;
+     latency and error kind, rendered as the page renders them, and the 90-bucket bar (a rect per run of one state);
   3. each target page (reached by clicking its link: the name travels percent-encoded)
      shows its name, uptime and its failures with SQL's latest error text;
   4. with the checker running again, the overview reloads by itself and shows more slots.
@@ -120,6 +120,15 @@ def rows_by_name(driver):
 
 
 def check_overview(driver, overview, db):
+    for state, n in overview["counts"].items():
+        shown = driver.find_element(By.CSS_SELECTOR, f'.counts span[data-state="{state}"]').get_attribute("data-count")
+        if int(shown) != n:
+            fail(f"the page counts {shown} {state}, the API {n}")
+    if sum(overview["counts"].values()) != overview["total_targets"]:
+        fail(f"counts {overview['counts']} do not add up to {overview['total_targets']} targets")
+    down = [a.get_attribute("data-target") for a in driver.find_elements(By.CSS_SELECTOR, "#down-now a")]
+    if down != overview["down_targets"]:
+        fail(f"the page lists {down} as down, the API {overview['down_targets']}")
     rows = rows_by_name(driver)
     names = [t["name"] for t in overview["targets"]]
     if sorted(rows) != sorted(names):
@@ -156,11 +165,12 @@ def check_overview(driver, overview, db):
         kind = t["last_error_kind"]
         if (kind or "–") not in err:
             fail(f"{name}: last error shows {err!r}, API says {kind!r}")
+        # one rect per run of buckets of one state: expanded, the states of the API's 90 buckets
         bars = tr.find_elements(By.CSS_SELECTOR, "svg.bar rect")
-        if len(bars) != 90:
-            fail(f"{name}: {len(bars)} bars, not 90")
-        if bars[-1].get_attribute("data-state") != t["buckets"][-1]["state"]:
-            fail(f"{name}: the last bar is {bars[-1].get_attribute('data-state')}, API {t['buckets'][-1]['state']}")
+        shown = [b.get_attribute("data-state") for b in bars for _ in range(int(b.get_attribute("data-buckets")))]
+        api = [b["state"] for b in t["buckets"]]
+        if len(shown) != 90 or shown != api:
+            fail(f"{name}: the bar shows {len(shown)} buckets {shown}, the API {api}")
         log(f"overview ok: {name!r} {state} up={up} down={down} 24h={cell.text} p50={fmt_ms(t['latency_p50_seconds'])}")
 
 

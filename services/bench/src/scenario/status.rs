@@ -589,8 +589,13 @@ pub async fn rollup_command(args: &[String]) -> anyhow::Result<()> {
 fn pages(target: &str) -> Vec<(&'static str, String)> {
     let enc = percent(target);
     vec![
-        ("overview `/`", "/".into()),
-        ("`/api/v1/targets`", "/api/v1/targets".into()),
+        ("overview `/` (page 1: 100 targets)", "/".into()),
+        ("overview `/?per_page=1000` (every target)", "/?per_page=1000".into()),
+        ("`/api/v1/targets` (page 1: 100 targets)", "/api/v1/targets".into()),
+        (
+            "`/api/v1/targets?per_page=1000`",
+            "/api/v1/targets?per_page=1000".into(),
+        ),
         ("target page `/targets/{name}`", format!("/targets/{enc}")),
         ("`/api/v1/targets/{name}`", format!("/api/v1/targets/{enc}")),
         ("`/api/v1/incidents`", "/api/v1/incidents".into()),
@@ -833,7 +838,9 @@ async fn measure(ctx: &mut Ctx, db: &str, targets: usize, days: u32, gets: usize
             format!("status p95, {label}, {} rows{partial}", num(loaded.rows as f64)),
             "ms",
             repeats.iter().map(|t| t.p95).collect(),
-            Some(Goal::Below(GOAL_MS)),
+            // The goal is the pages as served (100 targets a page); every target on one page
+            // is reported beside them.
+            (!label.contains("per_page=1000")).then_some(Goal::Below(GOAL_MS)),
         ));
     }
     ctx.report.details.push(("10. Status page on a big history".into(), d));
@@ -865,7 +872,7 @@ async fn time_pages(
     )
     .await
     .context("the status server did not answer 200 within 60 s")?;
-    let (code, body) = try_http_get(addr, "/api/v1/targets").await?;
+    let (code, body) = try_http_get(addr, "/api/v1/targets?per_page=1000").await?;
     if code != 200 {
         bail!(
             "/api/v1/targets answered {code}: {}",
@@ -875,7 +882,10 @@ async fn time_pages(
     let overview: serde_json::Value = serde_json::from_str(&body).context("/api/v1/targets is not JSON")?;
     let listed = overview["targets"].as_array().map_or(0, Vec::len);
     if listed != h.len() {
-        bail!("/api/v1/targets lists {listed} targets, the history has {}", h.len());
+        bail!(
+            "/api/v1/targets?per_page=1000 lists {listed} targets, the history has {}",
+            h.len()
+        );
     }
     let target = target_name(LONG_OUTAGE);
     let (code, body) = try_http_get(addr, &format!("/api/v1/targets/{target}")).await?;
@@ -897,7 +907,7 @@ async fn time_pages(
         );
     }
     let checked = format!(
-        "Checked first: `/api/v1/targets` lists all {} targets, `{}` has an open incident, `{target}` has {incidents} incidents, \
+        "Checked first: `/api/v1/targets?per_page=1000` lists all {} targets, `{}` has an open incident, `{target}` has {incidents} incidents, \
          one of them the planned 45-slot outage.",
         h.len(),
         target_name(DOWN_NOW)

@@ -8,7 +8,7 @@ use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
 use super::{html, REQUEST_TIMEOUT};
-use crate::store::status::{BucketWidth, IncidentQuery};
+use crate::store::status::{BucketWidth, IncidentQuery, PageRequest, MAX_PER_PAGE};
 use crate::store::{ErrorClass, Store, StoreError};
 
 /// `limit` of `/api/v1/incidents` when none is given.
@@ -217,6 +217,32 @@ impl Params {
         }
     }
 
+    /// `page` (from 1) and `per_page` (1 to [`MAX_PER_PAGE`]) of the overview.
+    fn page(&mut self) -> Result<PageRequest, Failure> {
+        let default = PageRequest::default();
+        let page = match self.take("page")? {
+            None => default.page,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| Failure::BadRequest(format!("page: {v:?} is not a whole number from 1")))?,
+        };
+        let per_page = match self.take("per_page")? {
+            None => default.per_page,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PER_PAGE).contains(n))
+                .ok_or_else(|| {
+                    Failure::BadRequest(format!(
+                        "per_page: {v:?} is not a whole number from 1 to {MAX_PER_PAGE}"
+                    ))
+                })?,
+        };
+        Ok(PageRequest { page, per_page })
+    }
+
     fn refresh(&mut self) -> Result<u32, Failure> {
         let Some(v) = self.take("refresh")? else {
             return Ok(super::DEFAULT_REFRESH_SECONDS);
@@ -331,9 +357,10 @@ async fn answer<B>(store: &Store, req: &Request<B>) -> Result<Response<Full<Byte
                 bucket: params.bucket()?,
                 refresh: params.refresh()?,
             };
-            params.finish(&["bucket", "refresh"])?;
+            let at = params.page()?;
+            params.finish(&["bucket", "refresh", "page", "per_page"])?;
             let overview = store
-                .overview(page.bucket)
+                .overview(page.bucket, at)
                 .await
                 .map_err(|e| Failure::from_store(&route, &e))?;
             Ok(page_response(StatusCode::OK, html::overview(&overview, &page)))
@@ -353,9 +380,10 @@ async fn answer<B>(store: &Store, req: &Request<B>) -> Result<Response<Full<Byte
         }
         Route::ApiTargets => {
             let bucket = params.bucket()?;
-            params.finish(&["bucket"])?;
+            let at = params.page()?;
+            params.finish(&["bucket", "page", "per_page"])?;
             let overview = store
-                .overview(bucket)
+                .overview(bucket, at)
                 .await
                 .map_err(|e| Failure::from_store(&route, &e))?;
             Ok(json_response(StatusCode::OK, &overview))

@@ -17,8 +17,8 @@ use super::histogram::Histogram;
 use super::rollup::{hour_of, StoredState};
 use super::status::{
     Bucket, BucketWidth, Failure, Incident, IncidentQuery, LatencyPoint, LocationState, MaintenanceWindow,
-    NewMaintenance, Overview, SlotVerdict, State, TargetDetail, TargetSummary, Tls, Uptime, BUCKETS, DETAIL_FAILURES,
-    DETAIL_INCIDENTS, MAX_INCIDENTS,
+    NewMaintenance, Overview, PageRequest, SlotVerdict, State, StateCounts, TargetDetail, TargetSummary, Tls, Uptime,
+    BUCKETS, DETAIL_FAILURES, DETAIL_INCIDENTS, MAX_INCIDENTS,
 };
 use super::{ErrorClass, ErrorCode, Store, StoreError};
 
@@ -214,14 +214,52 @@ fn window_counts(
     (up, down, unknown, maint)
 }
 
+/// Which targets [`Store::load`] reads: one in full (a target page), or a page of the
+/// overview (slot counts, and the last 24 hours' histograms).
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Target(&'a str),
+    Targets(&'a [String]),
+}
+
+/// A target's state now: `maintenance` inside a window (since its earliest start), else the
+/// stored state (`target_state`), else unknown.
+fn current_state(
+    name: &str,
+    maintenance_now: &[(Option<String>, DateTime<Utc>)],
+    stored: Option<&StoredState>,
+) -> (State, Option<DateTime<Utc>>) {
+    let in_maintenance = maintenance_now
+        .iter()
+        .filter(|(t, _)| t.as_deref().is_none_or(|t| t == name))
+        .map(|(_, s)| *s)
+        .min();
+    match (in_maintenance, stored) {
+        (Some(since), _) => (State::Maintenance, Some(since)),
+        (None, Some(st)) => (
+            match st.state.as_str() {
+                "up" => State::Up,
+                "down" => State::Down,
+                _ => State::Unknown,
+            },
+            st.since,
+        ),
+        (None, None) => (State::Unknown, None),
+    }
+}
+
+/// The statement of the windows covering `$1` (now).
+const MAINTENANCE_NOW: &str =
+    "SELECT target_name, starts_at FROM maintenance_windows WHERE starts_at <= $1 AND ends_at > $1";
+
 impl Store {
-    /// Loads what the summaries of every target (`target` None) or one need.
+    /// Loads what the summaries of `scope`'s targets need.
     async fn load(
         &self,
         client: &deadpool_postgres::Client,
         now: DateTime<Utc>,
         width: BucketWidth,
-        target: Option<&str>,
+        scope: Scope<'_>,
     ) -> Result<Loaded, StoreError> {
         let cur_hour = hour_of(now);
         let cur_day = bucket_of(now, BucketWidth::Day);
@@ -236,45 +274,41 @@ impl Store {
         };
         // A target page reads every bucket's histogram (its latency chart); the overview
         // only the last 24 hours'.
-        let (filter, hourly_hist, daily_hist) = match target {
-            Some(_) => (" AND target_name = $3", "true", "true"),
-            None => ("", "hour >= $2", "false"),
+        let (one, hourly_hist, daily_hist) = match scope {
+            Scope::Target(_) => (true, "true", "true"),
+            Scope::Targets(_) => (false, "hour >= $2", "false"),
+        };
+        // `= $n` for one target, `= ANY($n)` for a page of them (the key's index either way).
+        let is = |n: usize| match scope {
+            Scope::Target(_) => format!("target_name = ${n}"),
+            Scope::Targets(_) => format!("target_name = ANY(${n})"),
         };
         let mut loaded = Loaded::default();
-        let t: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &target {
-            Some(t) => vec![t],
-            None => vec![],
+        let t: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &scope {
+            Scope::Target(name) => vec![name],
+            Scope::Targets(names) => vec![names],
         };
-        let latest_sql = match target {
-            Some(_) => {
-                "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
-                        FROM latest_results WHERE target_name = $1"
-            }
-            None => {
-                "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
-                     FROM latest_results"
-            }
-        };
-        // The overview: slot counts alone (an index-only scan of rollup_hourly_hour), then the
-        // last 24 hours' histograms; a target page: every column of its rows.
-        let hourly_sql = match target {
-            Some(_) => format!(
-                "{} WHERE hour >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-                rollup_select("rollup_hourly", "hour", hourly_hist)
+        let latest_sql = format!(
+            "SELECT target_name, location, scheduled_at, success, status_code, error_kind, duration_seconds, url
+             FROM latest_results WHERE {}",
+            is(1)
+        );
+        // The overview: slot counts alone, then the last 24 hours' histograms; a target page:
+        // every column of its rows.
+        let rollup_sql = |table: &str, key: &str, hist: &str| match scope {
+            Scope::Target(_) => format!(
+                "{} WHERE {key} >= $1 AND $2::timestamptz IS NOT NULL AND {}",
+                rollup_select(table, key, hist),
+                is(3)
             ),
-            None => "SELECT target_name, hour, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
-                     FROM rollup_hourly WHERE hour >= $1 AND $2::timestamptz IS NOT NULL"
-                .to_string(),
-        };
-        let daily_sql = match target {
-            Some(_) => format!(
-                "{} WHERE day >= $1 AND $2::timestamptz IS NOT NULL{filter}",
-                rollup_select("rollup_daily", "day", daily_hist)
+            Scope::Targets(_) => format!(
+                "SELECT target_name, {key}, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
+                 FROM {table} WHERE {key} >= $1 AND $2::timestamptz IS NOT NULL AND {}",
+                is(3)
             ),
-            None => "SELECT target_name, day, up_slots, down_slots, unknown_slots, maintenance_slots, expected_slots
-                     FROM rollup_daily WHERE day >= $1 AND $2::timestamptz IS NOT NULL"
-                .to_string(),
         };
+        let hourly_sql = rollup_sql("rollup_hourly", "hour", hourly_hist);
+        let daily_sql = rollup_sql("rollup_daily", "day", daily_hist);
         let mut hourly_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&hourly_from, &hist_from];
         hourly_params.extend(t.iter().copied());
         let mut daily_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&daily_from, &hist_from];
@@ -282,46 +316,40 @@ impl Store {
         let oldest = daily_from.min(hourly_from);
         let versions_sql = format!(
             "SELECT target_name, (interval_seconds * 1000000)::bigint, floor(phase_seconds * 1000000)::bigint, since, until
-             FROM targets WHERE coalesce(until, 'infinity') > $1{}",
-            if target.is_some() { " AND target_name = $2" } else { "" }
+             FROM targets WHERE coalesce(until, 'infinity') > $1 AND {}",
+            is(2)
         );
         let mut version_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&oldest];
         version_params.extend(t.iter().copied());
-        let by_target = |table_sql: &str| match target {
-            Some(_) => format!("{table_sql} AND target_name = $1"),
-            None => table_sql.to_string(),
-        };
-        let state_sql =
-            by_target("SELECT target_name, state, since, last_error_kind, last_error_at FROM target_state WHERE true");
-        let open_sql = by_target(&format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE ended_at IS NULL"
-        ));
+        let state_sql = format!(
+            "SELECT target_name, state, since, last_error_kind, last_error_at FROM target_state WHERE {}",
+            is(1)
+        );
+        let open_sql = format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE ended_at IS NULL AND {}",
+            is(1)
+        );
         let now_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let hist_sql = format!(
+            "SELECT target_name, hour, duration_bins, duration_counts FROM rollup_hourly WHERE hour >= $1 AND {}",
+            is(2)
+        );
         let hist = async {
-            match target {
-                Some(_) => Ok(Vec::new()),
-                None => {
-                    self.timed(client.query(
-                        "SELECT target_name, hour, duration_bins, duration_counts FROM rollup_hourly WHERE hour >= $1",
-                        &[&hist_from],
-                    ))
-                    .await
-                }
+            if one {
+                return Ok(Vec::new());
             }
+            self.timed(client.query(hist_sql.as_str(), &[&hist_from, t[0]])).await
         };
         // One round trip for all: tokio-postgres pipelines the statements on the connection.
         let (latest_rows, hourly_rows, daily_rows, hist_rows, version_rows, state_rows, open_rows, maint_rows) = futures::try_join!(
-            self.timed(client.query(latest_sql, &t)),
+            self.timed(client.query(latest_sql.as_str(), &t)),
             self.timed(client.query(hourly_sql.as_str(), &hourly_params)),
             self.timed(client.query(daily_sql.as_str(), &daily_params)),
             hist,
             self.timed(client.query(versions_sql.as_str(), &version_params)),
             self.timed(client.query(state_sql.as_str(), &t)),
             self.timed(client.query(open_sql.as_str(), &t)),
-            self.timed(client.query(
-                "SELECT target_name, starts_at FROM maintenance_windows WHERE starts_at <= $1 AND ends_at > $1",
-                &now_param,
-            )),
+            self.timed(client.query(MAINTENANCE_NOW, &now_param)),
         )?;
         for r in latest_rows {
             loaded.latest.entry(r.get(0)).or_default().push((
@@ -389,15 +417,15 @@ impl Store {
         Ok(loaded)
     }
 
-    /// The summaries of every target (or `target`), sorted by name.
+    /// The summaries of `scope`'s targets that have a result, sorted by name.
     async fn summaries(
         &self,
         client: &deadpool_postgres::Client,
         now: DateTime<Utc>,
         width: BucketWidth,
-        target: Option<&str>,
+        scope: Scope<'_>,
     ) -> Result<(Vec<TargetSummary>, Loaded), StoreError> {
-        let mut l = self.load(client, now, width, target).await?;
+        let mut l = self.load(client, now, width, scope).await?;
         let cur_hour = hour_of(now);
         let cur_day = bucket_of(now, BucketWidth::Day);
         let first_bucket = bucket_of(now, width) - TimeDelta::seconds(width.seconds() * (BUCKETS as i64 - 1));
@@ -444,25 +472,8 @@ impl Store {
                     }
                 }
             }
-            let in_maintenance = l
-                .maintenance_now
-                .iter()
-                .filter(|(t, _)| t.as_deref().is_none_or(|t| t == name))
-                .map(|(_, s)| *s)
-                .min();
             let stored = l.state.get(&name);
-            let (state, state_since) = match (in_maintenance, stored) {
-                (Some(since), _) => (State::Maintenance, Some(since)),
-                (None, Some(st)) => (
-                    match st.state.as_str() {
-                        "up" => State::Up,
-                        "down" => State::Down,
-                        _ => State::Unknown,
-                    },
-                    st.since,
-                ),
-                (None, None) => (State::Unknown, None),
-            };
+            let (state, state_since) = current_state(&name, &l.maintenance_now, stored);
             out.push(TargetSummary {
                 url,
                 state,
@@ -483,21 +494,53 @@ impl Store {
         Ok((out, l))
     }
 
-    /// See [`Store::overview`].
-    pub(super) async fn read_overview(&self, width: BucketWidth) -> Result<Overview, StoreError> {
+    /// See [`Store::overview`]: the states of every target first (`latest_results`,
+    /// `target_state`, the windows now), then the summaries of `page`'s slice of them.
+    pub(super) async fn read_overview(&self, width: BucketWidth, page: PageRequest) -> Result<Overview, StoreError> {
         let client = self.pool.get().await?;
         let now: DateTime<Utc> = self.timed(client.query_one("SELECT now()", &[])).await?.get(0);
-        let (targets, _) = self.summaries(&client, now, width, None).await?;
-        let locations = self
-            .timed(client.query("SELECT name FROM locations WHERE retired_at IS NULL ORDER BY name", &[]))
-            .await?
+        let now_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let (name_rows, state_rows, maint_rows, location_rows) = futures::try_join!(
+            self.timed(client.query("SELECT DISTINCT target_name FROM latest_results ORDER BY 1", &[])),
+            self.timed(client.query(
+                "SELECT target_name, state, since, last_error_kind, last_error_at FROM target_state",
+                &[]
+            )),
+            self.timed(client.query(MAINTENANCE_NOW, &now_param)),
+            self.timed(client.query("SELECT name FROM locations WHERE retired_at IS NULL ORDER BY name", &[])),
+        )?;
+        let names: Vec<String> = name_rows.iter().map(|r| r.get(0)).collect();
+        let stored: HashMap<String, StoredState> = state_rows
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), StoredState::from_row(r, 1)))
             .collect();
+        let maintenance_now: Vec<(Option<String>, DateTime<Utc>)> =
+            maint_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut counts = StateCounts::default();
+        let mut down_targets = Vec::new();
+        for name in &names {
+            let (state, _) = current_state(name, &maintenance_now, stored.get(name));
+            counts.add(state);
+            if state == State::Down {
+                down_targets.push(name.clone());
+            }
+        }
+        let from = names.len().min(page.offset());
+        let slice = &names[from..names.len().min(from + page.per_page as usize)];
+        let targets = if slice.is_empty() {
+            Vec::new()
+        } else {
+            self.summaries(&client, now, width, Scope::Targets(slice)).await?.0
+        };
         Ok(Overview {
             generated_at: now,
             bucket_seconds: width.seconds(),
-            locations,
+            locations: location_rows.iter().map(|r| r.get(0)).collect(),
+            total_targets: names.len() as u64,
+            page: page.page,
+            per_page: page.per_page,
+            counts,
+            down_targets,
             targets,
         })
     }
@@ -510,7 +553,7 @@ impl Store {
     ) -> Result<Option<TargetDetail>, StoreError> {
         let client = self.pool.get().await?;
         let now: DateTime<Utc> = self.timed(client.query_one("SELECT now()", &[])).await?.get(0);
-        let (mut summaries, loaded) = self.summaries(&client, now, width, Some(name)).await?;
+        let (mut summaries, loaded) = self.summaries(&client, now, width, Scope::Target(name)).await?;
         let Some(summary) = summaries.pop() else {
             return Ok(None);
         };

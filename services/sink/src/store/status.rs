@@ -140,7 +140,8 @@ pub struct TargetSummary {
     pub open_incident: Option<Incident>,
 }
 
-/// Every target, for the overview page and `GET /api/v1/targets`.
+/// Every target's state, and a page of their summaries, for the overview page and
+/// `GET /api/v1/targets`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Overview {
     /// When the database answered.
@@ -149,8 +150,90 @@ pub struct Overview {
     pub bucket_seconds: i64,
     /// The locations known (not retired), sorted.
     pub locations: Vec<String>,
-    /// Every target with a result, sorted by name.
+    /// How many targets have a result (on every page).
+    pub total_targets: u64,
+    /// This page, from 1.
+    pub page: u32,
+    /// Targets per page.
+    pub per_page: u32,
+    /// The targets in each state now, over every page.
+    pub counts: StateCounts,
+    /// The names of the targets down now, over every page, sorted.
+    pub down_targets: Vec<String>,
+    /// This page's targets, sorted by name: `(page - 1) * per_page` targets come before them.
     pub targets: Vec<TargetSummary>,
+}
+
+/// How many targets are in each [`State`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    /// Targets up.
+    pub up: u64,
+    /// Targets down.
+    pub down: u64,
+    /// Targets with no verdict.
+    pub unknown: u64,
+    /// Targets in a maintenance window.
+    pub maintenance: u64,
+}
+
+impl StateCounts {
+    /// Counts one target in `state`.
+    pub fn add(&mut self, state: State) {
+        match state {
+            State::Up => self.up += 1,
+            State::Down => self.down += 1,
+            State::Unknown => self.unknown += 1,
+            State::Maintenance => self.maintenance += 1,
+        }
+    }
+
+    /// The count of `state`.
+    pub fn get(&self, state: State) -> u64 {
+        match state {
+            State::Up => self.up,
+            State::Down => self.down,
+            State::Unknown => self.unknown,
+            State::Maintenance => self.maintenance,
+        }
+    }
+}
+
+/// Which page of the overview: `per_page` targets (1 to [`MAX_PER_PAGE`]) sorted by name,
+/// page 1 first. A page past the last is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// From 1.
+    pub page: u32,
+    /// 1 to [`MAX_PER_PAGE`].
+    pub per_page: u32,
+}
+
+/// Targets per overview page unless asked otherwise: a page of 1,000 targets is ~7 MB of
+/// HTML; 100 keep it near 0.7 MB and its time well below the goal (BENCHMARKS.md).
+pub const DEFAULT_PER_PAGE: u32 = 100;
+/// The most targets one overview page holds.
+pub const MAX_PER_PAGE: u32 = 1000;
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            per_page: DEFAULT_PER_PAGE,
+        }
+    }
+}
+
+impl PageRequest {
+    /// How many targets come before this page.
+    pub fn offset(&self) -> usize {
+        (self.page.max(1) as usize - 1).saturating_mul(self.per_page as usize)
+    }
+
+    /// How many pages `total` targets fill (at least 1).
+    pub fn pages(&self, total: u64) -> u64 {
+        total.div_ceil(u64::from(self.per_page.max(1))).max(1)
+    }
 }
 
 /// An incident: a run of at least K consecutive `down` slots (K = the target's
@@ -328,12 +411,12 @@ pub struct RollupReport {
 }
 
 impl Store {
-    /// Every target's summary, with bars of `width`.
+    /// Every target's state, and the summaries of `page`'s targets with bars of `width`.
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
-    pub async fn overview(&self, width: BucketWidth) -> Result<Overview, StoreError> {
-        self.read_overview(width).await
+    pub async fn overview(&self, width: BucketWidth, page: PageRequest) -> Result<Overview, StoreError> {
+        self.read_overview(width, page).await
     }
 
     /// One target's detail; `None` when it has no result.

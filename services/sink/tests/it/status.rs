@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common::result::check_id;
 use common::slots::{next_slot_after, phase};
-use sink::store::status::{BucketWidth, IncidentQuery, NewMaintenance, State, BUCKETS};
+use sink::store::status::{BucketWidth, IncidentQuery, NewMaintenance, PageRequest, State, BUCKETS};
 use sink::store::{Row, Store, ROLLUP_LOCK};
 use sink::targets::TargetChange;
 
@@ -110,7 +110,7 @@ async fn status_incidents_open_at_k_down_slots_and_close_at_the_first_up() {
     assert!(i.first_error.as_deref().unwrap().contains("503"));
     assert!(!i.planned);
 
-    let o = store.overview(BucketWidth::Hour).await.unwrap();
+    let o = store.overview(BucketWidth::Hour, PageRequest::default()).await.unwrap();
     assert_eq!(o.bucket_seconds, 3600);
     assert_eq!(o.locations, vec!["default".to_string()]);
     assert_eq!(o.targets.len(), 1);
@@ -164,7 +164,7 @@ async fn status_incidents_open_at_k_down_slots_and_close_at_the_first_up() {
         (start + TimeDelta::minutes(10), None)
     );
     let first_id = incidents[0].id;
-    let o = store.overview(BucketWidth::Hour).await.unwrap();
+    let o = store.overview(BucketWidth::Hour, PageRequest::default()).await.unwrap();
     assert_eq!(o.targets[0].open_incident.as_ref().map(|i| i.id), Some(open[0].id));
     let closed = store
         .incidents(&IncidentQuery {
@@ -247,7 +247,7 @@ async fn status_missing_slots_of_a_versioned_target_are_unknown_and_k_comes_from
     store.write(&rows_from(0, results), &[]).await.unwrap();
     store.rollup_once().await.unwrap();
 
-    let o = store.overview(BucketWidth::Hour).await.unwrap();
+    let o = store.overview(BucketWidth::Hour, PageRequest::default()).await.unwrap();
     let t = &o.targets[0];
     let now = o.generated_at;
     let expected_slots = (now - first).num_seconds() / 60 + 1;
@@ -328,7 +328,7 @@ async fn status_maintenance_windows_are_excluded_from_uptime_and_make_incidents_
     assert_eq!(after.len(), 1);
     assert!(after[0].planned, "overlaps the window");
     assert_eq!(after[0].id, before[0].id);
-    let o = store.overview(BucketWidth::Day).await.unwrap();
+    let o = store.overview(BucketWidth::Day, PageRequest::default()).await.unwrap();
     assert_eq!(o.bucket_seconds, 86_400);
     let db = o.targets.iter().find(|t| t.name == "db").unwrap();
     let u = &db.uptime_24h;
@@ -360,7 +360,7 @@ async fn status_maintenance_windows_are_excluded_from_uptime_and_make_incidents_
     store.rollup_once().await.unwrap();
     let again = store.incidents(&IncidentQuery::default()).await.unwrap();
     assert!(!again[0].planned, "the window was deleted");
-    let o = store.overview(BucketWidth::Hour).await.unwrap();
+    let o = store.overview(BucketWidth::Hour, PageRequest::default()).await.unwrap();
     let db = o.targets.iter().find(|t| t.name == "db").unwrap();
     assert_eq!((db.uptime_24h.down_slots, db.uptime_24h.maintenance_slots), (5, 0));
 }
@@ -381,7 +381,7 @@ async fn status_a_target_in_a_window_now_is_in_maintenance() {
         .await
         .unwrap();
     store.rollup_once().await.unwrap();
-    let o = store.overview(BucketWidth::Hour).await.unwrap();
+    let o = store.overview(BucketWidth::Hour, PageRequest::default()).await.unwrap();
     let t = &o.targets[0];
     assert_eq!(t.state, State::Maintenance);
     assert_eq!(t.uptime_24h.maintenance_slots, 3);

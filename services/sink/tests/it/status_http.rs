@@ -224,6 +224,54 @@ async fn pages_and_api_show_what_the_rows_say() {
     let odd = targets.iter().find(|t| t["name"] == ODD).unwrap();
     assert_eq!(odd["state"], "down");
     assert_eq!(odd["open_incident"]["down_slots"], 2);
+    // The counts and the down list cover every target, whatever the page.
+    let states: Vec<&str> = targets.iter().map(|t| t["state"].as_str().unwrap()).collect();
+    for state in ["up", "down", "unknown", "maintenance"] {
+        let n = states.iter().filter(|s| **s == state).count();
+        assert_eq!(overview["counts"][state], n, "{state}: {}", overview["counts"]);
+    }
+    assert_eq!(overview["down_targets"], serde_json::json!([ODD]));
+    assert_eq!(
+        (
+            overview["total_targets"].as_u64(),
+            overview["page"].as_u64(),
+            overview["per_page"].as_u64()
+        ),
+        (Some(3), Some(1), Some(100))
+    );
+
+    // ---- pages: per_page=1 walks the sorted names one by one; past the last is empty.
+    for (i, name) in expected_names.iter().enumerate() {
+        let page = get(addr, &format!("/api/v1/targets?per_page=1&page={}", i + 1))
+            .await
+            .json();
+        let listed: Vec<&str> = page["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [*name], "page {}", i + 1);
+        assert_eq!(page["counts"], overview["counts"], "page {}", i + 1);
+        assert_eq!(page["down_targets"], overview["down_targets"]);
+        assert_eq!(page["total_targets"], 3);
+    }
+    let past = get(addr, "/api/v1/targets?per_page=2&page=3").await.json();
+    assert_eq!(past["targets"], serde_json::json!([]));
+    assert_eq!(past["total_targets"], 3);
+    let html = get(addr, "/?per_page=2&page=2&refresh=0").await;
+    assert_eq!(html.status, 200);
+    assert_eq!(html.body.matches(r#"<tr class="target""#).count(), 1, "{}", html.body);
+    assert!(
+        html.body.contains(&format!(r#"data-target="{}""#, expected_names[2])),
+        "page 2 holds the third name"
+    );
+    assert!(
+        html.body
+            .contains(r#"id="pager" data-page="2" data-pages="2" data-total="3""#),
+        "{}",
+        html.body
+    );
 
     // ---- /api/v1/targets/{name}: a percent-encoded name with a slash, a space and Unicode.
     let path = target_path(ODD);
@@ -335,7 +383,25 @@ async fn pages_and_api_show_what_the_rows_say() {
         }
         assert!(row.contains(&millis(t["latency_p50_seconds"].as_f64())), "{row}");
         assert!(row.contains(&millis(t["latency_p95_seconds"].as_f64())), "{row}");
-        assert_eq!(row.matches("<rect ").count(), 90, "{name}: 90 bars");
+        // One rect per run of buckets of one state, 90 buckets in all, in the API's states.
+        let shown: Vec<String> = row
+            .split("<rect ")
+            .skip(1)
+            .flat_map(|r| {
+                let attr = |a: &str| {
+                    let from = r.find(&format!(r#"{a}=""#)).unwrap() + a.len() + 2;
+                    r[from..from + r[from..].find('"').unwrap()].to_string()
+                };
+                std::iter::repeat_n(attr("data-state"), attr("data-buckets").parse().unwrap())
+            })
+            .collect();
+        let api: Vec<String> = t["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(shown, api, "{name}: the bar's 90 buckets");
         assert!(row.contains(&format!(r#"href="{}""#, target_path(name))), "{row}");
     }
 
@@ -382,6 +448,10 @@ async fn pages_and_api_show_what_the_rows_say() {
     // ---- Bad parameters: 400 naming them; other methods: 405.
     for (path, word) in [
         ("/api/v1/targets?bucket=week", "bucket"),
+        ("/api/v1/targets?per_page=0", "per_page"),
+        ("/api/v1/targets?per_page=1001", "per_page"),
+        ("/api/v1/targets?page=0", "page"),
+        ("/api/v1/targets?page=x", "page"),
         ("/api/v1/incidents?limit=0", "limit"),
         ("/api/v1/incidents?limit=5000", "limit"),
         ("/api/v1/incidents?since=yesterday", "since"),
