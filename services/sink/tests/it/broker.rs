@@ -127,3 +127,96 @@ async fn a_consumer_assigned_inside_a_batch_starts_at_its_offset() {
         assert_eq!(m.offset(), start, "first message when assigned at offset {start}");
     }
 }
+
+/// Sends `n` messages `{id}-{i}` to partition 0 of `topic` from a producer of its own, one
+/// small batch after another (linger 0), as each checker replica of a location does.
+async fn produce_small_batches(bootstrap: String, topic: String, id: usize, n: usize) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let sends: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let payload = format!("{id}-{i}");
+                let p = p.clone();
+                let topic = topic.clone();
+                async move {
+                    p.send(
+                        FutureRecord::to(&topic).key("k").partition(0).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered")
+                }
+            })
+            .collect();
+        futures::future::join_all(sends).await;
+    }
+}
+
+/// Consumes partition 0 of each of `topics` (one partition each, created by the caller) from
+/// its start while `PRODUCERS` producers append to it; every message must arrive once, in
+/// offset order.
+async fn tail_concurrent_producers(bootstrap: &str, topics: &[String]) {
+    const PRODUCERS: usize = 8;
+    const EACH: usize = 2_000;
+    for topic in topics {
+        let c = consumer(bootstrap);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|id| tokio::spawn(produce_small_batches(bootstrap.to_string(), topic.clone(), id, EACH)))
+            .collect();
+        let mut offsets = Vec::with_capacity(PRODUCERS * EACH);
+        while offsets.len() < PRODUCERS * EACH {
+            let Ok(m) = tokio::time::timeout(Duration::from_secs(15), c.recv()).await else {
+                break; // nothing more comes: the assertion below says what is missing
+            };
+            offsets.push(m.unwrap().offset());
+        }
+        for p in producers {
+            p.await.unwrap();
+        }
+        assert_each_once_in_order(&offsets, PRODUCERS * EACH);
+    }
+}
+
+/// Three rounds: the race needs a fetch to land between two producers' writes.
+fn tail_topics() -> Vec<String> {
+    (0..3).map(|_| unique("tail")).collect()
+}
+
+/// Several producers appending to one partition (a location's checker replicas) while a
+/// consumer reads its tail (the sink): Kafka appends each batch whole, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailing_consumer_gets_every_batch_of_concurrent_producers_on_the_mock_cluster() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let topics = tail_topics();
+    for t in &topics {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    tail_concurrent_producers(&mock.bootstrap_servers(), &topics).await;
+}
+
+/// The same on the test broker fails: tansu 0.6.0's in-memory storage, with several
+/// producers on one partition, hands a tailing consumer some records twice and others never
+/// (offsets seen: `15087 -> 15084`, `15087 -> 15092`: 16,000 messages received of 16,000,
+/// 4 of them twice and 4 never; in about half of single rounds). `make e2e` met it once: one
+/// result of three checkers' in the topic never reached the sink. Not fixed: stopping its
+/// fetch at a batch not written yet (`produce` takes the offsets before it writes the batch)
+/// did not cure it; see `shared/notes/test-broker-groups.md`. Run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 storage race with concurrent producers, not fixed (see the doc comment)"]
+async fn a_tailing_consumer_gets_every_batch_of_concurrent_producers_on_the_test_broker() {
+    let broker = testkit::broker::PrivateBroker::start().await;
+    let topics = tail_topics();
+    for t in &topics {
+        create_topic(&broker.bootstrap(), t, 1).await;
+    }
+    tail_concurrent_producers(&broker.bootstrap(), &topics).await;
+}
