@@ -42,13 +42,12 @@ impl App {
     /// # Errors
     /// The admin address cannot be bound, or librdkafka rejects a property.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with(config.per_target_metrics);
         metrics.targets.set(config.targets.initial().len() as f64);
         let health = Health::new(Duration::from_secs(60));
         let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
         let publish_loop = publish_loop.replace_when_stalled(config.delivery_stall_timeout);
-        let (admin_addr, admin_stop) =
-            admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
+        let (admin_addr, admin_stop) = admin::start(config.admin_addr, health.clone(), metrics.clone()).await?;
         tracing::info!(admin_addr = %admin_addr, targets = config.targets.initial().len(), location = %config.location, topic = %config.kafka.topic, "Checker started.");
         Ok(Self {
             config,
@@ -66,7 +65,7 @@ impl App {
         self.admin_addr
     }
 
-    /// The app's metrics (the registry `/metrics` serves), readable after it stopped.
+    /// The app's metrics (what `/metrics` serves), readable after it stopped.
     pub fn metrics(&self) -> Metrics {
         self.metrics.clone()
     }
