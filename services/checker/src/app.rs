@@ -24,6 +24,7 @@ use crate::publish::{PublishLoop, Publisher};
 use crate::reload::FileReloader;
 use crate::roster::Roster;
 use crate::schedule::Scheduler;
+use crate::target::Target;
 
 /// The checker, built and listening, not yet probing.
 pub struct App {
@@ -77,7 +78,7 @@ impl App {
     /// None today; kept for symmetry with the sink.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            config,
+            mut config,
             metrics,
             health,
             publisher,
@@ -112,12 +113,19 @@ impl App {
             _ => shutdown.clone(),
         };
         let roster = Roster::new(scheduler, roster_stop.clone());
-        let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        // The start-up targets move to the roster: a copy left in the configuration would
+        // double each target's memory for the life of the process.
+        let initial: Vec<Arc<Target>> = match &mut config.targets {
+            TargetSource::Fixed(targets) | TargetSource::File { targets, .. } => {
+                std::mem::take(targets).into_iter().map(Arc::new).collect()
+            }
+            TargetSource::Topic => Vec::new(),
+        };
         let mut fleet = None;
         match &config.targets {
-            TargetSource::Fixed(_) => roster.sync(initial()),
+            TargetSource::Fixed(_) => roster.sync(initial),
             TargetSource::File { path, .. } => {
-                roster.sync(initial());
+                roster.sync(initial);
                 let reloader = FileReloader {
                     path: path.clone(),
                     context: config.target_context.clone(),
