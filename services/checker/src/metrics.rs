@@ -185,8 +185,8 @@ impl Reg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PerTargetMetrics {
-    /// Every target scheduled here has its series (blackbox_exporter's view, ≈150 bytes of
-    /// the checker's memory and 13 series per target in Prometheus).
+    /// Every target scheduled here has its series (blackbox_exporter's view: in the checker
+    /// its name and a struct of about 100 bytes, in Prometheus 13 series per target).
     #[default]
     On,
     /// None: a fleet too large to keep a series per target in Prometheus (the results in
