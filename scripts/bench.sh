@@ -20,6 +20,8 @@
 #   BENCH_STATUS_ROLLUP_LIMIT=S  stop the status scenario's rollup backfill after S seconds (default 3600)
 #   BENCH_PROFILE=0|1    perf profiles (default: on in a full run when perf works)
 #   BENCH_OUT=PATH       where to write the report
+#   BENCH_BASELINE_BIN_DIR=DIR  memory: also measure the checker in DIR (e.g. main's release build)
+#                        in the same repeats, side by side
 #   BENCH_PG_PORT        PostgreSQL port (default 54340)
 #   BENCH_BROKER_PORT    broker port (default 19100)
 #   BENCH_KEEP_STACK=1   leave PostgreSQL and the broker running afterwards

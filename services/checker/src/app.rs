@@ -24,6 +24,7 @@ use crate::publish::{PublishLoop, Publisher};
 use crate::reload::FileReloader;
 use crate::roster::Roster;
 use crate::schedule::Scheduler;
+use crate::target::Target;
 
 /// The checker, built and listening, not yet probing.
 pub struct App {
@@ -42,13 +43,12 @@ impl App {
     /// # Errors
     /// The admin address cannot be bound, or librdkafka rejects a property.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with(config.per_target_metrics);
         metrics.targets.set(config.targets.initial().len() as f64);
         let health = Health::new(Duration::from_secs(60));
         let (publisher, publish_loop) = Publisher::new(&config.kafka, config.results_waiting_limit, metrics.clone())?;
         let publish_loop = publish_loop.replace_when_stalled(config.delivery_stall_timeout);
-        let (admin_addr, admin_stop) =
-            admin::start(config.admin_addr, health.clone(), metrics.registry.clone()).await?;
+        let (admin_addr, admin_stop) = admin::start(config.admin_addr, health.clone(), metrics.clone()).await?;
         tracing::info!(admin_addr = %admin_addr, targets = config.targets.initial().len(), location = %config.location, topic = %config.kafka.topic, "Checker started.");
         Ok(Self {
             config,
@@ -66,7 +66,7 @@ impl App {
         self.admin_addr
     }
 
-    /// The app's metrics (the registry `/metrics` serves), readable after it stopped.
+    /// The app's metrics (what `/metrics` serves), readable after it stopped.
     pub fn metrics(&self) -> Metrics {
         self.metrics.clone()
     }
@@ -78,7 +78,7 @@ impl App {
     /// None today; kept for symmetry with the sink.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            config,
+            mut config,
             metrics,
             health,
             publisher,
@@ -113,12 +113,19 @@ impl App {
             _ => shutdown.clone(),
         };
         let roster = Roster::new(scheduler, roster_stop.clone());
-        let initial = || config.targets.initial().iter().cloned().map(Arc::new).collect();
+        // The start-up targets move to the roster: a copy left in the configuration would
+        // double each target's memory for the life of the process.
+        let initial: Vec<Arc<Target>> = match &mut config.targets {
+            TargetSource::Fixed(targets) | TargetSource::File { targets, .. } => {
+                std::mem::take(targets).into_iter().map(Arc::new).collect()
+            }
+            TargetSource::Topic => Vec::new(),
+        };
         let mut fleet = None;
         match &config.targets {
-            TargetSource::Fixed(_) => roster.sync(initial()),
+            TargetSource::Fixed(_) => roster.sync(initial),
             TargetSource::File { path, .. } => {
-                roster.sync(initial());
+                roster.sync(initial);
                 let reloader = FileReloader {
                     path: path.clone(),
                     context: config.target_context.clone(),

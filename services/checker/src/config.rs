@@ -9,6 +9,7 @@ use common::kafka::KafkaSettings;
 use common::telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::PerTargetMetrics;
 use crate::target::{load_targets, Defaults, ProxyEnv, Target};
 
 /// Default admin address of the checker.
@@ -50,6 +51,9 @@ pub struct Config {
     /// What a target list is read with after start-up (a `TARGETS_FILE` reload, a record of
     /// the targets topic): the same environment and defaults as at start-up.
     pub target_context: TargetContext,
+    /// Whether `/metrics` shows the per-target `probe_*` series (`PER_TARGET_METRICS`,
+    /// `on` or `off`, default `on`).
+    pub per_target_metrics: PerTargetMetrics,
 }
 
 /// The environment snapshot and the defaults targets are built with, kept for reading target
@@ -96,6 +100,7 @@ struct Raw {
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     targets_file_poll_interval: Duration,
     log_format: String,
+    per_target_metrics: PerTargetMetrics,
 }
 
 impl Default for Raw {
@@ -112,6 +117,7 @@ impl Default for Raw {
             handover_period: Duration::from_secs(20),
             targets_file_poll_interval: Duration::from_secs(1),
             log_format: "auto".to_string(),
+            per_target_metrics: PerTargetMetrics::On,
         }
     }
 }
@@ -285,6 +291,7 @@ impl Config {
             probe_concurrency: raw.probe_concurrency.get(),
             shutdown_grace: raw.shutdown_grace_period,
             log_format: LogFormat::parse(Some(&raw.log_format))?,
+            per_target_metrics: raw.per_target_metrics,
         })
     }
 }
@@ -312,6 +319,8 @@ mod tests {
             ("LOCATION", "a\nb"),
             ("BODY_MAX_BYTES", "-1"),
             ("HTTP_PROXY", "::"),
+            ("PER_TARGET_METRICS", "no"),
+            ("PER_TARGET_METRICS", "ON"),
         ] {
             let e = with(var, value).unwrap_err();
             assert_eq!(e.var, var, "{e}");
@@ -433,6 +442,11 @@ mod tests {
                 .unwrap()
                 .targets_file_poll_interval,
             Duration::from_millis(250)
+        );
+        assert_eq!(load("X", "y").unwrap().per_target_metrics, PerTargetMetrics::On);
+        assert_eq!(
+            load("PER_TARGET_METRICS", "off").unwrap().per_target_metrics,
+            PerTargetMetrics::Off
         );
         let c = Config::from_env(&Env::from_pairs([base, ("HOSTNAME", "pod-7")])).unwrap();
         assert_eq!(c.instance_id, "pod-7", "the host name comes from the snapshot");

@@ -3,7 +3,9 @@
 //! Per-target gauges reuse blackbox_exporter's names and meanings (`probe_success`,
 //! `probe_duration_seconds`, `probe_http_*`, `probe_ssl_earliest_cert_expiry`), labelled by
 //! `target`, so dashboards and alerts written for blackbox_exporter work unchanged. The
-//! checker's own metrics are prefixed `healthcheck_checker_`.
+//! checker's own metrics are prefixed `healthcheck_checker_`. The per-target series are not
+//! in the registry: [`probe`] keeps each target's last result and writes them on scrape
+//! ([`Metrics`]' [`Exposition`]), and `PER_TARGET_METRICS=off` leaves them out.
 //!
 //! Label values come from closed sets, each an enum ([`Outcome`], [`PublishFailure`],
 //! [`DropReason`], [`Phase`]): a [`CounterBy`] is incremented with a variant and registers every
@@ -12,10 +14,14 @@
 //! outcome or a reason; it only counts what the probe and the publisher report.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use common::result::{ErrorKind, HttpVersion, Phase, ProbeResult};
-use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use common::admin::Exposition;
+use common::result::{ErrorKind, ProbeResult};
+use prometheus::{Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strum::IntoEnumIterator;
+
+mod probe;
 
 /// A closed set of label values: every value (registered at start-up) and its text.
 pub trait LabelSet: Copy + 'static {
@@ -163,12 +169,6 @@ impl Reg {
         self.add(IntCounter::new(name, help))
     }
 
-    /// A per-target gauge (`target` label, plus `extra` labels).
-    fn per_target(&self, name: &str, help: &str, extra: &[&str]) -> GaugeVec {
-        let labels: Vec<&str> = std::iter::once("target").chain(extra.iter().copied()).collect();
-        self.add(GaugeVec::new(Opts::new(name, help), &labels))
-    }
-
     fn counter_by<L: LabelSet>(&self, name: &str, help: &str, label: &str) -> CounterBy<L> {
         let vec = self.add(IntCounterVec::new(Opts::new(name, help), &[label]));
         for value in L::all() {
@@ -181,133 +181,26 @@ impl Reg {
     }
 }
 
-/// blackbox_exporter's per-target gauges, set from each completed probe.
-#[derive(Clone)]
-struct ProbeGauges {
-    success: GaugeVec,
-    duration: GaugeVec,
-    status_code: GaugeVec,
-    phase_duration: GaugeVec,
-    redirects: GaugeVec,
-    content_length: GaugeVec,
-    uncompressed_body_length: GaugeVec,
-    ssl_earliest_expiry: GaugeVec,
-    failed_due_to_regex: GaugeVec,
-    http_version: GaugeVec,
-}
-
-impl ProbeGauges {
-    fn new(reg: &Reg) -> Self {
-        let g = |name, help| reg.per_target(name, help, &[]);
-        Self {
-            success: g("probe_success", "Whether the last probe was a success (1) or not (0)."),
-            duration: g("probe_duration_seconds", "How long the last probe took, seconds."),
-            status_code: g(
-                "probe_http_status_code",
-                "Response HTTP status code of the last probe (0 when none).",
-            ),
-            phase_duration: reg.per_target(
-                "probe_http_duration_seconds",
-                "Duration of the last probe's HTTP phases, summed over redirects, seconds.",
-                &["phase"],
-            ),
-            redirects: g("probe_http_redirects", "Redirects followed by the last probe."),
-            content_length: g(
-                "probe_http_content_length",
-                "Content-Length of the last probe's response (-1 when absent).",
-            ),
-            uncompressed_body_length: g(
-                "probe_http_uncompressed_body_length",
-                "Body length of the last probe's response after decoding, bytes.",
-            ),
-            ssl_earliest_expiry: g(
-                "probe_ssl_earliest_cert_expiry",
-                "Earliest notAfter of the presented certificates, Unix seconds.",
-            ),
-            failed_due_to_regex: g(
-                "probe_failed_due_to_regex",
-                "Whether the last probe failed because of a body regex.",
-            ),
-            http_version: g("probe_http_version", "HTTP version of the last probe's response."),
-        }
-    }
-
-    /// Removes every series of target `name` (absent ones are skipped).
-    fn forget(&self, name: &str) {
-        let t = [name];
-        for g in [
-            &self.success,
-            &self.duration,
-            &self.status_code,
-            &self.redirects,
-            &self.content_length,
-            &self.uncompressed_body_length,
-            &self.ssl_earliest_expiry,
-            &self.failed_due_to_regex,
-            &self.http_version,
-        ] {
-            let _ = g.remove_label_values(&t);
-        }
-        for phase in Phase::iter() {
-            let _ = self.phase_duration.remove_label_values(&[name, phase.into()]);
-        }
-    }
-
-    fn record(&self, r: &ProbeResult) {
-        let t = [r.target.as_str()];
-        let b = |v: bool| if v { 1.0 } else { 0.0 };
-        self.success.with_label_values(&t).set(b(r.success));
-        self.duration.with_label_values(&t).set(r.duration_seconds);
-        self.status_code
-            .with_label_values(&t)
-            .set(f64::from(r.status_code.unwrap_or(0)));
-        for phase in Phase::iter() {
-            self.phase_duration
-                .with_label_values(&[r.target.as_str(), phase.into()])
-                .set(r.phases.get(phase).unwrap_or(0.0));
-        }
-        self.redirects.with_label_values(&t).set(f64::from(r.redirects));
-        self.content_length
-            .with_label_values(&t)
-            .set(r.content_length.map_or(-1.0, |n| n as f64));
-        self.uncompressed_body_length
-            .with_label_values(&t)
-            .set(r.body_bytes.unwrap_or(0) as f64);
-        match r.tls.as_ref().and_then(|t| t.earliest_not_after) {
-            Some(at) => self
-                .ssl_earliest_expiry
-                .with_label_values(&t)
-                .set(at.timestamp() as f64),
-            // No certificate read: drop the series rather than report the epoch.
-            None => {
-                let _ = self.ssl_earliest_expiry.remove_label_values(&t);
-            }
-        }
-        self.failed_due_to_regex
-            .with_label_values(&t)
-            .set(b(r.regex_matched == Some(false)));
-        let version = r.http_version.as_deref().and_then(|v| v.parse::<HttpVersion>().ok());
-        self.http_version.with_label_values(&t).set(version_number(version));
-    }
-}
-
-/// `probe_http_version`'s value: 1.0, 1.1 or 2; 0 when there was no response. hyper's client
-/// speaks neither HTTP/0.9 nor HTTP/3, so those read 0 as well.
-fn version_number(v: Option<HttpVersion>) -> f64 {
-    match v {
-        Some(HttpVersion::Http10) => 1.0,
-        Some(HttpVersion::Http11) => 1.1,
-        Some(HttpVersion::Http2) => 2.0,
-        Some(HttpVersion::Http09 | HttpVersion::Http3) | None => 0.0,
-    }
+/// `PER_TARGET_METRICS`: whether `/metrics` shows the per-target `probe_*` series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerTargetMetrics {
+    /// Every target scheduled here has its series (blackbox_exporter's view: in the checker
+    /// its name and a struct of about 100 bytes, in Prometheus 13 series per target).
+    #[default]
+    On,
+    /// None: a fleet too large to keep a series per target in Prometheus (the results in
+    /// PostgreSQL and the `healthcheck_checker_*` totals remain).
+    Off,
 }
 
 /// All checker metrics, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
-    /// The registry served on `/metrics`.
+    /// The registry served on `/metrics` (with the `probe_*` series, see [`Exposition`]).
     pub registry: Registry,
-    probe: ProbeGauges,
+    /// Each target's last result, `None` with `PER_TARGET_METRICS=off`.
+    probe: Option<Arc<probe::ProbeSeries>>,
     /// Probes started.
     pub probes_started: IntCounter,
     /// Probes completed, by [`Outcome`].
@@ -343,25 +236,27 @@ pub struct Metrics {
     pub target_changes: CounterBy<TargetChange>,
     /// `TARGETS_FILE` reloads, by [`ReloadResult`].
     pub target_reloads: CounterBy<ReloadResult>,
-    /// Held while per-target series are written or removed, so that a probe finishing after
-    /// its target was removed cannot bring the target's series back (see
-    /// [`Metrics::record_owned`]).
-    series: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, with the per-target series.
+    pub fn new() -> Self {
+        Self::with(PerTargetMetrics::On)
+    }
+
+    /// Creates and registers every metric; `per_target` says whether the `probe_*` series
+    /// are kept.
     ///
     /// # Panics
     /// Never in practice: names are static and registered once.
-    pub fn new() -> Self {
+    pub fn with(per_target: PerTargetMetrics) -> Self {
         let reg = Reg(Registry::new());
         let lateness_buckets = vec![
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         common::telemetry::register_build_info(&reg.0, "healthcheck_checker", env!("CARGO_PKG_VERSION"));
         Self {
-            probe: ProbeGauges::new(&reg),
+            probe: (per_target == PerTargetMetrics::On).then(Arc::default),
             probes_started: reg.counter("healthcheck_checker_probes_started_total", "Probes started."),
             probes_completed: reg.counter_by(
                 "healthcheck_checker_probes_completed_total",
@@ -429,14 +324,15 @@ impl Metrics {
                 "TARGETS_FILE read again after a change or SIGHUP: applied, or invalid (the running targets were kept).",
                 "result",
             ),
-            series: std::sync::Arc::default(),
             registry: reg.0,
         }
     }
 
     /// Records a completed probe: its per-target gauges and its outcome.
     pub fn record(&self, r: &ProbeResult) {
-        self.probe.record(r);
+        if let Some(probe) = &self.probe {
+            probe.record_if(r, || true);
+        }
         self.count_outcome(r);
     }
 
@@ -445,26 +341,46 @@ impl Metrics {
     /// is still scheduled here). Checked and written under the lock [`Metrics::forget`] takes,
     /// so a target removed (token cancelled, then `forget`) never gets its series back.
     pub fn record_owned(&self, r: &ProbeResult, owned: &tokio_util::sync::CancellationToken) {
-        {
-            let _guard = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !owned.is_cancelled() {
-                self.probe.record(r);
-            }
+        if let Some(probe) = &self.probe {
+            probe.record_if(r, || !owned.is_cancelled());
         }
         self.count_outcome(r);
     }
 
-    /// Removes every per-target `probe_*` series of target `name` from the registry (a target
-    /// removed or moved to another checker). Unknown names are ignored.
+    /// Removes every per-target `probe_*` series of target `name` (a target removed or moved
+    /// to another checker). Unknown names are ignored.
     pub fn forget(&self, name: &str) {
-        let _guard = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.probe.forget(name);
+        if let Some(probe) = &self.probe {
+            probe.forget(name);
+        }
+    }
+
+    /// What `/metrics` shows, as text.
+    pub fn text(&self) -> String {
+        let mut buf = Vec::new();
+        self.encode(&mut buf).expect("the registry's families are valid");
+        String::from_utf8(buf).expect("the exposition is UTF-8")
     }
 
     fn count_outcome(&self, r: &ProbeResult) {
         if let Some(outcome) = Outcome::of(r) {
             self.probes_completed.inc(outcome);
         }
+    }
+}
+
+/// The registry's families with the `probe_*` ones in their place by name, as one registry
+/// would order them.
+impl Exposition for Metrics {
+    fn encode(&self, out: &mut Vec<u8>) -> prometheus::Result<()> {
+        let families = self.registry.gather();
+        let split = families.partition_point(|f| f.get_name() < "probe_");
+        let text = prometheus::TextEncoder::new();
+        text.encode(&families[..split], out)?;
+        if let Some(probe) = &self.probe {
+            probe.encode(out);
+        }
+        text.encode(&families[split..], out)
     }
 }
 
@@ -521,36 +437,37 @@ mod tests {
         );
     }
 
-    /// Every `probe_*` family, with the target names it has series for.
+    /// Every `probe_*` family `/metrics` shows, with the target names it has series for.
     fn probe_targets(m: &Metrics) -> Vec<(String, Vec<String>)> {
-        m.registry
-            .gather()
-            .iter()
-            .filter(|f| f.get_name().starts_with("probe_"))
-            .map(|f| {
-                let names: std::collections::BTreeSet<String> = f
-                    .get_metric()
-                    .iter()
-                    .flat_map(|s| s.get_label().iter())
-                    .filter(|l| l.get_name() == "target")
-                    .map(|l| l.get_value().to_string())
-                    .collect();
-                (f.get_name().to_string(), names.into_iter().collect::<Vec<_>>())
-            })
-            .filter(|(_, names)| !names.is_empty())
+        let mut families: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            std::collections::BTreeMap::new();
+        for line in m.text().lines().filter(|l| l.starts_with("probe_")) {
+            let (name, rest) = line.split_once('{').expect("probe_* series have labels");
+            let target = rest
+                .split_once("target=\"")
+                .and_then(|(_, v)| v.split_once('"'))
+                .map(|(v, _)| v.to_string())
+                .expect("a target label");
+            families.entry(name.to_string()).or_default().insert(target);
+        }
+        families
+            .into_iter()
+            .map(|(name, targets)| (name, targets.into_iter().collect()))
             .collect()
+    }
+
+    /// A successful HTTPS probe of `target`.
+    fn result(target: &str) -> ProbeResult {
+        let json = format!(
+            r#"{{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"{target}","url":"http://x/",
+            "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":true,
+            "status_code":200,"http_version":"HTTP/1.1","tls":{{"earliest_not_after":"2030-01-01T00:00:00Z"}}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
     }
 
     #[test]
     fn forget_removes_every_series_of_one_target_and_a_late_probe_cannot_bring_them_back() {
-        let result = |target: &str| -> ProbeResult {
-            let json = format!(
-                r#"{{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"{target}","url":"http://x/",
-                "scheduled_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00.001Z","success":true,
-                "status_code":200,"http_version":"HTTP/1.1","tls":{{"earliest_not_after":"2030-01-01T00:00:00Z"}}}}"#
-            );
-            serde_json::from_str(&json).unwrap()
-        };
         let m = Metrics::new();
         let (a, b) = (
             tokio_util::sync::CancellationToken::new(),
@@ -575,6 +492,39 @@ mod tests {
         );
     }
 
+    /// `PER_TARGET_METRICS=off`: no `probe_*` series at all, the totals as before.
+    #[test]
+    fn per_target_series_switched_off_leave_the_totals() {
+        let r = result("a");
+        let (on, off) = (Metrics::new(), Metrics::with(PerTargetMetrics::Off));
+        for m in [&on, &off] {
+            m.record(&r);
+            m.record_owned(&r, &tokio_util::sync::CancellationToken::new());
+            m.forget("a");
+            m.record(&r);
+            assert_eq!(m.probes_completed.get(Outcome::Success), 3);
+        }
+        assert_eq!(probe_targets(&on).len(), 10, "{}", on.text());
+        assert!(!off.text().contains("probe_"), "{}", off.text());
+        assert!(off
+            .text()
+            .contains("healthcheck_checker_probes_completed_total{outcome=\"success\"} 3"));
+    }
+
+    /// The registry never holds a `probe_*` family: it would be written twice.
+    #[test]
+    fn the_probe_families_are_only_written_once() {
+        let m = Metrics::new();
+        m.record(&result("a"));
+        assert!(m.registry.gather().iter().all(|f| !f.get_name().starts_with("probe_")));
+        let text = m.text();
+        let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted, "families once each, by name");
+    }
+
     #[test]
     fn outcome_is_read_back_from_the_result() {
         let minimal = r#"{"check_id":"6f1c8a4e-1f1a-5b9a-9a4e-1f1a5b9a9a4e","target":"a","url":"http://x/",
@@ -584,7 +534,7 @@ mod tests {
         let m = Metrics::new();
         m.record(&r);
         assert_eq!(m.probes_completed.get(Outcome::Failure(ErrorKind::BodyTooLarge)), 1);
-        assert_eq!(m.probe.http_version.with_label_values(&["a"]).get(), 2.0);
+        assert!(m.text().contains("\nprobe_http_version{target=\"a\"} 2\n"));
         r.error_kind = Some("from_a_newer_build".into());
         assert_eq!(Outcome::of(&r), None);
         r.error_kind = None;

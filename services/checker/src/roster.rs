@@ -242,8 +242,8 @@ pub fn same_spec(a: &Target, b: &Target) -> bool {
         quorum,
         failure_threshold,
     } = a;
-    let regex_eq = |x: &Option<regex::bytes::Regex>, y: &Option<regex::bytes::Regex>| {
-        x.as_ref().map(regex::bytes::Regex::as_str) == y.as_ref().map(regex::bytes::Regex::as_str)
+    let regex_eq = |x: &Option<Arc<regex::bytes::Regex>>, y: &Option<Arc<regex::bytes::Regex>>| {
+        x.as_ref().map(|r| r.as_str()) == y.as_ref().map(|r| r.as_str())
     };
     let rules_eq = |x: &[HeaderRule], y: &[HeaderRule]| {
         x.len() == y.len()

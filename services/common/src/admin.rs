@@ -5,13 +5,14 @@
 //! - `/readyz` is readiness: 200 while the service's own dependency checks pass, 503 with the
 //!   reason otherwise. The state is set by the service (see [`Health::set_ready`]); a request
 //!   never waits on a dependency.
-//! - `/metrics` is the Prometheus text exposition format (version 0.0.4) of the given registry.
+//! - `/metrics` is the Prometheus text exposition format (version 0.0.4) of the given
+//!   [`Exposition`] (a `Registry`, or a service's own that adds series rendered without one).
 //!
 //! [`readiness_loop`] is the loop both services run to keep the readiness state current.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// What `/metrics` serves: metrics written in the Prometheus text exposition format
+/// (version 0.0.4, <https://prometheus.io/docs/instrumenting/exposition_formats/>).
+pub trait Exposition: Send + Sync + 'static {
+    /// Appends the exposition text of every metric to `out`.
+    ///
+    /// # Errors
+    /// The encoder's (a metric family that is not valid).
+    fn encode(&self, out: &mut Vec<u8>) -> prometheus::Result<()>;
+}
+
+impl Exposition for Registry {
+    fn encode(&self, out: &mut Vec<u8>) -> prometheus::Result<()> {
+        TextEncoder::new().encode(&self.gather(), out)
+    }
+}
 
 /// Liveness and readiness state shared between a service's loops and its admin server.
 #[derive(Debug)]
@@ -166,10 +183,10 @@ pub fn readiness_loop(
 pub async fn start(
     addr: SocketAddr,
     health: Arc<Health>,
-    registry: Registry,
+    metrics: impl Exposition,
 ) -> std::io::Result<(SocketAddr, CancellationToken)> {
     let stop = CancellationToken::new();
-    let (bound, serving) = serve(addr, health, registry, stop.clone()).await?;
+    let (bound, serving) = serve(addr, health, metrics, stop.clone()).await?;
     tokio::spawn(serving);
     Ok((bound, stop))
 }
@@ -182,11 +199,15 @@ pub async fn start(
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
-    registry: Registry,
+    metrics: impl Exposition,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send + 'static)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let metrics = Arc::new(MetricsEndpoint {
+        metrics,
+        last_len: AtomicUsize::new(0),
+    });
     let fut = async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -201,9 +222,9 @@ pub async fn serve(
                 },
             };
             let health = health.clone();
-            let registry = registry.clone();
+            let metrics = metrics.clone();
             let service = hyper::service::service_fn(move |req| {
-                let resp = route(&req, &health, &registry);
+                let resp = route(&req, &health, &*metrics);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             tokio::spawn(async move {
@@ -217,7 +238,30 @@ pub async fn serve(
     Ok((bound, fut))
 }
 
-fn route(req: &Request<Incoming>, health: &Health, registry: &Registry) -> Response<Full<Bytes>> {
+/// `/metrics`' state: what it serves and the length of the last exposition, so that the
+/// next one is written into a buffer of the right size at once (a 10,000-target checker's is
+/// several MB; growing it by doubling would copy it over and over and leave the halves to
+/// the allocator).
+struct MetricsEndpoint<E> {
+    metrics: E,
+    last_len: AtomicUsize,
+}
+
+impl<E: Exposition> MetricsEndpoint<E> {
+    fn render(&self) -> prometheus::Result<Vec<u8>> {
+        let last = self.last_len.load(Ordering::Relaxed);
+        let mut buf = Vec::with_capacity((last + last / 16).max(16 * 1024));
+        self.metrics.encode(&mut buf)?;
+        self.last_len.store(buf.len(), Ordering::Relaxed);
+        Ok(buf)
+    }
+}
+
+fn route<E: Exposition>(
+    req: &Request<Incoming>,
+    health: &Health,
+    metrics: &MetricsEndpoint<E>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_string());
     }
@@ -231,13 +275,12 @@ fn route(req: &Request<Incoming>, health: &Health, registry: &Registry) -> Respo
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         },
         "/metrics" => {
-            let encoder = TextEncoder::new();
-            let mut buf = Vec::with_capacity(16 * 1024);
-            if let Err(e) = encoder.encode(&registry.gather(), &mut buf) {
-                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-            }
+            let buf = match metrics.render() {
+                Ok(buf) => buf,
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            };
             Response::builder()
-                .header(header::CONTENT_TYPE, encoder.format_type())
+                .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
                 .body(Full::new(Bytes::from(buf)))
                 .expect("static response")
         }

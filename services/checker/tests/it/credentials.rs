@@ -54,9 +54,7 @@ async fn url_credentials_are_basic_auth_and_never_recorded() {
     let r = probe(&t).await;
     let metrics = checker::metrics::Metrics::new();
     metrics.record(&r);
-    let exposition = prometheus::TextEncoder::new()
-        .encode_to_string(&metrics.registry.gather())
-        .unwrap();
+    let exposition = metrics.text();
 
     assert!(r.success, "{r:?}");
     let (_, auth) = rx.recv().await.unwrap();

@@ -23,6 +23,11 @@ fn an_unparsable_log_filter_exits_2_naming_the_variable() {
     exit_2_naming_the_variable(&[("RUST_LOG", "checker=loud"), ("RUST_LOG", "[unclosed")]);
 }
 
+#[test]
+fn a_per_target_metrics_setting_other_than_on_or_off_exits_2_naming_the_variable() {
+    exit_2_naming_the_variable(&[("PER_TARGET_METRICS", "maybe"), ("PER_TARGET_METRICS", "1")]);
+}
+
 /// Starts the checker with each `(var, value)` in turn and asserts it exits 2 at once with a
 /// message naming `var`.
 fn exit_2_naming_the_variable(cases: &[(&str, &str)]) {

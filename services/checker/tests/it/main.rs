@@ -14,6 +14,7 @@ mod fleet_apply;
 mod fleet_support;
 mod http_probe;
 mod outage;
+mod per_target_metrics;
 mod probe_cli;
 mod proxy;
 mod redirects;

@@ -85,9 +85,7 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// What `/metrics` would show of `metrics`, parsed.
 fn exposition(metrics: &Metrics) -> Scrape {
-    let mut buf = Vec::new();
-    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &metrics.registry.gather(), &mut buf).unwrap();
-    Scrape::parse(&String::from_utf8(buf).unwrap())
+    Scrape::parse(&metrics.text())
 }
 
 /// `n` targets on `server`, each probed every `interval`.
