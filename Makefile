@@ -63,7 +63,7 @@ lint: ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
 fmt: ## Format the code in place
 	$(CARGO) fmt --all
 
-demo: ## Run checker + sink locally against demo targets, with a live summary (DEMO_SECONDS=N to stop after N s)
+demo: ## Run checker + sink locally against demo targets, with a live summary (DEMO_SECONDS=N to stop after N s; DEMO_BROKER=tansu for the tests' broker)
 	@scripts/demo.sh
 
 images: ## Build the container images (base images from Debian's packages first, when missing)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on this machine, without Docker.
 #
-# Starts a throwaway PostgreSQL + tansu broker (scripts/stack.sh, on the demo
-# ports), builds the release binaries, starts four demo targets on loopback
+# Starts a throwaway PostgreSQL (scripts/stack.sh, on the demo ports), builds
+# the release binaries, starts a Kafka-protocol broker (DEMO_BROKER), four demo
+# targets on loopback
 #   healthy        a page that says "healthy"; the regex matches
 #   wrong-content  a page that says "maintenance"; the regex does not match
 #   refused        a port where nothing listens
@@ -11,21 +12,31 @@
 # until Ctrl-C. Everything it started is stopped on the way out.
 #
 # Environment:
+#   DEMO_BROKER        mock (default): librdkafka's mock cluster in a process of our
+#                      own (target/release/mock-broker, services/testkit), built with
+#                      the services, nothing else to install; tansu: the test broker
+#                      (scripts/stack.sh install builds it the first time, minutes)
 #   DEMO_SECONDS       run this many seconds, print the final summary and exit:
 #                      0 when every demo target has at least one row, 1 otherwise
 #   DEMO_PG_PORT       PostgreSQL port (default 54330)
-#   DEMO_BROKER_PORT   broker port (default 19093)
+#   DEMO_BROKER_PORT   tansu's port (default 19093; the mock broker takes a free one)
 #   DEMO_PORT_BASE     demo targets use BASE+1..BASE+4, the checker's admin
 #                      server BASE+10 and the sink's BASE+11 (default 18180)
 #   DEMO_STATUS_PORT   the status page, http://localhost:PORT/ (default 8080)
 #   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release)
-# Logs: .tmp/demo/{targets,sink,checker,build}.log
+# Logs: .tmp/demo/{targets,sink,checker,build,mock-broker}.log
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
 DEMO_SECONDS="${DEMO_SECONDS:-}"
+DEMO_BROKER="${DEMO_BROKER:-mock}"
+case "$DEMO_BROKER" in
+    mock) export STACK_BROKER=none ;;
+    tansu) export STACK_BROKER=tansu ;;
+    *) die "DEMO_BROKER must be mock or tansu, got '$DEMO_BROKER'" 2 ;;
+esac
 export PG_PORT="${DEMO_PG_PORT:-54330}"
 export BROKER_PORT="${DEMO_BROKER_PORT:-19093}"
 PORT_BASE="${DEMO_PORT_BASE:-18180}"
@@ -43,6 +54,7 @@ STATUS_ADDR="127.0.0.1:$STATUS_PORT"
 DB_URL="postgres://healthcheck:healthcheck@127.0.0.1:$PG_PORT/healthcheck"
 BROKER="127.0.0.1:$BROKER_PORT"
 DEMO_DIR="$REPO/.tmp/demo"
+MOCK_BOOTSTRAP_FILE="$DEMO_DIR/mock-broker.bootstrap"
 TARGET_NAMES=(healthy wrong-content refused hangs)
 
 TARGETS_JSON="$(
@@ -59,6 +71,7 @@ EOF
 # ------------------------------------------------------------------ cleanup
 
 TARGETS_PID=""
+MOCK_PID=""
 SINK_PID=""
 CHECKER_PID=""
 STACK_STARTED=0
@@ -74,6 +87,7 @@ cleanup() {
     # The checker first, so that the sink can drain what it already sent.
     stop_process checker "$CHECKER_PID" 30
     stop_process sink "$SINK_PID" 30
+    stop_process "mock broker" "$MOCK_PID" 10
     stop_process "demo targets" "$TARGETS_PID" 5
     if [ "$STACK_STARTED" -eq 1 ]; then
         scripts/stack.sh down || true
@@ -210,21 +224,58 @@ mkdir -p "$DEMO_DIR"
 hold_lock 8 "$DEMO_DIR/demo-$PG_PORT.lock" 0 "" ||
     die "another demo is running on these ports (PostgreSQL $PG_PORT); stop it first, or set DEMO_PG_PORT, DEMO_BROKER_PORT and DEMO_PORT_BASE"
 
-log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the broker on $BROKER"
+if [ "$DEMO_BROKER" = tansu ]; then
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT and the tansu broker on $BROKER"
+else
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT (the broker: librdkafka's mock cluster, after the build)"
+fi
 scripts/stack.sh install
 STACK_STARTED=1
 scripts/stack.sh up 8>&-
 
+# Only what the demo runs: the two services (and the mock broker, a small binary
+# of the test helpers' crate that shares all their dependencies).
+BINS=(checker sink)
+BUILD=(cargo build --release -p checker -p sink)
+if [ "$DEMO_BROKER" = mock ]; then
+    BINS+=(mock-broker)
+    BUILD+=(-p testkit --bin checker --bin sink --bin mock-broker)
+fi
 if [ "${DEMO_BUILD:-1}" != 0 ]; then
-    log "building release binaries (cargo build --release -p checker -p sink; log: .tmp/demo/build.log)"
-    if ! cargo build --release -p checker -p sink >"$DEMO_DIR/build.log" 2>&1; then
+    log "building release binaries (${BUILD[*]}; log: .tmp/demo/build.log)"
+    build_t0=$SECONDS
+    if ! "${BUILD[@]}" >"$DEMO_DIR/build.log" 2>&1; then
         tail_log "$DEMO_DIR/build.log" 25
         die "build failed"
     fi
+    log "built in $((SECONDS - build_t0))s"
 fi
-for bin in checker sink; do
+for bin in "${BINS[@]}"; do
     [ -x "target/release/$bin" ] || die "target/release/$bin missing"
 done
+
+# Settings both services share.
+export KAFKA_TOPIC="${KAFKA_TOPIC:-healthcheck-results}"
+if [ "$DEMO_BROKER" = mock ]; then
+    log "starting the mock broker (librdkafka's mock cluster; log: .tmp/demo/mock-broker.log)"
+    rm -f "$MOCK_BOOTSTRAP_FILE"
+    # The mock cluster answers no CreateTopics: it creates the topic itself.
+    setsid target/release/mock-broker --bootstrap-file "$MOCK_BOOTSTRAP_FILE" \
+        "$KAFKA_TOPIC:${KAFKA_TOPIC_PARTITIONS:-6}" \
+        >"$DEMO_DIR/mock-broker.log" 2>&1 </dev/null 8>&- &
+    MOCK_PID=$!
+    mock_ready() { [ -s "$MOCK_BOOTSTRAP_FILE" ]; }
+    rc=0
+    poll --while-alive "$MOCK_PID" 15 1 mock_ready || rc=$?
+    if ((rc != 0)); then
+        tail_log "$DEMO_DIR/mock-broker.log"
+        die "the mock broker did not start"
+    fi
+    BROKER="$(cat "$MOCK_BOOTSTRAP_FILE")"
+    export KAFKA_CREATE_TOPIC=false
+    log "mock broker on $BROKER"
+fi
+export KAFKA_BOOTSTRAP_SERVERS="$BROKER"
 
 if port_open "$REFUSED_PORT"; then
     die "something listens on 127.0.0.1:$REFUSED_PORT, which must stay closed; set DEMO_PORT_BASE"
@@ -242,9 +293,6 @@ setsid python3 scripts/demo-targets/server.py \
 TARGETS_PID=$!
 wait_http "demo targets" "http://127.0.0.1:$HEALTHY_PORT/" 15 "$TARGETS_PID" "$DEMO_DIR/targets.log"
 
-# Settings both services share.
-export KAFKA_BOOTSTRAP_SERVERS="$BROKER"
-export KAFKA_TOPIC="${KAFKA_TOPIC:-healthcheck-results}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export RUST_LOG="${RUST_LOG:-info}"
 export SHUTDOWN_GRACE_PERIOD="${SHUTDOWN_GRACE_PERIOD:-10s}"

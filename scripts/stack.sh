@@ -29,6 +29,14 @@
 #                       $TANSU_BIN.patches). The sink's tests read it too.
 #   PG_BIN              directory holding initdb/pg_ctl (default: newest
 #                       /usr/lib/postgresql/*/bin)
+#   STACK_BROKER        tansu (default) or none: PostgreSQL alone, for `make demo`
+#                       on its mock broker (install, up and status leave tansu out)
+#   TANSU_OPT_LEVEL     rustc opt-level tansu is built with (default 3, tansu's own
+#                       release profile; 1 took 20 CPU-minutes here, the tests were not
+#                       yet run on it). Recorded in $TANSU_BIN.opt-level (no file: 3).
+#   TANSU_MIN_OPT_LEVEL an installed tansu built with a lower opt-level is rebuilt
+#                       (default 0: any; `make bench` asks for 3, as the broker's CPU
+#                       and serving rate are part of its figures)
 #
 # Each (PG_PORT, BROKER_PORT) pair has its own data, so the demo stack (other
 # ports) runs beside the test stack. PostgreSQL lives in .tmp/pg/<port>/ and the
@@ -39,6 +47,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PG_PORT="${PG_PORT:-54329}"
 BROKER_PORT="${BROKER_PORT:-19092}"
+STACK_BROKER="${STACK_BROKER:-tansu}"
+TANSU_OPT_LEVEL="${TANSU_OPT_LEVEL:-3}"
+TANSU_MIN_OPT_LEVEL="${TANSU_MIN_OPT_LEVEL:-0}"
 STACK_WAIT="${STACK_WAIT:-60}"
 TANSU_INSTALL_WAIT="${TANSU_INSTALL_WAIT:-3600}"
 TANSU_VERSION=0.6.0
@@ -56,6 +67,19 @@ BROKER_PID_FILE="$BROKER_DIR/tansu.pid"
 BROKER_LOG="$BROKER_DIR/tansu.log"
 
 require_number PG_PORT BROKER_PORT STACK_WAIT TANSU_INSTALL_WAIT
+case "$STACK_BROKER" in
+    tansu | none) ;;
+    *) die "STACK_BROKER must be tansu or none, got '$STACK_BROKER'" 2 ;;
+esac
+for var in TANSU_OPT_LEVEL TANSU_MIN_OPT_LEVEL; do
+    case "${!var}" in
+        0 | 1 | 2 | 3) ;;
+        *) die "$var must be 0, 1, 2 or 3, got '${!var}'" 2 ;;
+    esac
+done
+if ((TANSU_OPT_LEVEL < TANSU_MIN_OPT_LEVEL)); then
+    TANSU_OPT_LEVEL=$TANSU_MIN_OPT_LEVEL
+fi
 
 # Runs a command as the `postgres` OS user when we are root (initdb and the
 # server refuse to run as root), as ourselves otherwise.
@@ -280,11 +304,23 @@ tansu_patches_id() {
     ) | sha256sum | cut -c1-16
 }
 
+# The opt-level the installed tansu was built with: 3 for a build from before it
+# was recorded (tansu's own release profile was the only one).
+tansu_opt_level() {
+    local level
+    level="$(cat "$TANSU_BIN.opt-level" 2>/dev/null || true)"
+    case "$level" in
+        0 | 1 | 2 | 3) echo "$level" ;;
+        *) echo 3 ;;
+    esac
+}
+
 tansu_ok() {
     local bin="$TANSU_BIN"
     [ -x "$bin" ] &&
         "$bin" --version 2>/dev/null | grep -qw -- "$TANSU_VERSION" &&
-        [ "$(cat "$bin.patches" 2>/dev/null)" = "$(tansu_patches_id)" ]
+        [ "$(cat "$bin.patches" 2>/dev/null)" = "$(tansu_patches_id)" ] &&
+        (($(tansu_opt_level) >= TANSU_MIN_OPT_LEVEL))
 }
 
 # Prints the pid of our running broker, or fails.
@@ -395,7 +431,7 @@ tansu_crate() {
 # Each archive we extract is checked against its pinned sha256.
 install_tansu() {
     if tansu_ok; then
-        log "tansu $TANSU_VERSION (patched) already installed ($TANSU_BIN)"
+        log "tansu $TANSU_VERSION (patched, opt-level $(tansu_opt_level)) already installed ($TANSU_BIN)"
         return
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain first"
@@ -409,7 +445,7 @@ install_tansu() {
         exec 8>&-
         return
     fi
-    log "building tansu $TANSU_VERSION with scripts/tansu/<crate>/*.patch (about 13 minutes on 2 cores)"
+    log "building tansu $TANSU_VERSION with scripts/tansu/<crate>/*.patch, opt-level $TANSU_OPT_LEVEL (about 14 minutes on 2 cores at opt-level 3)"
     local crate patch id crates src="$TANSU_BUILD_DIR/tansu-$TANSU_VERSION"
     id="$(tansu_patches_id)"
     mapfile -t crates < <(tansu_patched_crates)
@@ -447,14 +483,18 @@ install_tansu() {
         printf '%s\n' "$id" >"$TANSU_BUILD_DIR/sources.patches"
     fi
     # The crate's own Cargo.lock pins every other dependency (as `cargo install
-    # --locked` would); cargo only swaps in the patched crates.
+    # --locked` would); cargo only swaps in the patched crates. tansu's release
+    # profile is cargo's default (opt-level 3, 16 codegen units, no LTO, no debug
+    # info): only the opt-level is left to lower.
     (cd "$src" &&
-        CARGO_TARGET_DIR="$TANSU_BUILD_DIR/target" cargo build --release --features dynostore --bin tansu) ||
+        CARGO_TARGET_DIR="$TANSU_BUILD_DIR/target" CARGO_PROFILE_RELEASE_OPT_LEVEL="$TANSU_OPT_LEVEL" \
+            cargo build --release --features dynostore --bin tansu) ||
         die "tansu build failed"
     mkdir -p "$(dirname "$TANSU_BIN")"
     command install -m 0755 "$TANSU_BUILD_DIR/target/release/tansu" "$TANSU_BIN.new"
     mv -f "$TANSU_BIN.new" "$TANSU_BIN"
     printf '%s\n' "$id" >"$TANSU_BIN.patches"
+    printf '%s\n' "$TANSU_OPT_LEVEL" >"$TANSU_BIN.opt-level"
     exec 8>&-
     tansu_ok || die "tansu $TANSU_VERSION still not usable after the build"
 }
@@ -474,7 +514,9 @@ install() {
     fi
     [ -n "$(pg_bin)" ] || die "PostgreSQL server binaries still not found after install"
     command -v promtool >/dev/null 2>&1 || die "promtool still not found after install"
-    install_tansu
+    if [ "$STACK_BROKER" = tansu ]; then
+        install_tansu
+    fi
 }
 
 # ---------------------------------------------------------------------- main
@@ -497,8 +539,12 @@ case "${1:-}" in
     up)
         lock
         pg_up
-        broker_up
-        log "up: postgres $HOST:$PG_PORT, broker $HOST:$BROKER_PORT"
+        if [ "$STACK_BROKER" = tansu ]; then
+            broker_up
+            log "up: postgres $HOST:$PG_PORT, broker $HOST:$BROKER_PORT"
+        else
+            log "up: postgres $HOST:$PG_PORT (no broker: STACK_BROKER=none)"
+        fi
         ;;
     down)
         lock
@@ -508,7 +554,9 @@ case "${1:-}" in
     status)
         rc=0
         pg_status || rc=1
-        broker_status || rc=1
+        if [ "$STACK_BROKER" = tansu ]; then
+            broker_status || rc=1
+        fi
         exit "$rc"
         ;;
     env)
