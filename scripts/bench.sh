@@ -10,7 +10,9 @@
 #
 # Environment:
 #   BENCH_QUICK=1        1 repeat and smaller sizes (report in .tmp/bench/, BENCHMARKS.md untouched)
-#   BENCH_ONLY=a,b       some scenarios: images cpu capacity precision memory startup sink write profile fleet status
+#   BENCH_ONLY=a,b       some scenarios: images cpu capacity precision memory startup sink write profile fleet status firstrun
+#                        (firstrun, a fresh clone's first make demo and make test, runs in full mode only: ~30 min)
+#   BENCH_FIRST_RUN_STEPS=demo  firstrun times the first make demo only (~6 min)
 #   BENCH_REPEATS=N      repeats per figure (default 3; quick 1)
 #   BENCH_SINK_ROWS=N    messages pre-filled for the sink throughput (default 1000000; quick 200000)
 #   BENCH_FLEET_TARGETS=N  targets of the fleet scenario (default 100000; quick 20000)

@@ -23,7 +23,8 @@
 #   DEMO_PORT_BASE     demo targets use BASE+1..BASE+4, the checker's admin
 #                      server BASE+10 and the sink's BASE+11 (default 18180)
 #   DEMO_STATUS_PORT   the status page, http://localhost:PORT/ (default 8080)
-#   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release)
+#   DEMO_BUILD=0       skip `cargo build --release` (use the binaries in target/release,
+#                      or $CARGO_TARGET_DIR/release)
 # Logs: .tmp/demo/{targets,sink,checker,build,mock-broker}.log
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -250,8 +251,11 @@ if [ "${DEMO_BUILD:-1}" != 0 ]; then
     fi
     log "built in $((SECONDS - build_t0))s"
 fi
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to the repository, as cargo
+# reads it), else target/.
+RELEASE_DIR="${CARGO_TARGET_DIR:-target}/release"
 for bin in "${BINS[@]}"; do
-    [ -x "target/release/$bin" ] || die "target/release/$bin missing"
+    [ -x "$RELEASE_DIR/$bin" ] || die "$RELEASE_DIR/$bin missing"
 done
 
 # Settings both services share.
@@ -260,7 +264,7 @@ if [ "$DEMO_BROKER" = mock ]; then
     log "starting the mock broker (librdkafka's mock cluster; log: .tmp/demo/mock-broker.log)"
     rm -f "$MOCK_BOOTSTRAP_FILE"
     # The mock cluster answers no CreateTopics: it creates the topic itself.
-    setsid target/release/mock-broker --bootstrap-file "$MOCK_BOOTSTRAP_FILE" \
+    setsid "$RELEASE_DIR/mock-broker" --bootstrap-file "$MOCK_BOOTSTRAP_FILE" \
         "$KAFKA_TOPIC:${KAFKA_TOPIC_PARTITIONS:-6}" \
         >"$DEMO_DIR/mock-broker.log" 2>&1 </dev/null 8>&- &
     MOCK_PID=$!
@@ -302,13 +306,13 @@ log "starting sink (admin http://$SINK_ADMIN, status page http://localhost:$STAT
 DATABASE_URL="$DB_URL" ADMIN_ADDR="$SINK_ADMIN" STATUS_ADDR="$STATUS_ADDR" INSTANCE_ID=demo-sink \
     ROLLUP_INTERVAL="${ROLLUP_INTERVAL:-5s}" \
     KAFKA_GROUP_ID=healthcheck-demo \
-    setsid target/release/sink >"$DEMO_DIR/sink.log" 2>&1 </dev/null 8>&- &
+    setsid "$RELEASE_DIR/sink" >"$DEMO_DIR/sink.log" 2>&1 </dev/null 8>&- &
 SINK_PID=$!
 wait_http sink "http://$SINK_ADMIN/healthz" 60 "$SINK_PID" "$DEMO_DIR/sink.log"
 
 log "starting checker (admin http://$CHECKER_ADMIN)"
 TARGETS="$TARGETS_JSON" ADMIN_ADDR="$CHECKER_ADMIN" INSTANCE_ID=demo-checker \
-    setsid target/release/checker >"$DEMO_DIR/checker.log" 2>&1 </dev/null 8>&- &
+    setsid "$RELEASE_DIR/checker" >"$DEMO_DIR/checker.log" 2>&1 </dev/null 8>&- &
 CHECKER_PID=$!
 wait_http checker "http://$CHECKER_ADMIN/healthz" 60 "$CHECKER_PID" "$DEMO_DIR/checker.log"
 log "status page: open http://localhost:$STATUS_PORT/ (JSON: http://localhost:$STATUS_PORT/api/v1/targets)"

@@ -10,7 +10,8 @@
 //! Scenarios (`BENCH_ONLY` picks some): `images`, `cpu`, `capacity`, `precision` (items 3 and
 //! 6), `memory`, `startup`, `sink`, `write`, `profile`, and issue #14's `fleet` (3 replicas
 //! sharing 100,000 targets through the targets topic on librdkafka's mock cluster), and issue
-//! #10's `status` (the status page's p95 page times on a 10 M-row history).
+//! #10's `status` (the status page's p95 page times on a 10 M-row history), and issue #15's
+//! `firstrun` (a fresh clone's first `make demo` and `make test`, full runs only).
 
 mod gen;
 mod histogram;
@@ -20,6 +21,7 @@ mod setup;
 mod scenario {
     pub mod capacity;
     pub mod cpu;
+    pub mod firstrun;
     pub mod fleet;
     pub mod memory;
     pub mod pipeline;
@@ -61,7 +63,7 @@ pub struct Ctx {
     pub load_at_start: String,
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "images",
     "cpu",
     "capacity",
@@ -73,6 +75,7 @@ const SCENARIOS: [&str; 11] = [
     "profile",
     "fleet",
     "status",
+    "firstrun",
 ];
 
 #[tokio::main(flavor = "current_thread")]
@@ -213,6 +216,7 @@ async fn run_scenario(ctx: &mut Ctx, name: &str) {
         "profile" => scenario::profile::run(ctx).await,
         "fleet" => scenario::fleet::run(ctx).await,
         "status" => scenario::status::run(ctx).await,
+        "firstrun" => scenario::firstrun::run(ctx).await,
         _ => unreachable!(),
     };
     match result {
@@ -441,7 +445,8 @@ fn method(ctx: &Ctx) -> String {
          (`healthcheck_sink_rows_inserted_total`), then `count(*)` and `count(DISTINCT check_id)` must both equal the \
          input; (b) a binary COPY of the same rows into a table `LIKE probe_results INCLUDING DEFAULTS` (same columns \
          and types, no index, no constraint, not partitioned): the physical limit; (c) the same into a table that also \
-         has the sink's primary key and target index. A `CHECKPOINT` precedes each. The ratio is (a)/(b) per repeat.",
+         has the sink's primary key and target index. A `CHECKPOINT` precedes each. The goal is on (a)/(c) per \
+         repeat, the same rows and indexes written by PostgreSQL's fastest path; (a)/(b) is shown beside it.",
         report::num(b.sink_rows as f64)
     );
     let _ = writeln!(
@@ -485,13 +490,22 @@ fn method(ctx: &Ctx) -> String {
          last body byte; the goal is on each page's p95.",
         b.pick(50, 20)
     );
+    let _ = writeln!(
+        s,
+        "10. **First run (issue #15).** `scripts/first-run.sh`, once per full run: a fresh `git clone` of the \
+         commit; in it, with `CARGO_TARGET_DIR` unset (an empty `target/`) and tansu's build directory and binary \
+         inside the clone, `DEMO_SECONDS=20 make demo` (timed whole, then once more), then `scripts/stack.sh \
+         install` (the test broker's build, `make test`'s first step) and `make test`, the two summed. The Rust \
+         toolchain, Debian's packages and cargo's package cache are the machine's (a new machine downloads the \
+         crates first; not timed)."
+    );
     s
 }
 
 fn footer() -> String {
     "\n## Reproduce\n\n```\nmake bench                       # full run (about 20 minutes), rewrites BENCHMARKS.md\n\
      BENCH_QUICK=1 make bench         # 1 repeat, smaller sizes, report in .tmp/bench/\n\
-     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile fleet status\n```\n\n\
+     BENCH_ONLY=cpu,sink make bench   # some scenarios: images cpu capacity precision memory startup sink write profile fleet status firstrun\n```\n\n\
      Other knobs: `BENCH_REPEATS`, `BENCH_SINK_ROWS`, `BENCH_FLEET_TARGETS` (default 100000; quick 20000), \
      `BENCH_STATUS_TARGETS` / `BENCH_STATUS_DAYS` (default 1000 / 7; quick 100 / 7), `BENCH_KEEP_STATUS_DB=1`, `BENCH_PROFILE=0|1`, `BENCH_NICE=-10` (on a shared machine), \
      `BENCH_PG_PORT` / `BENCH_BROKER_PORT` \

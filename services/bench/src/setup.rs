@@ -404,7 +404,7 @@ pub struct Service {
 
 impl Service {
     /// Starts `bin` (`checker` or `sink`) with exactly `vars` (plus `PATH`, `ADMIN_ADDR`,
-    /// `LOG_FORMAT=json`); waits for `/readyz` when `ready` is set.
+    /// `LOG_FORMAT=json` and the harness's own `MIMALLOC_*`); waits for `/readyz` when `ready` is set.
     pub async fn start(b: &Bench, bin: &str, name: &str, vars: &[(&str, String)], ready: bool) -> anyhow::Result<Self> {
         let port = free_port()?;
         let admin: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -417,6 +417,10 @@ impl Service {
             .env("LOG_FORMAT", "json")
             .env("INSTANCE_ID", "bench")
             .env("KAFKA_BOOTSTRAP_SERVERS", &b.broker);
+        // The allocator's own knobs pass through, for experiments (`MIMALLOC_VERBOSE=1` ...).
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+            cmd.env(k, v);
+        }
         for (k, v) in vars {
             cmd.env(k, v);
         }

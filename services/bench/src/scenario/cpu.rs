@@ -26,10 +26,18 @@ struct Pair {
     theirs_ms: f64,
     theirs_cores: String,
     ours_targets: usize,
-    ours_rate: f64,
-    ours_ms: f64,
-    ours_success: f64,
-    ours_cores: String,
+    ours: Checker,
+    /// The checker of `BENCH_BASELINE_BIN_DIR`, at the same rate.
+    baseline: Option<Checker>,
+}
+
+/// One checker run's numbers.
+struct Checker {
+    rate: f64,
+    /// CPU ms per probe.
+    ms: f64,
+    success: f64,
+    cores: String,
     broker_ms: f64,
 }
 
@@ -61,7 +69,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         "1",
         "checker probe rate (matched)",
         "probes/s",
-        col(&|p| p.ours_rate),
+        col(&|p| p.ours.rate),
         None,
     ));
     figs.push(Figure::new(
@@ -75,37 +83,56 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         "1",
         "checker CPU per probe, publishing included",
         "ms",
-        col(&|p| p.ours_ms),
+        col(&|p| p.ours.ms),
         None,
     ));
     figs.push(Figure::new(
         "1",
         "CPU per probe, checker / blackbox_exporter (pair by pair)",
         "ratio",
-        col(&|p| p.ours_ms / p.theirs_ms),
+        col(&|p| p.ours.ms / p.theirs_ms),
         Some(Goal::AtMost(0.33)),
     ));
+    if pairs.iter().all(|p| p.baseline.is_some()) {
+        let base = |p: &Pair| p.baseline.as_ref().map_or(f64::NAN, |c| c.ms);
+        figs.push(Figure::new(
+            "1",
+            "checker CPU per probe — baseline (BENCH_BASELINE_BIN_DIR)",
+            "ms",
+            col(&base),
+            None,
+        ));
+        figs.push(Figure::new(
+            "1",
+            "checker CPU per probe, this build / baseline (pair by pair)",
+            "ratio",
+            col(&|p| p.ours.ms / base(p)),
+            None,
+        ));
+    }
 
     let mut d = String::from(
         "| repeat | blackbox probes/s | blackbox ms/probe | cores used (blackbox run) | checker targets ×100 ms | checker probes/s | success | checker ms/probe | broker ms/probe | cores used (checker run) | ratio |\n\
          |---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|\n",
     );
     for (i, p) in pairs.iter().enumerate() {
-        let _ = writeln!(
-            d,
-            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {} | {} |",
-            i + 1,
-            num(p.theirs_rate),
-            num(p.theirs_ms),
-            p.theirs_cores,
-            p.ours_targets,
-            num(p.ours_rate),
-            p.ours_success * 100.0,
-            num(p.ours_ms),
-            num(p.broker_ms),
-            p.ours_cores,
-            num(p.ours_ms / p.theirs_ms)
-        );
+        for (build, c) in std::iter::once(("", &p.ours)).chain(p.baseline.as_ref().map(|c| (" (baseline)", c))) {
+            let _ = writeln!(
+                d,
+                "| {}{build} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {} | {} |",
+                i + 1,
+                num(p.theirs_rate),
+                num(p.theirs_ms),
+                p.theirs_cores,
+                p.ours_targets,
+                num(c.rate),
+                c.success * 100.0,
+                num(c.ms),
+                num(c.broker_ms),
+                c.cores,
+                num(c.ms / p.theirs_ms)
+            );
+        }
     }
     ctx.report.details.push(("1. CPU per probe".into(), d));
     Ok(())
@@ -159,11 +186,43 @@ async fn repeat(ctx: &mut Ctx, r: usize, warm: Duration, window: Duration) -> an
 
     // The checker at the same rate.
     let ours_targets = ((theirs_rate * 0.1).round() as usize).max(1);
-    let topic = b.name(&format!("cpu{r}"));
+    let ours = checker_run(ctx, &ctx.b.clone(), &format!("cpu{r}"), ours_targets, warm, window).await?;
+    // BENCH_BASELINE_BIN_DIR: another checker at the same rate, right after.
+    let baseline = match std::env::var_os("BENCH_BASELINE_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let mut base = ctx.b.clone();
+            base.bin_dir = dir.into();
+            Some(checker_run(ctx, &base, &format!("cpu{r}b"), ours_targets, warm, window).await?)
+        }
+        None => None,
+    };
+    Ok(Pair {
+        theirs_rate,
+        theirs_ms,
+        theirs_cores,
+        ours_targets,
+        ours,
+        baseline,
+    })
+}
+
+/// A checker (of `b.bin_dir`) probing `targets` targets every 100 ms: its CPU per probe over
+/// `window`, after `warm`.
+async fn checker_run(
+    ctx: &mut Ctx,
+    b: &crate::setup::Bench,
+    name: &str,
+    targets: usize,
+    warm: Duration,
+    window: Duration,
+) -> anyhow::Result<Checker> {
+    let url = ctx.nginx.url();
+    let topic = b.name(name);
     ctx.topics.push(topic.clone());
-    let checker = setup::start_checker(b, &format!("checker-cpu-{r}"), ours_targets, "100ms", &url, &topic).await?;
+    let checker = setup::start_checker(b, &format!("checker-{name}"), targets, "100ms", &url, &topic).await?;
     tokio::time::sleep(warm.max(Duration::from_secs(2))).await;
-    let list = who(vec![checker.who("checker")]);
+    let mut list = vec![ctx.nginx.who(), checker.who("checker")];
+    list.extend(b.broker_who());
     let (s0, m0) = (CpuSnap::take(&list), checker.scrape().await?);
     tokio::time::sleep(window).await;
     let (s1, m1) = (CpuSnap::take(&list), checker.scrape().await?);
@@ -176,15 +235,11 @@ async fn repeat(ctx: &mut Ctx, r: usize, warm: Duration, window: Duration) -> an
     }
     let ok = m1.metric(completed, &[("outcome", "success")]).unwrap_or(0.0)
         - m0.metric(completed, &[("outcome", "success")]).unwrap_or(0.0);
-    Ok(Pair {
-        theirs_rate,
-        theirs_ms,
-        theirs_cores,
-        ours_targets,
-        ours_rate: probes / d.seconds,
-        ours_ms: d.of("checker") / probes * 1e3,
-        ours_success: ok / probes,
-        ours_cores: d.cores(),
+    Ok(Checker {
+        rate: probes / d.seconds,
+        ms: d.of("checker") / probes * 1e3,
+        success: ok / probes,
+        cores: d.cores(),
         broker_ms: d.of("broker") / probes * 1e3,
     })
 }

@@ -5,7 +5,7 @@
 //! fewer messages per second than the sink writes).
 //!
 //! Each repeat, in a fresh database holding the sink's schema: the rows in batches of
-//! `BATCH_MAX_ROWS` (5,000, the sink's default) with 1 and with 2 batches in flight (the
+//! `BATCH_MAX_ROWS` (20,000, the sink's default) with 1 and with 2 batches in flight (the
 //! sink's `WRITE_CONCURRENCY` default), then the raw COPY; a `CHECKPOINT` precedes each.
 
 use std::fmt::Write as _;
@@ -25,7 +25,7 @@ use crate::scenario::sink::copy;
 use crate::Ctx;
 
 /// Rows per transaction, the sink's default `BATCH_MAX_ROWS`.
-const BATCH: usize = 5_000;
+const BATCH: usize = 20_000;
 
 /// Runs the scenario and adds its figures.
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
