@@ -13,6 +13,8 @@ pub struct Metrics {
     pub consumed: IntCounter,
     /// Rows inserted into `probe_results`.
     pub inserted: IntCounter,
+    /// Of those, rows written by the direct COPY (the fast path of `WRITE_METHOD=copy`).
+    pub copied_directly: IntCounter,
     /// Rows offered but already present (replays absorbed by `ON CONFLICT DO NOTHING`).
     pub duplicates: IntCounter,
     /// Dead letters written, by class ([`crate::store::DeadLetterClass`]: `decode`, `data`).
@@ -138,6 +140,10 @@ impl Metrics {
             inserted: reg!(IntCounter::new(
                 "healthcheck_sink_rows_inserted_total",
                 "Rows inserted into probe_results."
+            )),
+            copied_directly: reg!(IntCounter::new(
+                "healthcheck_sink_rows_copied_directly_total",
+                "Rows of healthcheck_sink_rows_inserted_total written by a COPY straight into probe_results (batches without replays)."
             )),
             duplicates: reg!(IntCounter::new(
                 "healthcheck_sink_duplicates_total",

@@ -317,6 +317,7 @@ impl Loop<'_> {
     /// (never past a batch of the same partition that is not committed).
     fn committed(&self, Written { outcome, undecodable }: Written) {
         self.metrics.inserted.inc_by(outcome.inserted);
+        self.metrics.copied_directly.inc_by(outcome.copied_directly);
         self.metrics
             .duplicates
             .inc_by(outcome.offered - outcome.inserted - outcome.rejected_rows);

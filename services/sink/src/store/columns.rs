@@ -161,6 +161,11 @@ pub(crate) const CREATE_STAGE: &str =
 pub(crate) static STAGE_COPY: LazyLock<String> =
     LazyLock::new(|| format!("COPY probe_results_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"));
 
+/// Binary COPY of [`COLUMNS`] straight into `probe_results` (its partitions): no replay may be
+/// among the rows.
+pub(crate) static DIRECT_COPY: LazyLock<String> =
+    LazyLock::new(|| format!("COPY probe_results ({COLUMNS}) FROM STDIN (FORMAT binary)"));
+
 /// Moves the staged rows into `probe_results`, absorbing replays.
 pub(crate) static STAGE_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!("INSERT INTO probe_results ({COLUMNS}) SELECT {COLUMNS} FROM probe_results_stage ON CONFLICT DO NOTHING")

@@ -61,14 +61,21 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How a batch's rows reach `probe_results`; both end in one `INSERT ... ON CONFLICT DO
-/// NOTHING` per batch and have no bind-parameter limit.
+/// Batches written through the staging table after a direct COPY met a row already stored.
+pub const DIRECT_COPY_PAUSE: u32 = 16;
+
+/// How a batch's rows reach `probe_results`; neither stores a row twice, and neither has a
+/// bind-parameter limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WriteMethod {
-    /// Binary `COPY` into a session-local staging table (`CREATE TEMP TABLE ... ON COMMIT
-    /// DELETE ROWS`, created once per connection), then `INSERT ... SELECT` from it. The
-    /// fastest measured (`make bench`, scenario `write`), but it keeps state in the session,
-    /// so it needs session pooling if a pooler (PgBouncer) sits in between.
+    /// Binary `COPY` straight into `probe_results` inside a savepoint; when a row is already
+    /// there (a replay: SQLSTATE 23505), back to the savepoint and the replay-proof path:
+    /// binary `COPY` into a session-local staging table (`CREATE TEMP TABLE ... ON COMMIT
+    /// DELETE ROWS`, created once per connection), then `INSERT ... SELECT ... ON CONFLICT DO
+    /// NOTHING` from it, for that batch and the next [`DIRECT_COPY_PAUSE`] (replays come in
+    /// runs). The fastest measured (`make bench`, scenarios `sink` and `write`), but it keeps
+    /// state in the session, so it needs session pooling if a pooler (PgBouncer) sits in
+    /// between.
     #[default]
     Copy,
     /// `INSERT ... SELECT FROM UNNEST($1::uuid[], ...)`: one statement, no session state,
@@ -121,6 +128,9 @@ pub struct Store {
     /// batch adds a location to the table only when it holds one missing from this set, so
     /// the hot path gains no statement.
     known_locations: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Batches left before [`WriteMethod::Copy`] tries the direct COPY again, after one met
+    /// a row already stored (see [`Store::write`]'s fast path).
+    direct_copy_pause: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Store {
@@ -200,6 +210,7 @@ impl Store {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             reachable: Arc::default(),
             known_locations: Arc::default(),
+            direct_copy_pause: Arc::default(),
         })
     }
 

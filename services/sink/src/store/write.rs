@@ -5,8 +5,10 @@
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 
-use super::columns::{copy_row, Columns, COPY_TYPES, CREATE_STAGE, INSERT_ROWS, STAGE_COPY, STAGE_INSERT};
-use super::{DeadLetter, ErrorClass, ErrorCode, Row, Store, StoreError, WriteMethod};
+use std::sync::atomic::Ordering;
+
+use super::columns::{copy_row, Columns, COPY_TYPES, CREATE_STAGE, DIRECT_COPY, INSERT_ROWS, STAGE_COPY, STAGE_INSERT};
+use super::{DeadLetter, ErrorClass, ErrorCode, Row, Store, StoreError, WriteMethod, DIRECT_COPY_PAUSE};
 
 /// What a successful write did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,9 @@ pub struct WriteOutcome {
     pub skipped_dead_letters: u64,
     /// Transactions committed.
     pub transactions: u64,
+    /// Rows written by the direct COPY (part of `inserted`; the others went through the
+    /// staging table or UNNEST).
+    pub copied_directly: u64,
 }
 
 impl std::ops::Add for WriteOutcome {
@@ -38,6 +43,7 @@ impl std::ops::Add for WriteOutcome {
             rejected_rows: self.rejected_rows + o.rejected_rows,
             skipped_dead_letters: self.skipped_dead_letters + o.skipped_dead_letters,
             transactions: self.transactions + o.transactions,
+            copied_directly: self.copied_directly + o.copied_directly,
         }
     }
 }
@@ -185,19 +191,36 @@ impl Store {
             let stmt = self.timed(tx.prepare_cached(INSERT_LOCATIONS)).await?;
             self.timed(tx.execute(&stmt, &[&names, &first])).await?;
         }
+        let mut copied_directly = 0;
         let inserted = match stage_insert {
             Some(stmt) => {
-                self.timed(async {
-                    let sink = tx.copy_in(&*STAGE_COPY).await?;
-                    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-                    let mut writer = std::pin::pin!(writer);
-                    for row in rows {
-                        copy_row(writer.as_mut(), &row.result, row.partition, row.offset).await?;
+                if self.direct_copy_due() {
+                    // PostgreSQL's fastest path; a replayed row aborts it (23505), and the
+                    // savepoint keeps the rest of the transaction.
+                    self.timed(tx.batch_execute("SAVEPOINT direct_copy")).await?;
+                    match self.timed(copy_rows(&tx, &DIRECT_COPY, rows)).await {
+                        Ok(n) => {
+                            self.timed(tx.batch_execute("RELEASE SAVEPOINT direct_copy")).await?;
+                            copied_directly = n;
+                        }
+                        Err(e) if e.is(&SqlState::UNIQUE_VIOLATION) => {
+                            tracing::debug!(
+                                rows = rows.len(),
+                                "A batch holds rows already stored; writing it through the staging table."
+                            );
+                            self.timed(tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy"))
+                                .await?;
+                            self.direct_copy_pause.store(DIRECT_COPY_PAUSE, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    writer.finish().await
-                })
-                .await?;
-                self.timed(tx.execute(&stmt, &[])).await?
+                }
+                if copied_directly > 0 {
+                    copied_directly
+                } else {
+                    self.timed(copy_rows(&tx, &STAGE_COPY, rows)).await?;
+                    self.timed(tx.execute(&stmt, &[])).await?
+                }
             }
             None if !rows.is_empty() => {
                 let c = Columns::from_rows(rows);
@@ -227,7 +250,16 @@ impl Store {
             rejected_rows: 0,
             skipped_dead_letters: 0,
             transactions: u64::from(finish == Finish::Commit),
+            copied_directly,
         })
+    }
+
+    /// Whether this batch tries the direct COPY: not in the [`DIRECT_COPY_PAUSE`] batches
+    /// after one met a stored row (counted down here).
+    fn direct_copy_due(&self) -> bool {
+        self.direct_copy_pause
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+            .is_err()
     }
 
     /// The locations of `rows` this process has not written to `locations` yet, in name
@@ -263,4 +295,20 @@ impl Store {
         self.timed(tx.execute(&stmt, &[&topic, &partition, &offset, &key, &payload, &class, &error]))
             .await
     }
+}
+
+/// Binary COPY of `rows` through `statement` (a `COPY ... FROM STDIN (FORMAT binary)` of
+/// [`super::columns::COLUMNS`]); the rows copied.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &str,
+    rows: &[Row],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(statement).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for row in rows {
+        copy_row(writer.as_mut(), &row.result, row.partition, row.offset).await?;
+    }
+    writer.finish().await
 }

@@ -322,6 +322,42 @@ async fn views_report_uptime_percentiles_and_latest() {
 }
 
 #[tokio::test]
+async fn the_direct_copy_falls_back_on_a_replay_and_resumes_after_the_pause() {
+    let (store, db) = migrated_store().await;
+    let now = Utc::now();
+    let batch = |from: i64, to: i64| {
+        rows(
+            (from..to)
+                .map(|i| sample(&format!("t{}", i % 5), now + chrono::Duration::seconds(i), true, 0.1))
+                .collect(),
+        )
+    };
+    let first = store.write(&batch(0, 40), &[]).await.unwrap();
+    assert_eq!(
+        (first.inserted, first.copied_directly),
+        (40, 40),
+        "new rows: the direct COPY"
+    );
+    // Half replayed, half new: the direct COPY meets a stored row and the batch goes
+    // through the staging table, which stores the new half once.
+    let mixed = store.write(&batch(20, 60), &[]).await.unwrap();
+    assert_eq!((mixed.offered, mixed.inserted, mixed.copied_directly), (40, 20, 0));
+    assert_eq!(count(&db, "probe_results").await, 60);
+    // The next batches, new rows only, still take the staging table, then the direct COPY
+    // is tried again.
+    let mut direct = Vec::new();
+    for k in 0..=sink::store::DIRECT_COPY_PAUSE as i64 {
+        let out = store.write(&batch(100 + k, 101 + k), &[]).await.unwrap();
+        assert_eq!(out.inserted, 1);
+        direct.push(out.copied_directly);
+    }
+    let pause = sink::store::DIRECT_COPY_PAUSE as usize;
+    assert_eq!(direct[..pause], vec![0; pause][..]);
+    assert_eq!(direct[pause], 1);
+    assert_eq!(count(&db, "probe_results").await, 60 + pause as i64 + 1);
+}
+
+#[tokio::test]
 async fn both_write_methods_store_identical_rows() {
     let now = Utc::now();
     let batch = rows(
