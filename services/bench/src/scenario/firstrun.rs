@@ -27,16 +27,23 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     // BENCH_FIRST_RUN_STEPS=demo: the demo alone (6 minutes instead of 30).
     let steps = std::env::var("BENCH_FIRST_RUN_STEPS").unwrap_or_else(|_| "demo test".into());
+    // tokio's `output()` pipes stderr whatever is configured: its tail goes into the error.
     let out = tokio::process::Command::new("scripts/first-run.sh")
         .args(steps.split([' ', ',']).filter(|s| !s.is_empty()))
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .await
         .context("running scripts/first-run.sh")?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    crate::log(&format!("first-run.sh:\n{stderr}"));
     if !out.status.success() {
-        bail!("scripts/first-run.sh failed ({}); it printed: {stdout}", out.status);
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        bail!(
+            "scripts/first-run.sh failed ({}); it printed: {stdout}; its last lines on stderr:\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let get = |key: &str| figure(&stdout, key);
     let figs = &mut ctx.report.figures;
