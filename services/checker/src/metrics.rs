@@ -372,15 +372,15 @@ impl Metrics {
 /// The registry's families with the `probe_*` ones in their place by name, as one registry
 /// would order them.
 impl Exposition for Metrics {
-    fn encode(&self, out: &mut Vec<u8>) -> prometheus::Result<()> {
+    fn encode(&self, mut out: &mut dyn std::io::Write) -> prometheus::Result<()> {
         let families = self.registry.gather();
         let split = families.partition_point(|f| f.get_name() < "probe_");
         let text = prometheus::TextEncoder::new();
-        text.encode(&families[..split], out)?;
+        text.encode(&families[..split], &mut out)?;
         if let Some(probe) = &self.probe {
-            probe.encode(out);
+            probe.encode(out)?;
         }
-        text.encode(&families[split..], out)
+        text.encode(&families[split..], &mut out)
     }
 }
 

@@ -13,7 +13,6 @@
 //! This module never decides a value; each is read off the [`ProbeResult`] as before.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use common::result::{HttpVersion, Phase, ProbeResult};
@@ -182,12 +181,15 @@ impl ProbeSeries {
         self.lock().remove(name);
     }
 
-    /// Appends every family that has a series to `out`, in the text exposition format.
-    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+    /// Writes every family that has a series to `out`, in the text exposition format.
+    ///
+    /// # Errors
+    /// `out`'s.
+    pub(super) fn encode(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         // A copy, so that probes finishing during the (much longer) writing never wait.
         let targets: Vec<(Arc<str>, Last)> = self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
         if targets.is_empty() {
-            return;
+            return Ok(());
         }
         let escaped: Vec<std::borrow::Cow<'_, str>> = targets.iter().map(|(name, _)| escape(name)).collect();
         for family in &FAMILIES {
@@ -201,13 +203,13 @@ impl ProbeSeries {
                     if values.peek().is_none() {
                         continue;
                     }
-                    header(out, family);
+                    header(out, family)?;
                     for (target, v) in values {
-                        let _ = writeln!(out, "{}{{target=\"{target}\"}} {v}", family.name);
+                        writeln!(out, "{}{{target=\"{target}\"}} {v}", family.name)?;
                     }
                 }
                 Series::ByPhase => {
-                    header(out, family);
+                    header(out, family)?;
                     // Label values sort the series: `phase` (the first label name) first.
                     let mut phases: Vec<Phase> = Phase::iter().collect();
                     phases.sort_by_key(|p| <&'static str>::from(*p));
@@ -215,21 +217,22 @@ impl ProbeSeries {
                         let label: &'static str = phase.into();
                         for (target, (_, last)) in escaped.iter().zip(&targets) {
                             let v = last.phases[phase as usize];
-                            let _ = writeln!(out, "{}{{phase=\"{label}\",target=\"{target}\"}} {v}", family.name);
+                            writeln!(out, "{}{{phase=\"{label}\",target=\"{target}\"}} {v}", family.name)?;
                         }
                     }
                 }
             }
         }
+        Ok(())
     }
 }
 
-fn header(out: &mut Vec<u8>, family: &Family) {
-    let _ = writeln!(
+fn header(out: &mut dyn std::io::Write, family: &Family) -> std::io::Result<()> {
+    writeln!(
         out,
         "# HELP {} {}\n# TYPE {} gauge",
         family.name, family.help, family.name
-    );
+    )
 }
 
 /// A label value as the text format writes it: `\`, `"` and line feeds escaped.
@@ -316,7 +319,7 @@ mod tests {
 
     fn encoded(s: &ProbeSeries) -> String {
         let mut buf = Vec::new();
-        s.encode(&mut buf);
+        s.encode(&mut buf).unwrap();
         String::from_utf8(buf).unwrap()
     }
 
