@@ -131,8 +131,11 @@ LABEL org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="healthcheck-pipeline"
 COPY --from=builder /out/lib/ /usr/local/lib/healthcheck-pipeline/
+# MIMALLOC_ALLOW_THP=0: no transparent huge pages for the process, also on nodes whose THP
+# setting is `always` (the binaries already never ask for them; services/checker/src/main.rs).
 ENV LD_LIBRARY_PATH=/usr/local/lib/healthcheck-pipeline \
     LOG_FORMAT=json \
+    MIMALLOC_ALLOW_THP=0 \
     RUST_LOG=info
 USER 65532:65532
 WORKDIR /home/nonroot

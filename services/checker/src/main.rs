@@ -39,6 +39,12 @@ use common::kafka::KafkaSettings;
 /// mimalloc instead of glibc's malloc: it returns freed pages to the kernel within
 /// milliseconds (glibc kept tens of MiB of the start-up's freed memory in its arenas) and
 /// allocates faster on the hot paths (see BENCHMARKS.md, sections 4 and 5).
+/// Built without transparent huge pages (the crate's `no_thp`: mimalloc does not
+/// `madvise(MADV_HUGEPAGE)` its arenas): with them, each arena's 2 MiB pages counted whole
+/// in RSS, 80 against 57 MiB for 10,000 targets and 30 against 18 MiB for one. On a host whose
+/// THP setting is `always` the kernel backs such regions by itself; the images set
+/// `MIMALLOC_ALLOW_THP=0`, which makes mimalloc turn THP off for the process
+/// (`PR_SET_THP_DISABLE`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
