@@ -74,6 +74,8 @@ pub struct SinkRun {
     pub duplicates: u64,
     /// Seconds the consumer held back because writes were behind (older sinks: paused).
     pub paused_s: f64,
+    /// The sink's peak resident memory (`VmHWM`), MiB.
+    pub hwm_mib: f64,
 }
 
 /// What the repeats measured, for the figures.
@@ -143,8 +145,8 @@ fn prefill_details(n: usize, prefill_s: f64, bytes: u64, watermarks: i64, census
      all acknowledged by the broker (acks=all). The partitions' high − low watermarks add up to {}. Read back from the \
      beginning with a plain consumer in {:.1} s ({} messages/s), the topic served {} messages holding {} distinct results{}. \
      The sink is timed to the last of those {} distinct results.\n\n\
-     | repeat | order | sink rows/s | rows written / messages consumed / duplicates absorbed / missing | held back, writes behind (s) | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / COPY with PK + index | ratio sink / raw COPY |\n\
-     |---|---|---:|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|\n",
+     | repeat | order | sink rows/s | rows written / messages consumed / duplicates absorbed / missing | held back, writes behind (s) | spawn → last row (s) | rows per transaction | CPU ms per 1,000 rows: sink / PostgreSQL / broker | cores used (sink run) | sink VmHWM (MiB) | raw COPY rows/s | cores used (raw COPY; bench = the COPY client) | COPY with PK + index rows/s | ratio sink / COPY with PK + index | ratio sink / raw COPY |\n\
+     |---|---|---:|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|\n",
     num(n as f64),
     num(bytes as f64 / 1e6),
     bytes / n as u64,
@@ -222,7 +224,7 @@ async fn repeat(
     rates.missed.push(missing as f64);
     let _ = writeln!(
         *d,
-        "| {} | {} | {} | {} / {} / {} / {} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+        "| {} | {} | {} | {} / {} / {} / {} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
         r + 1,
         if sink_first { "sink, COPY" } else { "COPY, sink" },
         num(s.rate),
@@ -237,6 +239,7 @@ async fn repeat(
         num(s.ms_per_k[1]),
         num(s.ms_per_k[2]),
         s.cores,
+        s.hwm_mib,
         num(c),
         c_cores,
         num(ci),
@@ -322,13 +325,16 @@ async fn batch_variants(ctx: &mut Ctx, topic: &str, available: usize, d: &mut St
         "\nBatch size variants (one run each, fresh database and group, timed over the first 20 s of inserts; \
          1,000,000 rows means a batch is never full, so the consumer never holds back; `missing` is not known for a \
          partial run):\n\n\
-         | BATCH_MAX_ROWS | BATCH_MAX_BYTES | sink rows/s | rows per transaction | written / consumed / duplicates / missing | held back (s) | cores used |\n\
-         |---:|---:|---:|---:|---|---:|---|\n",
+         | BATCH_MAX_ROWS | BATCH_MAX_BYTES | sink rows/s | rows per transaction | written / consumed / duplicates / missing | held back (s) | cores used | sink VmHWM (MiB) |\n\
+         |---:|---:|---:|---:|---|---:|---|---:|\n",
     );
     let variant_window = Duration::from_secs(20);
     for (i, (max_rows, max_bytes)) in [
         (1_000usize, 64usize << 20),
         (5_000, 8 << 20),
+        (20_000, 16 << 20),
+        (30_000, 24 << 20),
+        (40_000, 32 << 20),
         (50_000, 64 << 20),
         (1_000_000, 1 << 30),
     ]
@@ -356,18 +362,19 @@ async fn batch_variants(ctx: &mut Ctx, topic: &str, available: usize, d: &mut St
             Ok(s) => {
                 let _ = writeln!(
                     *d,
-                    "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / – | {:.1} | {} |",
+                    "| {max_rows} | {max_bytes} | {} | {} | {} / {} / {} / – | {:.1} | {} | {:.0} |",
                     num(s.rate),
                     num(s.rows_per_tx),
                     num(s.inserted as f64),
                     num(s.consumed as f64),
                     num(s.duplicates as f64),
                     s.paused_s,
-                    s.cores
+                    s.cores,
+                    s.hwm_mib
                 );
             }
             Err(e) => {
-                let _ = writeln!(*d, "| {max_rows} | {max_bytes} | failed: {e} | | | | |");
+                let _ = writeln!(*d, "| {max_rows} | {max_bytes} | failed: {e} | | | | | |");
             }
         }
     }
@@ -676,6 +683,7 @@ pub async fn sink_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let spawn_to_done = last.2.duration_since(spawned).as_secs_f64();
+    let hwm_mib = crate::procs::rss_bytes(sink.proc.pid())?.1 as f64 / (1024.0 * 1024.0);
     sink.stop(Duration::from_secs(30)).await;
     let (t0, n0, s0) = first.expect("set before done");
     let (inserted, consumed, t1, s1) = last;
@@ -693,6 +701,7 @@ pub async fn sink_run(
         consumed: consumed as u64,
         duplicates: m.sum("healthcheck_sink_duplicates_total") as u64,
         paused_s: m.sum("healthcheck_sink_backpressure_seconds_total") + m.sum("healthcheck_sink_paused_seconds_total"),
+        hwm_mib,
     })
 }
 
