@@ -8,7 +8,7 @@
 //! - `/metrics` is the Prometheus text exposition format (version 0.0.4) of the given
 //!   [`Exposition`] (a `Registry`, or a service's own that adds series rendered without one).
 //!   It is written on a blocking thread and streamed out in chunks of [`METRICS_CHUNK`] bytes
-//!   (chunked transfer encoding), so a scrape of a 10,000-target checker (~10 MB) neither
+//!   (chunked transfer encoding), so a scrape of a 10,000-target checker (~7.7 MB) neither
 //!   holds its whole text in memory nor holds a runtime worker while it is written.
 //!
 //! [`readiness_loop`] is the loop both services run to keep the readiness state current.
