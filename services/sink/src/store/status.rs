@@ -428,11 +428,16 @@ impl Store {
         self.read_target_detail(name, width).await
     }
 
-    /// The incidents `query` selects, newest first.
+    /// The incidents `query` selects, newest first. A target name holding a NUL character
+    /// selects none without a query: PostgreSQL `text` cannot hold U+0000 (so no target has
+    /// such a name, the sink refuses it), nor can it be sent as a parameter (SQLSTATE 22021).
     ///
     /// # Errors
     /// The database is unreachable or a statement fails.
     pub async fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+        if query.target.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Ok(Vec::new());
+        }
         self.read_incidents(query).await
     }
 
