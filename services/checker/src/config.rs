@@ -32,6 +32,13 @@ pub struct Config {
     pub instance_id: String,
     /// Most probes in flight at once (`PROBE_CONCURRENCY`, default 512).
     pub probe_concurrency: usize,
+    /// The runtime's worker threads (`WORKER_THREADS`; `None`, the default: one per CPU, as
+    /// tokio chooses): the threads probes, scheduling and the admin server run on;
+    /// librdkafka's own threads and the `/metrics` encoder come on top. One worker costs less
+    /// CPU per probe (no hand-offs and wake-ups between workers); more make more probes per
+    /// second and keep the admin server answering when the probes saturate a worker
+    /// (BENCHMARKS.md, items 1 and 2).
+    pub worker_threads: Option<usize>,
     /// How long shutdown may take (`SHUTDOWN_GRACE_PERIOD`, default 25 s).
     pub shutdown_grace: Duration,
     /// Log format (`LOG_FORMAT`).
@@ -86,6 +93,8 @@ struct Raw {
     instance_id: Option<String>,
     location: String,
     probe_concurrency: NonZeroUsize,
+    /// `None`: one per CPU.
+    worker_threads: Option<NonZeroUsize>,
     body_max_bytes: NonZeroU64,
     #[serde(deserialize_with = "duration::positive", serialize_with = "duration::serialize")]
     default_interval: Duration,
@@ -109,6 +118,7 @@ impl Default for Raw {
             instance_id: None,
             location: common::result::DEFAULT_LOCATION.to_string(),
             probe_concurrency: NonZeroUsize::new(512).expect("positive"),
+            worker_threads: None,
             body_max_bytes: NonZeroU64::new(1 << 20).expect("positive"),
             default_interval: Duration::from_secs(30),
             default_timeout: Duration::from_secs(10),
@@ -289,6 +299,7 @@ impl Config {
             admin_addr: admin_addr(env, DEFAULT_ADMIN_ADDR)?,
             instance_id: raw.instance_id.unwrap_or_else(|| common::config::hostname(env)),
             probe_concurrency: raw.probe_concurrency.get(),
+            worker_threads: raw.worker_threads.map(NonZeroUsize::get),
             shutdown_grace: raw.shutdown_grace_period,
             log_format: LogFormat::parse(Some(&raw.log_format))?,
             per_target_metrics: raw.per_target_metrics,
@@ -427,6 +438,8 @@ mod tests {
         );
         for (var, value) in [
             ("PROBE_CONCURRENCY", "0"),
+            ("WORKER_THREADS", "0"),
+            ("WORKER_THREADS", "two"),
             ("BODY_MAX_BYTES", "0"),
             ("DEFAULT_INTERVAL", "0"),
             ("DELIVERY_STALL_TIMEOUT", "30 parsecs"),

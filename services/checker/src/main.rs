@@ -135,6 +135,7 @@ fn main() -> ExitCode {
         |env| config::admin_addr(env, config::DEFAULT_ADMIN_ADDR),
         Config::from_env,
         |c| c.log_format,
+        |c| c.worker_threads,
         |config, shutdown| async move { App::build(config).await?.run_until_stopped(shutdown).await },
     )
 }

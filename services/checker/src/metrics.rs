@@ -255,6 +255,7 @@ impl Metrics {
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         common::telemetry::register_build_info(&reg.0, "healthcheck_checker", env!("CARGO_PKG_VERSION"));
+        common::telemetry::register_runtime_workers(&reg.0, "healthcheck_checker");
         Self {
             probe: (per_target == PerTargetMetrics::On).then(Arc::default),
             probes_started: reg.counter("healthcheck_checker_probes_started_total", "Probes started."),

@@ -16,24 +16,27 @@ use crate::telemetry::LogFormat;
 /// the variable). With the argument `healthcheck`, checks the running service's `/healthz`
 /// at `admin_addr(env)` instead (0 healthy, 1 not).
 ///
-/// `config` reads the whole configuration, `log_format` picks the log format from it, and
-/// `run` builds the app and runs it until its token is cancelled (on SIGTERM or SIGINT).
+/// `config` reads the whole configuration, `log_format` picks the log format from it,
+/// `worker_threads` the number of the runtime's worker threads (`None`: tokio's default, one
+/// per CPU, or `TOKIO_WORKER_THREADS`), and `run` builds the app and runs it until its token
+/// is cancelled (on SIGTERM or SIGINT).
 pub fn main<C, Fut>(
     name: &str,
     admin_addr: impl FnOnce(&Env) -> Result<SocketAddr, ConfigError>,
     config: impl FnOnce(&Env) -> Result<C, ConfigError>,
     log_format: impl FnOnce(&C) -> LogFormat,
+    worker_threads: impl FnOnce(&C) -> Option<usize>,
     run: impl FnOnce(C, CancellationToken) -> Fut,
 ) -> ExitCode
 where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let env = Env::from_process();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         let addr = match admin_addr(&env) {
             Ok(a) => a,
             Err(e) => {
@@ -64,6 +67,11 @@ where
         }
     };
     crate::telemetry::init(log_format(&config), filter);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads(&config) {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());

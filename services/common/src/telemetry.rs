@@ -83,6 +83,23 @@ pub fn register_build_info(registry: &prometheus::Registry, namespace: &str, ver
     registry.register(Box::new(g)).expect("build_info registered once");
 }
 
+/// Registers `<namespace>_runtime_worker_threads`: the worker threads of the tokio runtime
+/// this is called in (`WORKER_THREADS`, or one per CPU); not registered outside a runtime.
+pub fn register_runtime_workers(registry: &prometheus::Registry, namespace: &str) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let g = prometheus::IntGauge::new(
+        format!("{namespace}_runtime_worker_threads"),
+        "Worker threads of the async runtime (blocking threads and librdkafka's are not counted).",
+    )
+    .expect("valid runtime_worker_threads metric");
+    g.set(runtime.metrics().num_workers() as i64);
+    registry
+        .register(Box::new(g))
+        .expect("runtime_worker_threads registered once");
+}
+
 /// Formats an error with its whole cause chain: `outer: middle: inner`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

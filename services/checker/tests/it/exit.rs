@@ -28,6 +28,70 @@ fn a_per_target_metrics_setting_other_than_on_or_off_exits_2_naming_the_variable
     exit_2_naming_the_variable(&[("PER_TARGET_METRICS", "maybe"), ("PER_TARGET_METRICS", "1")]);
 }
 
+#[test]
+fn a_worker_count_that_is_not_a_positive_number_exits_2_naming_the_variable() {
+    exit_2_naming_the_variable(&[
+        ("WORKER_THREADS", "0"),
+        ("WORKER_THREADS", "two"),
+        ("WORKER_THREADS", "-1"),
+    ]);
+}
+
+/// `WORKER_THREADS=N` gives the runtime N worker threads
+/// (`healthcheck_checker_runtime_worker_threads` on `/metrics`), whatever
+/// `TOKIO_WORKER_THREADS` says; unset, one per CPU.
+#[test]
+fn the_runtime_has_as_many_workers_as_worker_threads_says() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (setting, expected) in [(Some("1"), 1), (Some("3"), 3), (None, cpus)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_checker"));
+        cmd.env_clear()
+            .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+            .env("ADMIN_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .env("TARGET", "http://127.0.0.1:1/")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(n) = setting {
+            cmd.env("WORKER_THREADS", n).env("TOKIO_WORKER_THREADS", "5");
+        }
+        let mut child = cmd.spawn().expect("checker binary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let workers = loop {
+            let scraped = get_metrics(port).and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("healthcheck_checker_runtime_worker_threads "))
+                    .map(|v| v.trim().to_string())
+            });
+            if let Some(v) = scraped {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "no /metrics from the checker");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(workers, expected.to_string(), "WORKER_THREADS={setting:?}");
+    }
+}
+
+/// The body of `GET /metrics` on 127.0.0.1:`port` (HTTP/1.0, so the server closes the
+/// connection after it), or `None` while nothing answers.
+fn get_metrics(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Starts the checker with each `(var, value)` in turn and asserts it exits 2 at once with a
 /// message naming `var`.
 fn exit_2_naming_the_variable(cases: &[(&str, &str)]) {
