@@ -1,7 +1,8 @@
 //! The checker binary with values it cannot use (durations too long to add to a time, a log
 //! filter that does not parse): exit code 2 and a message naming the variable, never a panic
 //! (before, `INTERVAL=1000000000000d` panicked in the scheduler and `DEFAULT_TIMEOUT=1e30`
-//! while reading the configuration).
+//! while reading the configuration). And `WORKER_THREADS`, which the runtime is built with:
+//! an invalid one exits 2, a valid one is the worker count a running checker reports.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
