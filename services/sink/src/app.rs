@@ -161,16 +161,43 @@ impl App {
         stay_up(&shutdown, &heartbeat).await;
         // The targets consumer stops with shutdown; its final write is bounded like the
         // results' (a batch not written is replayed).
-        if let Some(targets) = targets {
-            if tokio::time::timeout(self.config.shutdown_grace, targets).await.is_err() {
+        if let Some(mut targets) = targets {
+            if tokio::time::timeout(self.config.shutdown_grace, &mut targets)
+                .await
+                .is_err()
+            {
                 tracing::warn!("The targets consumer did not stop within the grace period.");
+                targets.abort();
             }
         }
         readiness.abort();
-        if let Some((_, stop)) = &self.status {
+        let _ = readiness.await;
+        // librdkafka's close (leave the group, commit) waits for the coordinator, which a
+        // broker outage takes away: never on a runtime worker, never longer than the grace
+        // period.
+        let App {
+            consumer,
+            targets_consumer,
+            status,
+            admin_stop,
+            config,
+            ..
+        } = self;
+        let grace = config.shutdown_grace;
+        let (results, targets) = tokio::join!(
+            common::kafka::close_within(consumer, grace),
+            common::kafka::close_within(targets_consumer, grace)
+        );
+        if !(results && targets) {
+            tracing::warn!(
+                grace_seconds = grace.as_secs_f64(),
+                "The consumers did not close within the grace period (is the broker down?); their partitions move after the session timeout."
+            );
+        }
+        if let Some((_, stop)) = &status {
             stop.cancel();
         }
-        self.admin_stop.cancel();
+        admin_stop.cancel();
         Ok(())
     }
 

@@ -123,7 +123,7 @@ impl Loop<'_> {
                 biased;
                 () = &mut cancelled => Event::Stop,
                 Some(done) = w.inflight.next(), if !w.inflight.is_empty() => Event::Written(done),
-                msg = self.consumer.recv(), if w.state.polls(w.pending.is_full(&self.limits)) => Event::Message(msg),
+                msg = common::kafka::recv(self.consumer), if w.state.polls(w.pending.is_full(&self.limits)) => Event::Message(msg),
                 () = &mut linger, if w.state.linger_deadline().is_some() => Event::Timer,
                 _ = tick.tick() => Event::Timer,
             };

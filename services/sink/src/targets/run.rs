@@ -76,7 +76,7 @@ pub async fn run(
         // The first record waits as long as it takes; the others at most LINGER.
         let first = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            m = consumer.recv() => m,
+            m = common::kafka::recv(&consumer) => m,
         };
         let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
@@ -94,7 +94,9 @@ pub async fn run(
             if changes.len() + dead.len() >= BATCH_MAX {
                 break;
             }
-            next = tokio::time::timeout_at(deadline, consumer.recv()).await.ok();
+            next = tokio::time::timeout_at(deadline, common::kafka::recv(&consumer))
+                .await
+                .ok();
         }
         if last.is_empty() {
             continue;

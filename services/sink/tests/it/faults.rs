@@ -229,6 +229,48 @@ async fn broker_outage_of_a_minute() {
     sink.stop().await;
 }
 
+/// A sink stopped while the broker is unreachable stops within its grace period (librdkafka's
+/// consumer close waits for the group coordinator: on a runtime worker it held the shutdown
+/// for more than 40 s), and the sink started after it in the same consumer group, once the
+/// broker is back, stores every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_stopped_during_a_broker_outage_stops_within_its_grace_period() {
+    const GRACE: Duration = Duration::from_secs(4);
+    let url = fresh_database().await;
+    let broker = PrivateBroker::start().await;
+    let (topic, group) = (unique("results"), unique("group"));
+    create_topic(&broker.bootstrap(), &topic, 2).await;
+    let env = || {
+        vec![
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_GROUP_ID", group.clone()),
+            ("SHUTDOWN_GRACE_PERIOD", format!("{}s", GRACE.as_secs())),
+        ]
+    };
+    let sink = start(env()).await;
+    let db = connect(&url).await;
+    let a = produce(&broker.bootstrap(), &topic, 2, 1000, "before").await;
+    assert_exactly_once(&db, &a).await;
+
+    broker.forwarder.cut().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stopping = std::time::Instant::now();
+    sink.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < GRACE + Duration::from_secs(2),
+        "stopped {took:?} after the signal, grace period {GRACE:?}"
+    );
+
+    broker.forwarder.restore().await;
+    let sink = start(env()).await;
+    let b = produce(&broker.bootstrap(), &topic, 2, 1000, "after").await;
+    assert_exactly_once(&db, &(a + b)).await;
+    sink.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_schema_error_stops_consuming_without_storing_offsets() {
     let (url, bootstrap) = (fresh_database().await, bootstrap());
