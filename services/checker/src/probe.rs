@@ -17,8 +17,10 @@
 //!
 //! It never publishes; the caller does.
 
+use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -212,7 +214,7 @@ async fn hops(target: &Target, trace: &mut Trace) -> Result<(), Failure> {
     let mut method = target.method.clone();
     let mut body = target.body.clone();
     loop {
-        let resp = hop(target, &url, &method, body.clone(), trace).await?;
+        let (resp, mut conn) = hop(target, &url, &method, body.clone(), trace).await?;
         let status = resp.status();
         trace.first_status.get_or_insert(status.as_u16());
         trace.status = Some(status.as_u16());
@@ -258,15 +260,16 @@ async fn hops(target: &Target, trace: &mut Trace) -> Result<(), Failure> {
                 continue;
             }
         }
-        return read_body(target, &method, resp, trace).await;
+        return read_body(target, &method, resp, &mut conn, trace).await;
     }
 }
 
-/// Reads the body up to the cap, then decodes it.
+/// Reads the body up to the cap, driving `conn`, then decodes it.
 async fn read_body(
     target: &Target,
     method: &Method,
     resp: Response<Incoming>,
+    conn: &mut Connection,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
     let cap = target.body_max_bytes;
@@ -313,7 +316,7 @@ async fn read_body(
         }
         Ok(())
     };
-    let result = read.await;
+    let result = conn.drive(read).await;
     trace.add(Phase::Transfer, t);
     result?;
     trace.body = Some(decode(encoding.as_deref(), raw, cap)?);
@@ -357,14 +360,15 @@ fn decode(encoding: Option<&str>, raw: Vec<u8>, cap: u64) -> Result<Vec<u8>, Fai
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// One request/response on a fresh connection. Returns once the response headers arrived.
+/// One request/response on a fresh connection. Returns once the response headers arrived,
+/// with the connection, which must be driven ([`Connection::drive`]) while the body is read.
 async fn hop(
     target: &Target,
     url: &Url,
     method: &Method,
     body: Bytes,
     trace: &mut Trace,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<(Response<Incoming>, Connection), Failure> {
     // Taken for this hop's URL: a redirect may lead to a host NO_PROXY exempts, or back.
     let proxy = target.proxy.for_url(url);
     let tcp = connect(target, url, proxy.as_ref(), trace).await?;
@@ -449,6 +453,41 @@ async fn handshake(
     Ok(tls)
 }
 
+/// A client connection's own future (hyper's `Connection`: it reads and writes the socket),
+/// polled by the probe's task alongside what waits for it instead of on a task of its own: a
+/// probe costs one task and its wake-ups, not two (BENCHMARKS.md, section 1). Dropped with the
+/// probe (a timeout included), which closes the connection.
+struct Connection {
+    io: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The connection's future returned (the exchange ended, or failed): never polled again.
+    done: bool,
+}
+
+impl Connection {
+    fn new<F: Future<Output = Result<(), hyper::Error>> + Send + 'static>(conn: F) -> Self {
+        Self {
+            // Its error also reaches the request or body it failed, which reports it.
+            io: Box::pin(async move {
+                let _ = conn.await;
+            }),
+            done: false,
+        }
+    }
+
+    /// Awaits `fut` while driving the connection.
+    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        if !self.done {
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                () = &mut self.io => self.done = true,
+            }
+        }
+        fut.await
+    }
+}
+
 /// Sends `req` over `stream`, HTTP/2 when ALPN chose `h2`, else HTTP/1.1; timed as the
 /// `processing` phase, until the response headers arrived.
 async fn exchange(
@@ -456,19 +495,19 @@ async fn exchange(
     h2: bool,
     req: Request<Full<Bytes>>,
     trace: &mut Trace,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<(Response<Incoming>, Connection), Failure> {
     let t = trace.enter(Phase::Processing);
     let io = TokioIo::new(stream);
-    let resp = if h2 {
+    let (resp, conn) = if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(http_failure)?;
-        tokio::spawn(conn);
-        sender.send_request(req).await
+        let mut conn = Connection::new(conn);
+        (conn.drive(sender.send_request(req)).await, conn)
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(http_failure)?;
-        tokio::spawn(conn);
-        sender.send_request(req).await
+        let mut conn = Connection::new(conn);
+        (conn.drive(sender.send_request(req)).await, conn)
     };
     trace.add(Phase::Processing, t);
     let resp = resp.map_err(http_failure)?;
@@ -479,7 +518,7 @@ async fn exchange(
         Version::HTTP_3 => HttpVersion::Http3,
         _ => HttpVersion::Http11,
     });
-    Ok(resp)
+    Ok((resp, conn))
 }
 
 fn http_failure(e: hyper::Error) -> Failure {
