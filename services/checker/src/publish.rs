@@ -5,15 +5,21 @@
 //!
 //! A probe task hands its result to [`Publisher::submit`], which never waits: it takes one of
 //! `limit` permits (`queue.buffering.max.messages`, see [`results_waiting_limit`]), encodes the
-//! result and queues it for the one publish loop ([`PublishLoop::run`]). The loop enqueues it
-//! into librdkafka and follows its delivery report; the permit is released only when the
-//! broker acknowledged the result or its delivery failed for good. So at most `limit` results
-//! wait (`healthcheck_checker_results_waiting`), whatever the broker does, and the memory they
-//! hold is bounded: the probe task ends at once, and what waits is the encoded payload (in
+//! result and enqueues it into librdkafka itself. The delivery report is handled by the
+//! producer's context on librdkafka's poll thread: a success releases the permit and updates
+//! the gauges there, so a result costs no wake-up of any task after its probe (measured in
+//! BENCHMARKS.md, section 1, against the loop that took every result and awaited one future
+//! per report). A failed report, and a result librdkafka's queue refuses, go to the one
+//! publish loop ([`PublishLoop::run`]); while it holds results to send again, probe tasks hand
+//! theirs to it too, so that they queue behind the older ones, and it lets them enqueue
+//! themselves again once it has caught up. The permit is released only when the broker
+//! acknowledged the result or its delivery failed for good. So at most `limit` results wait
+//! (`healthcheck_checker_results_waiting`), whatever the broker does, and the memory they hold
+//! is bounded: the probe task ends at once, and what waits is the encoded payload (in
 //! librdkafka's queue) plus about a hundred bytes of bookkeeping. `limit` equals librdkafka's
 //! own message bound, so its queue never reports "queue full" on message count; when its byte
-//! bound (`queue.buffering.max.kbytes`) is hit, the loop waits for the next delivery report
-//! (or 100 ms), never in a busy retry.
+//! bound (`queue.buffering.max.kbytes`) is hit, the loop tries again at the next delivery
+//! report (or after 100 ms), never in a busy retry.
 //!
 //! # When the buffer is full
 //!
@@ -53,21 +59,18 @@
 //!
 //! This module must never block a probe task, busy-wait, or hold more than `limit` results.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::config::ConfigError;
 use common::kafka::{KafkaSettings, Protected};
 use common::result::ProbeResult;
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -142,9 +145,18 @@ pub fn results_waiting_limit(kafka: &KafkaSettings) -> Result<usize, ConfigError
         })
 }
 
-/// librdkafka's callbacks: a fatal error wakes the publish loop, which rebuilds the producer.
+/// One producer's callbacks, run on its poll thread. A delivery report is handled here: a
+/// success releases its result's permit and updates the gauges, with no task woken; a failure
+/// goes to the publish loop with its payload (it decides whether to send it again). A fatal
+/// error wakes the loop, which replaces the producer.
 struct PublishContext {
+    shared: Arc<Shared>,
     fatal: Arc<Notify>,
+    /// The producer's place in the sequence of replacements (0 for the first).
+    generation: u64,
+    /// Results enqueued into this producer whose delivery report is not handled yet.
+    outstanding: AtomicUsize,
+    failed: mpsc::UnboundedSender<Failed>,
 }
 
 impl ClientContext for PublishContext {
@@ -158,14 +170,49 @@ impl ClientContext for PublishContext {
     }
 }
 
-type Kafka = FutureProducer<PublishContext>;
+impl ProducerContext for PublishContext {
+    /// The result's place in the buffer, released with its report.
+    type DeliveryOpaque = Box<OwnedSemaphorePermit>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, permit: Self::DeliveryOpaque) {
+        match report {
+            Ok(msg) => {
+                drop(permit);
+                self.shared.delivered(msg.partition(), msg.offset());
+            }
+            Err((error, msg)) => {
+                let failed = Failed {
+                    error: error.clone(),
+                    msg: msg.detach(),
+                    permit: *permit,
+                    generation: self.generation,
+                };
+                if self.failed.send(failed).is_err() {
+                    // The loop has returned (shutdown): nothing can send it again.
+                    self.shared.metrics.publish_failures.inc(PublishFailure::Delivery);
+                    tracing::error!(error = %error, "Result delivery failed after the publisher stopped.");
+                }
+            }
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.settled.notify_one();
+        }
+        if self.shared.blocked.load(Ordering::Relaxed) && self.shared.blocked.swap(false, Ordering::AcqRel) {
+            // A place in librdkafka's queue came free for what the loop could not enqueue.
+            self.shared.room.notify_one();
+        }
+        self.shared.update_waiting();
+    }
+}
+
+type Kafka = ThreadedProducer<PublishContext>;
 
 /// One encoded result on its way to the broker, holding its place in the buffer.
 struct Pending {
     key: Vec<u8>,
     payload: Vec<u8>,
     timestamp_ms: Option<i64>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Pending {
@@ -175,17 +222,24 @@ impl Pending {
             key: msg.key().unwrap_or_default().to_vec(),
             payload: msg.payload().unwrap_or_default().to_vec(),
             timestamp_ms: msg.timestamp().to_millis(),
-            _permit: permit,
+            permit,
         }
     }
 }
 
-/// What the handle and the loop share.
+/// A failed delivery report, handed from the poll thread to the loop.
+struct Failed {
+    error: KafkaError,
+    msg: OwnedMessage,
+    permit: OwnedSemaphorePermit,
+    generation: u64,
+}
+
+/// What the handle, the loop and the producers' callbacks share.
 struct Shared {
     waiting: Arc<Semaphore>,
     limit: usize,
     metrics: Metrics,
-    producer: Mutex<Kafka>,
     started: Instant,
     /// Milliseconds since `started` of the last delivery, or of the moment results began to
     /// wait after none did: the clock readiness compares with its stall timeout.
@@ -193,6 +247,15 @@ struct Shared {
     full: AtomicBool,
     dropped_while_full: AtomicU64,
     closing: CancellationToken,
+    /// Probe tasks may enqueue into librdkafka themselves: the loop holds no result to send
+    /// first and librdkafka's queue took the last one. Cleared when it refuses one (full, or a
+    /// fatal error) and at shutdown; set again by the loop once it has caught up.
+    direct: AtomicBool,
+    /// Notified when a producer's last outstanding report was handled.
+    settled: Notify,
+    /// The loop waits for room in librdkafka's queue: the next report notifies `room`.
+    blocked: AtomicBool,
+    room: Notify,
 }
 
 impl Shared {
@@ -218,21 +281,36 @@ impl Shared {
             );
         }
     }
+
+    /// Accounts for a result the broker acknowledged.
+    fn delivered(&self, partition: i32, offset: i64) {
+        self.metrics.published.inc();
+        self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.metrics
+            .last_delivery
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        tracing::debug!(partition, offset, "Result delivered.");
+    }
 }
 
 /// The handle probe tasks hand their results to. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
+    /// The producer in use; replaced by the loop after a fatal error or a stall.
+    current: Arc<Mutex<Kafka>>,
     tx: mpsc::UnboundedSender<Pending>,
     topic: Arc<str>,
 }
 
-/// The loop that moves results from the buffer into librdkafka and follows their delivery
-/// reports; run it with [`PublishLoop::run`].
+/// The loop that sends again what librdkafka refused or handed back, replaces the producer
+/// when it is unusable, and drains it at shutdown; run it with [`PublishLoop::run`].
 pub struct PublishLoop {
     shared: Arc<Shared>,
+    current: Arc<Mutex<Kafka>>,
     rx: mpsc::UnboundedReceiver<Pending>,
+    failed_tx: mpsc::UnboundedSender<Failed>,
+    failed: mpsc::UnboundedReceiver<Failed>,
     config: ClientConfig,
     topic: Arc<str>,
     fatal: Arc<Notify>,
@@ -250,29 +328,38 @@ impl Publisher {
         // The buffer and librdkafka's queue have the same bound (the module doc says why).
         config.set(QUEUE_MAX_MESSAGES, limit.to_string());
         let fatal = Arc::new(Notify::new());
-        let producer = create(&config, &fatal)?;
         metrics.results_waiting_limit.set(limit as i64);
         let shared = Arc::new(Shared {
             waiting: Arc::new(Semaphore::new(limit)),
             limit,
             metrics,
-            producer: Mutex::new(producer),
             started: Instant::now(),
             progress_ms: AtomicU64::new(0),
             full: AtomicBool::new(false),
             dropped_while_full: AtomicU64::new(0),
             closing: CancellationToken::new(),
+            direct: AtomicBool::new(true),
+            settled: Notify::new(),
+            blocked: AtomicBool::new(false),
+            room: Notify::new(),
         });
+        let (failed_tx, failed) = mpsc::unbounded_channel(); // bounded by the permits
+        let producer = create(&config, &shared, &fatal, &failed_tx, 0)?;
+        let current = Arc::new(Mutex::new(producer));
         let (tx, rx) = mpsc::unbounded_channel(); // bounded by `shared.waiting`'s permits
         let topic: Arc<str> = Arc::from(kafka.topic.as_str());
         let handle = Self {
             shared: shared.clone(),
+            current: current.clone(),
             tx,
             topic: topic.clone(),
         };
         let publish_loop = PublishLoop {
             shared,
+            current,
             rx,
+            failed_tx,
+            failed,
             config,
             topic,
             fatal,
@@ -284,17 +371,20 @@ impl Publisher {
     /// The current producer's client, for metadata requests (the producer is replaced after a
     /// fatal error).
     pub fn metadata(&self, timeout: Duration) -> Result<usize, String> {
-        let producer = self.shared.producer.lock().expect("producer lock").clone();
+        let producer = lock(&self.current).clone();
         common::kafka::topic_partitions(producer.client(), &self.topic, timeout)
     }
 
     /// Hands `result` over for publishing, keyed by its target name (so one target's results
-    /// stay ordered in one partition). Never waits.
+    /// stay ordered in one partition, but for one sent again after a fatal error or a full
+    /// queue). Never waits: the result goes into librdkafka's queue from the caller's task
+    /// when the loop holds nothing to send first, else to the loop.
     ///
     /// Returns `false` when the result was dropped: the buffer was full (counted in
     /// `healthcheck_checker_results_dropped_total{reason="buffer_full"}`), the result could
-    /// not be encoded (`healthcheck_checker_publish_failures_total{reason="encode"}`), or the
-    /// publisher is shutting down (`{reason="shutdown"}`).
+    /// not be encoded (`healthcheck_checker_publish_failures_total{reason="encode"}`) or
+    /// enqueued (`{reason="enqueue"}`, e.g. larger than `message.max.bytes`), or the publisher
+    /// is shutting down (`healthcheck_checker_results_dropped_total{reason="shutdown"}`).
     pub fn submit(&self, result: &ProbeResult) -> bool {
         let shared = &self.shared;
         let Ok(permit) = shared.waiting.clone().try_acquire_owned() else {
@@ -321,12 +411,29 @@ impl Publisher {
                 return false;
             }
         };
-        let pending = Pending {
+        let mut pending = Pending {
             key: result.target.as_bytes().to_vec(),
             payload,
             timestamp_ms: Some(result.scheduled_at.timestamp_millis()),
-            _permit: permit,
+            permit,
         };
+        if shared.direct.load(Ordering::Acquire) {
+            match enqueue(&lock(&self.current), &self.topic, pending) {
+                Enqueued::Sent => {
+                    shared.update_waiting();
+                    return true;
+                }
+                Enqueued::Rejected => {
+                    shared.update_waiting();
+                    return false;
+                }
+                Enqueued::Later(p, _) => {
+                    // The loop sends it, and every result after it, until it has caught up.
+                    shared.direct.store(false, Ordering::Release);
+                    pending = p;
+                }
+            }
+        }
         let sent = self.tx.send(pending).is_ok();
         if !sent {
             shared.metrics.results_dropped.inc(DropReason::Shutdown);
@@ -363,55 +470,104 @@ impl Publisher {
 
     /// Asks the loop to finish: it takes no new results, delivers those waiting and returns.
     pub fn close(&self) {
+        self.shared.direct.store(false, Ordering::Release);
         self.shared.closing.cancel();
     }
 }
 
-fn create(config: &ClientConfig, fatal: &Arc<Notify>) -> Result<Kafka, KafkaError> {
-    config.create_with_context(PublishContext { fatal: fatal.clone() })
+/// The producer in use. Held only to enqueue one result or to replace it.
+fn lock(current: &Mutex<Kafka>) -> MutexGuard<'_, Kafka> {
+    // Nothing panics while holding it with the producer half replaced.
+    current.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn create(
+    config: &ClientConfig,
+    shared: &Arc<Shared>,
+    fatal: &Arc<Notify>,
+    failed: &mpsc::UnboundedSender<Failed>,
+    generation: u64,
+) -> Result<Kafka, KafkaError> {
+    config.create_with_context(PublishContext {
+        shared: shared.clone(),
+        fatal: fatal.clone(),
+        generation,
+        outstanding: AtomicUsize::new(0),
+        failed: failed.clone(),
+    })
 }
 
 /// What became of an attempt to enqueue.
 enum Enqueued {
-    /// In librdkafka's queue; the future resolves with its delivery report.
-    Sent(BoxFuture<'static, Delivered>),
+    /// In librdkafka's queue; its delivery report is handled by the producer's context.
+    Sent,
     /// Not now (librdkafka's queue is full, or the producer hit a fatal error): try again.
     Later(Pending, KafkaError),
     /// Never (e.g. a message larger than `message.max.bytes`): counted and dropped.
     Rejected,
 }
 
-/// A delivery report with what is needed to send the result again.
-struct Delivered {
-    report: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    permit: OwnedSemaphorePermit,
-    generation: u64,
+/// Enqueues `p` into `producer`'s queue (librdkafka copies key and payload).
+fn enqueue(producer: &Kafka, topic: &str, p: Pending) -> Enqueued {
+    let Pending {
+        key,
+        payload,
+        timestamp_ms,
+        permit,
+    } = p;
+    let context = producer.context();
+    context.outstanding.fetch_add(1, Ordering::AcqRel);
+    let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, Box::new(permit))
+        .key(&key[..])
+        .payload(&payload[..]);
+    if let Some(ts) = timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    let Err((e, record)) = producer.send(record) else {
+        return Enqueued::Sent;
+    };
+    let permit = *record.delivery_opaque;
+    // No report will come for it.
+    if context.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+        context.shared.settled.notify_one();
+    }
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::Fatal) => Enqueued::Later(
+            Pending {
+                key,
+                payload,
+                timestamp_ms,
+                permit,
+            },
+            e,
+        ),
+        e => {
+            drop(permit);
+            context.shared.metrics.publish_failures.inc(PublishFailure::Enqueue);
+            tracing::error!(target_name = %String::from_utf8_lossy(&key), error = %e, "Could not enqueue a result.");
+            Enqueued::Rejected
+        }
+    }
 }
 
-/// The producer in use and the ones it replaced that still owe delivery reports.
+/// The producers the loop keeps: the one in use (in `PublishLoop::current`) and the ones it
+/// replaced that still owe delivery reports.
 struct Producers {
-    current: Kafka,
-    /// Counts replacements; every delivery report carries the generation that sent it.
+    /// Counts replacements; every producer's context carries the generation it was made for.
     generation: u64,
     /// Producers replaced after a fatal error or a stall, kept until their last delivery
-    /// report (dropping one would cancel its reports and lose the results they hand back).
-    retired: Vec<(u64, Kafka)>,
-    /// Delivery reports outstanding per producer generation.
-    outstanding: BTreeMap<u64, usize>,
+    /// report (dropping one would purge its queue and lose the results it hands back).
+    retired: Vec<Kafka>,
     /// When a stalled producer was last replaced (start-up before the first): the stall
     /// timeout counts from it too.
     stall_replaced: Instant,
 }
 
 impl Producers {
-    fn new(current: Kafka) -> Self {
-        Self {
-            current,
-            generation: 0,
-            retired: Vec::new(),
-            outstanding: BTreeMap::new(),
-            stall_replaced: Instant::now(),
-        }
+    /// Drops the retired producers that owe no report.
+    fn drop_settled(&mut self) {
+        self.retired
+            .retain(|p| p.context().outstanding.load(Ordering::Acquire) > 0);
     }
 }
 
@@ -426,17 +582,20 @@ impl PublishLoop {
         }
     }
 
-    /// Enqueues results and follows their delivery reports until [`Publisher::close`] was
-    /// called and every waiting result is delivered (or failed for good). The caller bounds
-    /// the time this takes at shutdown.
+    /// Sends again what librdkafka refused or handed back and replaces an unusable producer,
+    /// until [`Publisher::close`] was called and every waiting result is delivered (or failed
+    /// for good). The caller bounds the time this takes at shutdown.
     ///
     /// # Errors
     /// librdkafka refused to create a new producer after a fatal error (it accepted the same
     /// configuration at start-up, so this does not happen in practice).
     pub async fn run(mut self) -> Result<(), KafkaError> {
-        let mut producers = Producers::new(self.shared.producer.lock().expect("producer lock").clone());
+        let mut producers = Producers {
+            generation: 0,
+            retired: Vec::new(),
+            stall_replaced: Instant::now(),
+        };
         let mut rx_closed = false;
-        let mut deliveries = FuturesUnordered::new();
         // Results to send before any new one, oldest first: returned by a fatal producer, or
         // refused by a full librdkafka queue.
         let mut again: VecDeque<Pending> = VecDeque::new();
@@ -446,18 +605,27 @@ impl PublishLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !blocked {
-                blocked = self.send_again(&mut producers, &mut again, &mut deliveries)?;
+                blocked = self.send_again(&mut producers, &mut again)?;
+                self.shared.blocked.store(blocked, Ordering::Release);
             }
-            if !input_open && again.is_empty() && deliveries.is_empty() {
+            if !blocked && again.is_empty() && input_open && !self.shared.closing.is_cancelled() && self.rx.is_empty() {
+                // Caught up: probe tasks enqueue themselves again.
+                self.shared.direct.store(true, Ordering::Release);
+            }
+            if !input_open && again.is_empty() && self.settled(&mut producers) {
                 break;
             }
             tokio::select! {
                 () = self.fatal.notified() => {
                     self.rebuild_if_fatal(&mut producers)?;
                 }
-                Some(d) = deliveries.next(), if !deliveries.is_empty() => {
+                Some(f) = self.failed.recv() => {
                     blocked = false;
-                    self.on_delivery(d, &mut producers, &mut again);
+                    if let Some(p) = self.on_failed(f, &producers) {
+                        again.push_back(p);
+                    }
+                    producers.drop_settled();
+                    self.shared.update_waiting();
                 }
                 p = self.rx.recv(), if input_open && !blocked && again.is_empty() => match p {
                     Some(p) => again.push_back(p),
@@ -468,12 +636,18 @@ impl PublishLoop {
                     self.rx.close();
                     rx_closed = true;
                 }
+                // A report handled: a retired producer may be done, or the last one at shutdown.
+                () = self.shared.settled.notified(), if !input_open || !producers.retired.is_empty() => {
+                    blocked = false;
+                    producers.drop_settled();
+                }
+                () = self.shared.room.notified(), if blocked => blocked = false,
                 () = tokio::time::sleep(Duration::from_millis(100)), if blocked => blocked = false,
                 _ = tick.tick() => self.on_tick(&mut producers).await?,
             }
         }
         self.shared.update_waiting();
-        let producer = producers.current;
+        let producer = lock(&self.current).clone();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "Producer flush did not complete.");
@@ -481,56 +655,44 @@ impl PublishLoop {
         Ok(())
     }
 
+    /// No producer, current or retired, owes a delivery report (the retired ones are dropped).
+    fn settled(&self, producers: &mut Producers) -> bool {
+        producers.drop_settled();
+        producers.retired.is_empty() && lock(&self.current).context().outstanding.load(Ordering::Acquire) == 0
+    }
+
     /// Enqueues `again`, oldest first, until it is empty or librdkafka's queue is full;
     /// returns whether it is (blocked until the next delivery report, or 100 ms).
-    fn send_again(
-        &self,
-        producers: &mut Producers,
-        again: &mut VecDeque<Pending>,
-        deliveries: &mut FuturesUnordered<BoxFuture<'static, Delivered>>,
-    ) -> Result<bool, KafkaError> {
+    fn send_again(&self, producers: &mut Producers, again: &mut VecDeque<Pending>) -> Result<bool, KafkaError> {
         while let Some(p) = again.pop_front() {
-            match self.enqueue(&producers.current, producers.generation, p) {
-                Enqueued::Sent(d) => {
-                    *producers.outstanding.entry(producers.generation).or_default() += 1;
-                    deliveries.push(d);
-                }
+            let enqueued = enqueue(&lock(&self.current), &self.topic, p);
+            match enqueued {
+                Enqueued::Sent | Enqueued::Rejected => {}
                 Enqueued::Later(p, e) => {
                     again.push_front(p);
+                    self.shared.direct.store(false, Ordering::Release);
                     if !self.rebuild_if_fatal(producers)? {
                         tracing::debug!(error = %e, "librdkafka's queue is full; waiting for a delivery.");
                         return Ok(true);
                     }
                 }
-                Enqueued::Rejected => {}
             }
         }
+        self.shared.update_waiting();
         Ok(false)
     }
 
-    /// Accounts for one delivery report: a result to send again joins `again`, and a retired
-    /// producer whose last report this was is dropped.
-    fn on_delivery(&self, d: Delivered, producers: &mut Producers, again: &mut VecDeque<Pending>) {
-        let g = d.generation;
-        if let Some(p) = self.delivered(d, &producers.current, producers.generation) {
-            again.push_back(p);
-        }
-        if let Some(n) = producers.outstanding.get_mut(&g) {
-            *n -= 1;
-            if *n == 0 {
-                producers.outstanding.remove(&g);
-                producers.retired.retain(|(r, _)| *r != g);
-            }
-        }
-        self.shared.update_waiting();
-    }
-
-    /// Every second: the queue gauges, and a stalled producer replaced.
+    /// Every second: the queue gauges, settled retired producers dropped, and a stalled
+    /// producer replaced.
     async fn on_tick(&self, producers: &mut Producers) -> Result<(), KafkaError> {
-        let queued = producers.current.in_flight_count();
-        self.shared.metrics.producer_queue.set(i64::from(queued));
+        let current = lock(&self.current).clone();
+        self.shared
+            .metrics
+            .producer_queue
+            .set(i64::from(current.in_flight_count()));
         self.shared.update_waiting();
-        if self.stalled(&producers.current, producers.stall_replaced).await {
+        producers.drop_settled();
+        if self.stalled(&current, producers.stall_replaced).await {
             self.replace(producers)?;
             self.shared.metrics.producer_stall_replacements.inc();
             producers.stall_replaced = Instant::now();
@@ -538,78 +700,24 @@ impl PublishLoop {
         Ok(())
     }
 
-    fn enqueue(&self, producer: &Kafka, generation: u64, p: Pending) -> Enqueued {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-            .key(&p.key)
-            .payload(&p.payload);
-        if let Some(ts) = p.timestamp_ms {
-            record = record.timestamp(ts);
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => {
-                // librdkafka copied key and payload; only the permit travels on.
-                let Pending { _permit: permit, .. } = p;
-                Enqueued::Sent(Box::pin(async move {
-                    Delivered {
-                        report: delivery.await,
-                        permit,
-                        generation,
-                    }
-                }))
-            }
-            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::Fatal), _)) => {
-                Enqueued::Later(p, e)
-            }
-            Err((e, _)) => {
-                self.shared.metrics.publish_failures.inc(PublishFailure::Enqueue);
-                tracing::error!(target_name = %String::from_utf8_lossy(&p.key), error = %e, "Could not enqueue a result.");
-                Enqueued::Rejected
-            }
+    /// Accounts for a failed delivery report; returns the result when it must be sent again
+    /// (its producer hit a fatal error or was replaced).
+    fn on_failed(&self, f: Failed, producers: &Producers) -> Option<Pending> {
+        let fatal = f.generation < producers.generation || lock(&self.current).client().fatal_error().is_some();
+        if fatal {
+            // Sent again by the next producer (this one is unusable).
+            Some(Pending::from_failed(&f.msg, f.permit))
+        } else {
+            self.shared.metrics.publish_failures.inc(PublishFailure::Delivery);
+            tracing::error!(target_name = %String::from_utf8_lossy(f.msg.key().unwrap_or_default()), error = %f.error, "Result delivery failed.");
+            None
         }
     }
 
-    /// Accounts for a delivery report; returns the result when it must be sent again (its
-    /// producer hit a fatal error).
-    fn delivered(&self, d: Delivered, producer: &Kafka, generation: u64) -> Option<Pending> {
-        let metrics = &self.shared.metrics;
-        match d.report {
-            Ok(Ok(delivery)) => {
-                metrics.published.inc();
-                let now = self.shared.now_ms();
-                self.shared.progress_ms.store(now, Ordering::Relaxed);
-                metrics
-                    .last_delivery
-                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-                tracing::debug!(
-                    partition = delivery.partition,
-                    offset = delivery.offset,
-                    "Result delivered."
-                );
-                None
-            }
-            Ok(Err((e, msg))) => {
-                let fatal = d.generation < generation || producer.client().fatal_error().is_some();
-                if fatal {
-                    // Sent again by the next producer (this one is unusable).
-                    Some(Pending::from_failed(&msg, d.permit))
-                } else {
-                    metrics.publish_failures.inc(PublishFailure::Delivery);
-                    tracing::error!(target_name = %String::from_utf8_lossy(msg.key().unwrap_or_default()), error = %e, "Result delivery failed.");
-                    None
-                }
-            }
-            Err(_canceled) => {
-                metrics.publish_failures.inc(PublishFailure::Delivery);
-                tracing::error!("Result delivery was cancelled (producer closed).");
-                None
-            }
-        }
-    }
-
-    /// When `producer` hit a fatal error, replaces it with a new one (the old one is kept until
-    /// its last delivery report). Returns whether it did.
+    /// When the producer hit a fatal error, replaces it with a new one (the old one is kept
+    /// until its last delivery report). Returns whether it did.
     fn rebuild_if_fatal(&self, producers: &mut Producers) -> Result<bool, KafkaError> {
-        let Some((code, reason)) = producers.current.client().fatal_error() else {
+        let Some((code, reason)) = lock(&self.current).client().fatal_error() else {
             return Ok(false);
         };
         self.shared.metrics.producer_fatal_errors.inc();
@@ -643,23 +751,27 @@ impl PublishLoop {
             .unwrap_or(false)
     }
 
-    /// Puts a new producer in `producer`'s place and purges the old one's queue and requests
-    /// in flight: their failed delivery reports hand the results back, to be sent again (the
-    /// old producer is kept until its last report).
+    /// Puts a new producer in the current one's place and purges the old one's queue and
+    /// requests in flight: their failed delivery reports hand the results back, to be sent
+    /// again (the old producer is kept until its last report).
     fn replace(&self, producers: &mut Producers) -> Result<(), KafkaError> {
         tracing::warn!(
             waiting = self.shared.waiting_now(),
             "Replacing the Kafka producer; its undelivered results are sent again."
         );
-        let new = create(&self.config, &self.fatal)?;
-        let old = std::mem::replace(&mut producers.current, new.clone());
-        old.purge(PurgeConfig::default().queue().inflight());
-        producers.retired.push((producers.generation, old));
-        // A producer with no report outstanding is not kept.
-        let outstanding = &producers.outstanding;
-        producers.retired.retain(|(g, _)| outstanding.contains_key(g));
+        let new = create(
+            &self.config,
+            &self.shared,
+            &self.fatal,
+            &self.failed_tx,
+            producers.generation + 1,
+        )?;
+        let old = std::mem::replace(&mut *lock(&self.current), new);
         producers.generation += 1;
-        *self.shared.producer.lock().expect("producer lock") = new;
+        old.purge(PurgeConfig::default().queue().inflight());
+        producers.retired.push(old);
+        // A producer with no report outstanding is not kept.
+        producers.drop_settled();
         Ok(())
     }
 }

@@ -291,3 +291,73 @@ async fn a_broker_that_takes_no_results_makes_the_checker_unready_until_it_does(
     let metrics = app.stop().await;
     assert_every_result_delivered(&mock.bootstrap_servers(), &metrics).await;
 }
+
+/// librdkafka's queue bounded by bytes to about two results: the results it refuses, and
+/// every one after them, wait in the publish loop (probe tasks enqueue their own results only
+/// while nothing waits there), through an outage as well, and reach the topic once each and
+/// in order per target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_a_full_producer_queue_refuses_wait_in_order_and_none_is_lost() {
+    let mock = mock_cluster();
+    let server = serve(|_| async { text(200, "ok") }).await;
+    let app = Running::start(vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers()),
+        ("TARGETS", targets(&server, 10, "200ms")),
+        ("KAFKA_CFG_QUEUE_BUFFERING_MAX_KBYTES", "2".into()),
+    ])
+    .await;
+    wait_until(Duration::from_secs(30), "results delivered", || async {
+        app.metric("healthcheck_checker_published_total", &[]).await >= 50.0
+    })
+    .await;
+
+    // 50 results/s, none delivered: they wait, far more than librdkafka's queue holds.
+    mock.broker_down(1).unwrap();
+    wait_until(Duration::from_secs(30), "results wait in the loop", || async {
+        let scrape = Scrape::get(app.admin).await;
+        value(&scrape, "healthcheck_checker_results_waiting", &[]) >= 100.0
+            && value(&scrape, "healthcheck_checker_producer_queue_messages", &[]) <= 5.0
+    })
+    .await;
+    mock.broker_up(1).unwrap();
+    let backlog_end = app.metric("healthcheck_checker_probes_started_total", &[]).await;
+    wait_until(Duration::from_secs(60), "the backlog delivered", || async {
+        app.metric("healthcheck_checker_published_total", &[]).await >= backlog_end + 50.0
+    })
+    .await;
+    let metrics = app.stop().await;
+
+    let m = exposition(&metrics);
+    assert_eq!(
+        value(
+            &m,
+            "healthcheck_checker_results_dropped_total",
+            &[("reason", "buffer_full")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "healthcheck_checker_publish_failures_total",
+            &[("reason", "enqueue")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        assert_every_result_delivered(&mock.bootstrap_servers(), &metrics).await,
+        0
+    );
+    let mut last: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    for r in read_topic(&mock.bootstrap_servers()).await {
+        if let Some(before) = last.insert(r.target.clone(), r.scheduled_at) {
+            assert!(
+                before < r.scheduled_at,
+                "{}: {} after {before}",
+                r.target,
+                r.scheduled_at
+            );
+        }
+    }
+    assert_eq!(last.len(), 10);
+}
