@@ -291,6 +291,23 @@ async fn command_line(prog: &str, args: &[&str]) -> String {
     }
 }
 
+/// The opt-level the `tansu` on `PATH` was built with, from the `<binary>.opt-level` file
+/// `scripts/stack.sh` writes beside it (none: a build from before it recorded one, 3).
+async fn tansu_opt_level() -> String {
+    let Ok(o) = tokio::process::Command::new("sh")
+        .args(["-c", "command -v tansu"])
+        .output()
+        .await
+    else {
+        return "unknown".into();
+    };
+    let bin = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if bin.is_empty() {
+        return "unknown".into();
+    }
+    std::fs::read_to_string(format!("{bin}.opt-level")).map_or_else(|_| "3".into(), |l| l.trim().to_string())
+}
+
 /// The report's "Machine" section: load, CPU, memory, kernel and the tools' versions.
 async fn machine(ctx: &Ctx) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -345,8 +362,9 @@ async fn machine(ctx: &Ctx) -> String {
     let _ = writeln!(s, "- PostgreSQL {} (Debian, stack defaults from `scripts/stack.sh`: fsync on, synchronous_commit on, shared_buffers 128 MB)", ctx.pg.version);
     let _ = writeln!(
         s,
-        "- Broker: {} (in-memory storage)",
-        command_line("tansu", &["--version"]).await
+        "- Broker: {} (in-memory storage), built at opt-level {}",
+        command_line("tansu", &["--version"]).await,
+        tansu_opt_level().await
     );
     let _ = writeln!(
         s,
