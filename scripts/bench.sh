@@ -3,7 +3,7 @@
 # scheduling precision, memory, sink throughput against a raw COPY, end-to-end latency,
 # image sizes and start-up times. Prints a table and writes BENCHMARKS.md.
 #
-# Installs what is missing (nginx, wrk, prometheus-blackbox-exporter, linux-perf from Debian;
+# Installs what is missing (nginx, wrk, prometheus-blackbox-exporter, linux-perf, rt-tests from Debian;
 # PostgreSQL and tansu through scripts/stack.sh), builds the release binaries, starts its own
 # PostgreSQL + broker (other ports than the test stack), runs services/bench, and stops
 # everything it started on exit, Ctrl-C included. Not part of `make test`.
@@ -51,10 +51,12 @@ install_tools() {
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v prometheus-blackbox-exporter >/dev/null 2>&1 || missing+=(prometheus-blackbox-exporter)
     command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
+    command -v cyclictest >/dev/null 2>&1 || missing+=(rt-tests)
     if [ "${#missing[@]}" -gt 0 ]; then
-        # linux-perf is optional: without it the profiles are skipped.
+        # linux-perf and rt-tests are optional: without them the profiles and the machine's
+        # wake-up latency (cyclictest, section 3) are skipped.
         local required=() p
-        for p in "${missing[@]}"; do [ "$p" = linux-perf ] || required+=("$p"); done
+        for p in "${missing[@]}"; do case "$p" in linux-perf | rt-tests) ;; *) required+=("$p") ;; esac; done
         apt_install "${missing[@]}" || [ "${#required[@]}" -eq 0 ] || apt_install "${required[@]}"
     fi
     for tool in wrk prometheus-blackbox-exporter; do

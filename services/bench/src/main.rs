@@ -441,7 +441,10 @@ fn method(ctx: &Ctx) -> String {
         s,
         "3. **Precision.** The whole pipeline with 1,000 targets every 1 s: PostgreSQL's `percentile_cont` and `max` \
          over `lateness_seconds` (probe start − scheduled slot) of every probe started in a {} s window after a \
-         warm-up; exact, not bucketed.",
+         warm-up; exact, not bucketed. Beside it, in the same window, the machine's own wake-up latency: rt-tests' \
+         `cyclictest --policy=other --laptop -t1 -i 1000` (one thread at the harness's priority sleeping 1 ms at a \
+         time; how late each sleep ends, from its microsecond histogram), the floor under any timer on this \
+         machine at this load (skipped when cyclictest is not installed).",
         b.pick(30, 10)
     );
     let _ = writeln!(

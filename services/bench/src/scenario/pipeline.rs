@@ -27,6 +27,9 @@ struct Run {
     e2e: [f64; 3],
     tx_mean_ms: f64,
     cores: String,
+    /// The machine's own wake-up latency in the same window: cyclictest's p50, p99 and max
+    /// (seconds), when it is installed.
+    floor: Option<[f64; 3]>,
 }
 
 /// Runs the pipeline once per repeat.
@@ -122,6 +125,23 @@ fn push_figures(ctx: &mut Ctx, runs: &[Run], suffix: &str, goals: bool) {
         col(&|r| r.late[2] * 1e3),
         goal(Goal::Below(2.0)),
     ));
+    if runs.iter().all(|r| r.floor.is_some()) {
+        let floor = |i: usize| col(&|r: &Run| r.floor.map_or(f64::NAN, |f| f[i]) * 1e3);
+        figs.push(Figure::new(
+            "3",
+            format!("machine wake-up latency p99 (cyclictest beside the checker){suffix}"),
+            "ms",
+            floor(1),
+            None,
+        ));
+        figs.push(Figure::new(
+            "3",
+            format!("machine wake-up latency max (cyclictest beside the checker){suffix}"),
+            "ms",
+            floor(2),
+            None,
+        ));
+    }
     figs.push(Figure::new(
         "6",
         format!("end-to-end latency p50 (probe done → row inserted){suffix}"),
@@ -146,18 +166,19 @@ fn ms(seconds: &[f64]) -> String {
 /// The details' table: one row per run.
 fn runs_table(runs: &[Run]) -> String {
     let mut d = String::from(
-        "| repeat | rows in window | results/s | lateness min / p1 / p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
-         |---|---:|---:|---|---|---:|---|\n",
+        "| repeat | rows in window | results/s | lateness min / p1 / p50 / p99 / max (ms) | machine wake-up p50 / p99 / max (ms) | end-to-end p50 / p99 / max (ms) | sink transaction mean (ms) | cores used |\n\
+         |---|---:|---:|---|---|---|---:|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             i + 1,
             r.rows,
             num(r.rate),
             ms(&r.late_low),
             ms(&r.late),
+            r.floor.map_or_else(|| "—".to_string(), |f| ms(&f)),
             ms(&r.e2e),
             num(r.tx_mean_ms),
             r.cores
@@ -201,8 +222,10 @@ async fn repeat(
     list.extend(b.broker_who());
     list.extend(pg.who());
     let (t0, s0) = (chrono::Utc::now(), CpuSnap::take(&list));
+    let floor = cyclictest(window);
     tokio::time::sleep(window).await;
     let (t1, s1) = (chrono::Utc::now(), CpuSnap::take(&list));
+    let floor = floor.await;
     checker.stop(Duration::from_secs(30)).await;
 
     // Let the sink write everything the checker published.
@@ -257,5 +280,87 @@ async fn repeat(
         late_low: [f(7), f(8)],
         tx_mean_ms,
         cores: s0.delta(&s1).cores(),
+        floor,
     })
+}
+
+/// The machine's wake-up latency over `window`, beside whatever runs: rt-tests' cyclictest,
+/// one thread at the harness's priority (`SCHED_OTHER`, `BENCH_NICE`) sleeping 1 ms at a
+/// time, measuring how late each sleep ends. p50, p99 and max in seconds from its
+/// microsecond histogram; `None` when cyclictest is not installed or failed. Started at once;
+/// the future resolves when it ends (after `window`).
+fn cyclictest(window: Duration) -> impl std::future::Future<Output = Option<[f64; 3]>> {
+    let child = tokio::process::Command::new("cyclictest")
+        // --laptop: leave /dev/cpu_dma_latency alone (the machine as the checker has it).
+        .args([
+            "--policy=other",
+            "--laptop",
+            "-t1",
+            "-i",
+            "1000",
+            "-q",
+            "-h",
+            "20000",
+            "-D",
+        ])
+        .arg(format!("{}s", window.as_secs().max(1)))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    async move {
+        let out = child.await.ok().filter(|o| o.status.success())?;
+        histogram_quantiles(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// p50, p99 and max (seconds) of cyclictest's histogram output: `<µs> <count>` lines, `#`
+/// comments (its `# Max Latencies:` line is the exact max, also past the histogram's end).
+fn histogram_quantiles(text: &str) -> Option<[f64; 3]> {
+    let mut buckets = Vec::new();
+    let mut max = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("# Max Latencies:") {
+            max = v.split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        if let (Some(us), Some(n)) = (
+            f.next().and_then(|v| v.parse::<u64>().ok()),
+            f.next().and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            if n > 0 {
+                buckets.push((us, n));
+            }
+        }
+    }
+    let total: u64 = buckets.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return None;
+    }
+    let quantile = |q: f64| {
+        let mut seen = 0;
+        buckets
+            .iter()
+            .find(|(_, n)| {
+                seen += n;
+                seen as f64 >= q * total as f64
+            })
+            .map_or(f64::NAN, |(us, _)| *us as f64)
+    };
+    let max = max.unwrap_or_else(|| buckets.last().map_or(f64::NAN, |(us, _)| *us as f64));
+    Some([quantile(0.5) / 1e6, quantile(0.99) / 1e6, max / 1e6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_cyclictest_histogram() {
+        let text = "# /dev/cpu_dma_latency set to 0us\n000070 49\n000074 46\n000500 4\n002000 1\n                    # Total: 000000100\n# Min Latencies: 00060\n# Max Latencies: 03260\n";
+        let [p50, p99, max] = histogram_quantiles(text).expect("a histogram");
+        assert_eq!((p50 * 1e6, p99 * 1e6, max * 1e6), (74.0, 500.0, 3260.0));
+        assert!(histogram_quantiles("# nothing\n").is_none());
+    }
 }
