@@ -444,7 +444,7 @@ fn method(ctx: &Ctx) -> String {
          warm-up; exact, not bucketed. Beside it, in the same window, the machine's own wake-up latency: rt-tests' \
          `cyclictest --policy=other --laptop -t1 -i 1000` (one thread at the harness's priority sleeping 1 ms at a \
          time; how late each sleep ends, from its microsecond histogram), the floor under any timer on this \
-         machine at this load (skipped when cyclictest is not installed).",
+         machine at this load (skipped when cyclictest is not installed). When the harness holds `CAP_SYS_NICE`          (as root), each repeat also runs the checker with `REALTIME_PRIORITY=50` (every thread under `SCHED_FIFO`),          with cyclictest's thread under `SCHED_FIFO` at the same priority beside it; the variants run in a rotating          order.",
         b.pick(30, 10)
     );
     let _ = writeln!(

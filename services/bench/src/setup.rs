@@ -482,18 +482,26 @@ pub async fn start_checker(
     url: &str,
     topic: &str,
 ) -> anyhow::Result<Service> {
+    start_checker_with(b, name, n, interval, url, topic, &[]).await
+}
+
+/// [`start_checker`] with `extra` variables (e.g. `("REALTIME_PRIORITY", "50")`).
+pub async fn start_checker_with(
+    b: &Bench,
+    name: &str,
+    n: usize,
+    interval: &str,
+    url: &str,
+    topic: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Service> {
     let file = write_targets(b, &format!("{name}-targets.json"), n, interval, url)?;
-    Service::start(
-        b,
-        "checker",
-        name,
-        &[
-            ("TARGETS_FILE", file.display().to_string()),
-            ("KAFKA_TOPIC", topic.to_string()),
-        ],
-        true,
-    )
-    .await
+    let mut vars = vec![
+        ("TARGETS_FILE", file.display().to_string()),
+        ("KAFKA_TOPIC", topic.to_string()),
+    ];
+    vars.extend(extra.iter().cloned());
+    Service::start(b, "checker", name, &vars, true).await
 }
 
 /// Starts a sink writing `topic` into database `db` as consumer group `group`.

@@ -135,7 +135,10 @@ fn main() -> ExitCode {
         |env| config::admin_addr(env, config::DEFAULT_ADMIN_ADDR),
         Config::from_env,
         |c| c.log_format,
-        |c| c.worker_threads,
+        |c| common::service::RuntimeSettings {
+            worker_threads: c.worker_threads,
+            realtime_priority: c.realtime_priority,
+        },
         |config, shutdown| async move { App::build(config).await?.run_until_stopped(shutdown).await },
     )
 }

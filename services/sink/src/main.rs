@@ -133,7 +133,7 @@ fn main() -> ExitCode {
         config::admin_addr,
         Config::from_env,
         |c| c.log_format,
-        |_| None,
+        |_| common::service::RuntimeSettings::default(),
         |config, shutdown| async move { App::build(config).await?.run_until_stopped(shutdown).await },
     )
 }

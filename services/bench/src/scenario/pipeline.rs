@@ -32,37 +32,93 @@ struct Run {
     floor: Option<[f64; 3]>,
 }
 
-/// Runs the pipeline once per repeat.
+/// The real-time priority of the variant measured with `REALTIME_PRIORITY` (and of the
+/// cyclictest thread beside it).
+const REALTIME_PRIORITY: u8 = 50;
+
+/// Which checker a run measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// This build, as configured by default.
+    Default,
+    /// This build with `REALTIME_PRIORITY` ([`REALTIME_PRIORITY`]).
+    Realtime,
+    /// The checker in `BENCH_BASELINE_BIN_DIR`.
+    Baseline,
+}
+
+/// Whether this process holds `CAP_SYS_NICE` (bit 23 of `CapEff`, `capabilities(7)`), which
+/// the checkers it starts inherit: the real-time variant needs it.
+fn may_use_realtime() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 23) != 0)
+}
+
+/// Runs the pipeline once per repeat and variant.
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let b = ctx.b.clone();
     // BENCH_BASELINE_BIN_DIR: another checker in the same repeats, side by side (this
     // build's sink for both), for its lateness.
     let baseline = std::env::var_os("BENCH_BASELINE_BIN_DIR").filter(|d| !d.is_empty());
-    let (mut runs, mut base_runs) = (Vec::new(), Vec::new());
+    let mut variants = vec![Variant::Default];
+    if may_use_realtime() {
+        variants.push(Variant::Realtime);
+    }
+    if baseline.is_some() {
+        variants.push(Variant::Baseline);
+    }
+    let (mut runs, mut rt_runs, mut base_runs) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..b.repeats {
         let window = Duration::from_secs(b.pick(30, 10));
-        // Alternating order, so that neither build always runs on the warmer machine.
-        for first in [r % 2 == 0, r % 2 != 0] {
-            match (first, &baseline) {
-                (true, _) => runs.push(
-                    repeat(ctx, r, &[], window, None)
-                        .await
-                        .with_context(|| format!("repeat {}", r + 1))?,
+        // A rotating order, so that no variant always runs on the warmer machine.
+        for i in 0..variants.len() {
+            let v = variants[(i + r) % variants.len()];
+            let (env, dir, runs) = match v {
+                Variant::Default => (vec![], None, &mut runs),
+                Variant::Realtime => (
+                    vec![("REALTIME_PRIORITY", REALTIME_PRIORITY.to_string())],
+                    None,
+                    &mut rt_runs,
                 ),
-                (false, Some(dir)) => base_runs.push(
-                    repeat(ctx, r, &[], window, Some(std::path::Path::new(dir)))
-                        .await
-                        .with_context(|| format!("repeat {} (baseline)", r + 1))?,
-                ),
-                (false, None) => {}
-            }
+                Variant::Baseline => (vec![], baseline.as_deref().map(std::path::Path::new), &mut base_runs),
+            };
+            let label = match v {
+                Variant::Default => "",
+                Variant::Realtime => " (REALTIME_PRIORITY)",
+                Variant::Baseline => " (baseline)",
+            };
+            runs.push(
+                repeat(ctx, r, &[], &env, window, dir)
+                    .await
+                    .with_context(|| format!("repeat {}{label}", r + 1))?,
+            );
         }
     }
     push_figures(ctx, &runs, "", true);
+    let rt_suffix = format!(" — REALTIME_PRIORITY={REALTIME_PRIORITY}");
+    if !rt_runs.is_empty() {
+        push_figures(ctx, &rt_runs, &rt_suffix, true);
+    }
     if !base_runs.is_empty() {
         push_figures(ctx, &base_runs, " — baseline (BENCH_BASELINE_BIN_DIR)", false);
     }
     let mut d = runs_table(&runs);
+    if rt_runs.is_empty() {
+        d.push_str("\nNot measured with `REALTIME_PRIORITY`: this harness lacks `CAP_SYS_NICE`.\n");
+    } else {
+        let _ = write!(
+            d,
+            "\nThe same repeats with `REALTIME_PRIORITY={REALTIME_PRIORITY}` (every thread of the checker under `SCHED_FIFO`; \
+             the machine's wake-up latency beside it is cyclictest's thread under `SCHED_FIFO` at the same priority):\n\n{}",
+            runs_table(&rt_runs)
+        );
+    }
     if let Some(dir) = &baseline {
         let _ = write!(
             d,
@@ -76,7 +132,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     // deadline, then BATCH_LINGER (20 ms). One run with 10 ms, as information.
     if !b.quick {
         let env = [("KAFKA_CFG_FETCH_WAIT_MAX_MS", "10".to_string())];
-        match repeat(ctx, b.repeats, &env, Duration::from_secs(15), None).await {
+        match repeat(ctx, b.repeats, &env, &[], Duration::from_secs(15), None).await {
             Ok(r) => {
                 let _ = writeln!(
                     d,
@@ -187,12 +243,13 @@ fn runs_table(runs: &[Run]) -> String {
     d
 }
 
-/// One run of the pipeline; `checker_dir` holds another checker binary to run instead of
-/// this build's.
+/// One run of the pipeline; `checker_env` are extra variables of the checker, `checker_dir`
+/// holds another checker binary to run instead of this build's.
 async fn repeat(
     ctx: &mut Ctx,
     r: usize,
     sink_env: &[(&str, String)],
+    checker_env: &[(&str, String)],
     window: Duration,
     checker_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Run> {
@@ -202,19 +259,28 @@ async fn repeat(
     }
     let b = &ctx.b;
     let pg = &ctx.pg;
-    let which = if checker_dir.is_some() { "b" } else { "" };
+    let which = match (checker_dir, checker_env.is_empty()) {
+        (Some(_), _) => "b",
+        (None, false) => "x",
+        (None, true) => "",
+    };
+    let realtime = checker_env
+        .iter()
+        .find(|(k, _)| *k == "REALTIME_PRIORITY")
+        .map(|(_, v)| v.clone());
     let db = b.name(&format!("e2e{r}{which}"));
     let topic = b.name(&format!("e2e{r}{which}"));
     ctx.topics.push(topic.clone());
     pg.create_db(&db, Some(&ctx.template)).await?;
     let sink = setup::start_sink(b, pg, &format!("sink-e2e-{r}"), &db, &topic, &topic, sink_env).await?;
-    let checker = setup::start_checker(
+    let checker = setup::start_checker_with(
         &checker_bench,
-        &format!("checker-e2e-{r}"),
+        &format!("checker-e2e-{r}{which}"),
         1_000,
         "1s",
         &ctx.nginx.url(),
         &topic,
+        checker_env,
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(b.pick(5, 3))).await;
@@ -222,7 +288,7 @@ async fn repeat(
     list.extend(b.broker_who());
     list.extend(pg.who());
     let (t0, s0) = (chrono::Utc::now(), CpuSnap::take(&list));
-    let floor = cyclictest(window);
+    let floor = cyclictest(window, realtime.as_deref());
     tokio::time::sleep(window).await;
     let (t1, s1) = (chrono::Utc::now(), CpuSnap::take(&list));
     let floor = floor.await;
@@ -285,24 +351,20 @@ async fn repeat(
 }
 
 /// The machine's wake-up latency over `window`, beside whatever runs: rt-tests' cyclictest,
-/// one thread at the harness's priority (`SCHED_OTHER`, `BENCH_NICE`) sleeping 1 ms at a
-/// time, measuring how late each sleep ends. p50, p99 and max in seconds from its
-/// microsecond histogram; `None` when cyclictest is not installed or failed. Started at once;
-/// the future resolves when it ends (after `window`).
-fn cyclictest(window: Duration) -> impl std::future::Future<Output = Option<[f64; 3]>> {
-    let child = tokio::process::Command::new("cyclictest")
+/// one thread at the harness's priority (`SCHED_OTHER`, `BENCH_NICE`; or `SCHED_FIFO` at
+/// `realtime`, as the checker it runs beside) sleeping 1 ms at a time, measuring how late each
+/// sleep ends. p50, p99 and max in seconds from its microsecond histogram; `None` when
+/// cyclictest is not installed or failed. Started at once; the future resolves when it ends
+/// (after `window`).
+fn cyclictest(window: Duration, realtime: Option<&str>) -> impl std::future::Future<Output = Option<[f64; 3]>> {
+    let mut cmd = tokio::process::Command::new("cyclictest");
+    match realtime {
+        Some(priority) => cmd.args(["--policy=fifo", "-p", priority]),
+        None => cmd.arg("--policy=other"),
+    };
+    let child = cmd
         // --laptop: leave /dev/cpu_dma_latency alone (the machine as the checker has it).
-        .args([
-            "--policy=other",
-            "--laptop",
-            "-t1",
-            "-i",
-            "1000",
-            "-q",
-            "-h",
-            "20000",
-            "-D",
-        ])
+        .args(["--laptop", "-t1", "-i", "1000", "-q", "-h", "20000", "-D"])
         .arg(format!("{}s", window.as_secs().max(1)))
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

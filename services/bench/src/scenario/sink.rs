@@ -647,8 +647,17 @@ pub async fn sink_run(
 ) -> anyhow::Result<SinkRun> {
     let (b, pg) = (&ctx.b, &ctx.pg);
     pg.client.batch_execute("CHECKPOINT").await?;
+    // Overrides for experiments: BENCH_SINK_ENV="WRITE_CONCURRENCY=4,DB_POOL_SIZE=6".
+    let overrides = std::env::var("BENCH_SINK_ENV").unwrap_or_default();
+    let mut vars: Vec<(&str, String)> = extra.to_vec();
+    vars.extend(
+        overrides
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().to_string())),
+    );
     let spawned = Instant::now();
-    let mut sink = setup::start_sink(b, pg, &format!("sink-{group}"), db, topic, group, extra).await?;
+    let mut sink = setup::start_sink(b, pg, &format!("sink-{group}"), db, topic, group, &vars).await?;
     let mut list = vec![sink.who("sink")];
     list.extend(pg.who());
     list.extend(b.broker_who());

@@ -4,6 +4,7 @@
 mod app;
 mod blackhole;
 mod broker;
+mod exit;
 mod faults;
 mod groups;
 mod kafka_tls;
