@@ -25,6 +25,7 @@
 #   BENCH_BASELINE_BIN_DIR=DIR  memory: also measure the checker in DIR (e.g. main's release build)
 #                        in the same repeats, side by side
 #   BENCH_SINK_ENV=K=V,K=V  sink: extra variables for every sink the harness starts (experiments)
+#   BENCH_SINK_EXTRAS=0  sink: skip the mock-cluster repeats and the batch-size variants (experiments)
 #   BENCH_PG_PORT        PostgreSQL port (default 54340)
 #   BENCH_BROKER_PORT    broker port (default 19100)
 #   BENCH_KEEP_STACK=1   leave PostgreSQL and the broker running afterwards

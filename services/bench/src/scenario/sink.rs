@@ -128,9 +128,13 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     for r in 0..b.repeats {
         repeat(ctx, r, &topic, available, &rows, &mut rates, &mut d).await?;
     }
-    mock_cluster_repeats(ctx, &topic, &rows, &mut rates, &mut d).await?;
+    // BENCH_SINK_EXTRAS=0 (experiments): the test broker's repeats alone.
+    let extras = std::env::var("BENCH_SINK_EXTRAS").map_or(true, |v| v != "0");
+    if extras {
+        mock_cluster_repeats(ctx, &topic, &rows, &mut rates, &mut d).await?;
+    }
     // Batch-size variants, once each (information, not figures).
-    if !b.quick {
+    if !b.quick && extras {
         batch_variants(ctx, &topic, available, &mut d).await?;
     }
     push_figures(ctx, n, figs_prefill, &census, rates);
@@ -426,20 +430,22 @@ fn push_figures(ctx: &mut Ctx, n: usize, figs_prefill: f64, census: &Census, rat
         rates.ratios,
         None,
     ));
-    figs.push(Figure::new(
-        "5",
-        "sink throughput, mock-cluster broker (not the bottleneck)",
-        "rows/s",
-        rates.mock,
-        Some(Goal::AtLeast(100_000.0)),
-    ));
-    figs.push(Figure::new(
-        "5",
-        "sink (mock-cluster broker) / COPY with the same PK + index",
-        "ratio",
-        rates.mock_ratios,
-        None,
-    ));
+    if !rates.mock.is_empty() {
+        figs.push(Figure::new(
+            "5",
+            "sink throughput, mock-cluster broker (not the bottleneck)",
+            "rows/s",
+            rates.mock,
+            Some(Goal::AtLeast(100_000.0)),
+        ));
+        figs.push(Figure::new(
+            "5",
+            "sink (mock-cluster broker) / COPY with the same PK + index",
+            "ratio",
+            rates.mock_ratios,
+            None,
+        ));
+    }
     figs.push(Figure::new(
         "5",
         "results the sink never wrote (of those the broker serves)",
