@@ -43,7 +43,8 @@ pub struct Config {
     /// (`REALTIME_PRIORITY`; `None`, the default: the normal policy). A probe's timer then wakes
     /// it ahead of every normal thread on the machine: at 1,000 targets × 1 s beside the
     /// broker and PostgreSQL on 2 cores, lateness p99 fell to a fifth to a half of the normal
-    /// policy's (BENCHMARKS.md, item 3). Needs `CAP_SYS_NICE`
+    /// policy's, unless the host deschedules the virtual CPUs themselves (BENCHMARKS.md, item
+    /// 3). Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least the priority
     /// ([`common::service::set_realtime`]); for a checker well inside its capacity, since a
     /// saturated one would hold its cores from everything else but the kernel's real-time
     /// throttling.
